@@ -1,0 +1,54 @@
+"""The ``netsift`` command line: parses arguments and hands each subcommand to its module in ``commands/``.
+
+Errors caused by the user's input (:class:`~netsift.errors.NetsiftError`) print as one line on stderr with
+exit status 2; an interrupted run exits with 130 and keeps its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from . import __version__
+from .errors import NetsiftError
+
+COMMANDS = ["train", "eval", "models", "datasets", "demo"]
+"""Subcommands, each a module ``netsift.commands.<name>`` with ``add_parser(subparsers)`` and ``run(args)``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other netsift error
+        raise NetsiftError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand."""
+    parser = _Parser(prog="netsift", description="Find small, effective subnetworks inside neural networks.")
+    parser.add_argument("--version", action="version", version=f"netsift {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(f".commands.{name.replace('-', '_')}", __package__).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``netsift`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        return int(args.run(args) or 0)
+    except NetsiftError as e:
+        print(f"netsift: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("netsift: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

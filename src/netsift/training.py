@@ -1,0 +1,306 @@
+"""The one training loop every command uses (dense training, mask learning, fine-tuning).
+
+It runs on Hugging Face Accelerate (CPU, one or more GPUs, mixed precision), trains one or more parameter
+groups each with its own optimizer, evaluates on the validation split after every epoch, keeps the best
+weights, stops early on a patience, appends per-epoch metrics to ``metrics.jsonl`` and writes an atomic
+checkpoint after every epoch so that ``resume=True`` continues bit for bit where an interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from .config import TrainConfig
+from .data import DataBundle, make_loader
+from .errors import NetsiftError
+from .measure import evaluate
+
+CHECKPOINT = "checkpoint"
+BEST = "best"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class OptimGroup:
+    """Parameters trained by one optimizer; unset settings fall back to the :class:`TrainConfig`."""
+
+    name: str
+    params: list[nn.Parameter]
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    nesterov: bool | None = None
+    schedule: str | None = None
+
+
+class Callback:
+    """Hooks into :func:`fit`. Override what you need; ``on_epoch_end`` may add metrics to the epoch's row."""
+
+    def on_epoch_start(self, epoch: int) -> None:  # noqa: D102
+        pass
+
+    def on_step_end(self, step: int, loss: float) -> None:  # noqa: D102
+        pass
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:  # noqa: D102
+        pass
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable state saved in checkpoints (tensors allowed)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        pass
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the per-epoch history and the best validation point."""
+
+    history: list[dict] = field(default_factory=list)
+    best_val_acc: float = -1.0
+    best_epoch: int = -1
+    stopped_early: bool = False
+    wall_s: float = 0.0
+    images_per_s: float = 0.0
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+    epoch = step // max(1, steps_per_epoch)
+    if cfg.step_every:
+        return cfg.gamma ** (epoch // cfg.step_every)
+    return cfg.gamma ** sum(epoch >= m for m in (cfg.epochs // 2, (3 * cfg.epochs) // 4))
+
+
+def build_optimizer(group: OptimGroup, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The torch optimizer for one group."""
+    kind = group.optimizer or cfg.optimizer
+    lr = group.lr if group.lr is not None else cfg.lr
+    wd = group.weight_decay if group.weight_decay is not None else cfg.weight_decay
+    if kind == "adam":
+        return torch.optim.Adam(group.params, lr=lr, weight_decay=wd)
+    momentum = group.momentum if group.momentum is not None else cfg.momentum
+    nesterov = (group.nesterov if group.nesterov is not None else cfg.nesterov) and momentum > 0
+    return torch.optim.SGD(group.params, lr=lr, momentum=momentum, weight_decay=wd, nesterov=nesterov)
+
+
+def _rng_state() -> tuple[dict, dict]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda{i}"] = s
+    np_state = np.random.get_state()
+    meta = {"python": _jsonable(random.getstate()), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    return tensors, meta
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _set_rng_state(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda"))]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = meta["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+
+
+def default_loss(label_smoothing: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """Cross-entropy on the logits (the input ``x`` is unused)."""
+    return lambda logits, y, x: nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+
+def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | Path | None = None,
+        groups: Sequence[OptimGroup] | None = None, callbacks: Iterable[Callback] = (), seed: int = 0,
+        resume: bool = False, desc: str = "train",
+        loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> FitResult:
+    """Train ``model`` on ``bundle``'s training split and leave it holding the best validation weights.
+
+    Args:
+        model: the network; only parameters named in ``groups`` (default: all with ``requires_grad``) train.
+        bundle: data, from :func:`netsift.data.load_data`.
+        cfg: loop settings (epochs, optimizer, schedule, patience, ...).
+        run_dir: folder for ``metrics.jsonl`` and checkpoints; ``None`` keeps everything in memory.
+        groups: parameter groups, each with its own optimizer and learning rate.
+        callbacks: hooks called at epoch and step boundaries.
+        seed: seeds the batch order, augmentation and any sampling in the model.
+        resume: continue from ``run_dir``'s checkpoint.
+        desc: label of the progress bar.
+        loss_fn: ``loss_fn(logits, y, x)``; default cross-entropy with the config's label smoothing.
+
+    Raises:
+        NetsiftError: a non-finite loss, or a missing or corrupt checkpoint when resuming.
+    """
+    from accelerate import Accelerator
+
+    callbacks = list(callbacks)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    if groups is None:
+        groups = [OptimGroup("all", [p for p in model.parameters() if p.requires_grad])]
+    groups = [g for g in groups if g.params]
+    if not groups:
+        raise NetsiftError("nothing to train: the model has no trainable parameters")
+    optimizers = [build_optimizer(g, cfg) for g in groups]
+    for opt in optimizers:
+        for pg in opt.param_groups:
+            pg["peak_lr"] = pg["lr"]
+    prepared = accelerator.prepare(model, *optimizers)
+    model, optimizers = prepared[0], list(prepared[1:])
+    loss_fn = loss_fn or default_loss(cfg.label_smoothing)
+
+    train_loader = make_loader(bundle, "train", cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
+                               num_shards=accelerator.num_processes, shard_index=accelerator.process_index)
+    val_loader = make_loader(bundle, "val", max(cfg.batch_size, 256))
+    steps_per_epoch = len(train_loader) if not cfg.max_steps else min(cfg.max_steps, len(train_loader))
+    total_steps = steps_per_epoch * cfg.epochs
+
+    result = FitResult()
+    start_epoch, step, best_state, since_best = 0, 0, None, 0
+    if resume and run_dir is not None and (run_dir / f"{CHECKPOINT}.json").exists():
+        start_epoch, step, best_state, since_best = _restore(run_dir, accelerator, model, optimizers, callbacks, result)
+    else:
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        if run_dir is not None:
+            (run_dir / METRICS).unlink(missing_ok=True)
+
+    t_start = time.perf_counter()
+    images_seen, train_time = 0, 0.0
+    for epoch in range(start_epoch, cfg.epochs):
+        for cb in callbacks:
+            cb.on_epoch_start(epoch)
+        model.train()
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=None if accelerator.is_main_process else True)
+        for i, (x, y) in enumerate(train_loader):
+            if i >= steps_per_epoch:
+                break
+            x, y = x.to(accelerator.device), y.to(accelerator.device)
+            for opt, g in zip(optimizers, groups):
+                factor = lr_factor(g.schedule or cfg.schedule, step, total_steps, steps_per_epoch, cfg)
+                for pg in opt.param_groups:
+                    pg["lr"] = pg["peak_lr"] * factor
+            with accelerator.autocast():
+                logits = model(x)
+                loss = loss_fn(logits, y, x)
+            if not torch.isfinite(loss):
+                raise NetsiftError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
+                                   "lower the learning rate (the last good checkpoint is kept)")
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            for opt in optimizers:
+                opt.step()
+            step += 1
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            for cb in callbacks:
+                cb.on_step_end(step, loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        bar.close()
+        epoch_time = time.perf_counter() - t0
+        train_time += epoch_time
+        images_seen += seen
+        val = evaluate(model, val_loader, accelerator.device) if len(bundle.val) else {"acc": float("nan"), "loss": float("nan")}
+        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
+               "train_acc": correct / max(seen, 1), "val_loss": val["loss"], "val_acc": val["acc"],
+               "lr": optimizers[0].param_groups[0]["lr"], "epoch_s": round(epoch_time, 3),
+               "images_per_s": round(seen / max(epoch_time, 1e-9), 1)}
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, row)
+        result.history.append(row)
+        improved = not (row["val_acc"] <= result.best_val_acc)  # NaN validation (no val split) counts as better
+        if improved:
+            result.best_val_acc, result.best_epoch, since_best = row["val_acc"], epoch + 1, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        else:
+            since_best += 1
+        stop = bool(cfg.patience) and since_best >= cfg.patience
+        if accelerator.is_main_process and run_dir is not None:
+            with open(run_dir / METRICS, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if improved:
+                save_checkpoint(run_dir / BEST, best_state, {"epoch": epoch + 1, "val_acc": row["val_acc"]})
+            _save(run_dir, accelerator, model, optimizers, callbacks, epoch + 1, step, result, since_best, stop)
+        if stop:
+            result.stopped_early = True
+            break
+    result.wall_s = time.perf_counter() - t_start
+    result.images_per_s = images_seen / train_time if train_time else 0.0
+    if best_state is not None:
+        accelerator.unwrap_model(model).load_state_dict(best_state)
+    return result
+
+
+def _save(run_dir: Path, accelerator, model, optimizers, callbacks, epoch, step, result, since_best, stopped):
+    tensors = {f"model.{k}": v for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    opt_meta = [flatten_state(f"opt{i}", opt.state_dict(), tensors) for i, opt in enumerate(optimizers)]
+    cb_meta = [flatten_state(f"cb{i}", cb.state_dict(), tensors) for i, cb in enumerate(callbacks)]
+    rng_tensors, rng_meta = _rng_state()
+    tensors.update(rng_tensors)
+    meta = {"epoch": epoch, "step": step, "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
+            "since_best": since_best, "stopped": stopped, "optimizers": opt_meta, "callbacks": cb_meta,
+            "rng": rng_meta, "history": result.history}
+    save_checkpoint(run_dir / CHECKPOINT, tensors, meta)
+
+
+def _restore(run_dir: Path, accelerator, model, optimizers, callbacks, result: FitResult):
+    tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        accelerator.unwrap_model(model).load_state_dict(state)
+    except RuntimeError as e:
+        raise NetsiftError(f"checkpoint in {run_dir} does not fit this model: {str(e).splitlines()[0]}") from None
+    if len(meta["optimizers"]) != len(optimizers):
+        raise NetsiftError(f"checkpoint in {run_dir} has {len(meta['optimizers'])} optimizers, expected {len(optimizers)}")
+    for opt, m in zip(optimizers, meta["optimizers"]):
+        opt.load_state_dict(unflatten_state(m, tensors))
+    for cb, m in zip(callbacks, meta["callbacks"]):
+        cb.load_state_dict(unflatten_state(m, tensors))
+    _set_rng_state(tensors, meta["rng"])
+    result.history = meta["history"]
+    result.best_val_acc, result.best_epoch = meta["best_val_acc"], meta["best_epoch"]
+    lines = [json.dumps(r) for r in result.history]
+    (run_dir / METRICS).write_text("".join(line + "\n" for line in lines))
+    best_state = None
+    if (run_dir / f"{BEST}.json").exists():
+        best_state, _ = load_checkpoint(run_dir / BEST)
+    epoch = meta["epoch"]
+    if meta.get("stopped"):
+        epoch = 10**9  # the run had already stopped early: nothing left to train
+    return epoch, meta["step"], best_state, meta["since_best"]
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    """The loop settings as a plain dict (for ``config.json``)."""
+    return asdict(cfg)
