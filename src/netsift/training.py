@@ -158,6 +158,8 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
 
     callbacks = list(callbacks)
     run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     if groups is None:
         groups = [OptimGroup("all", [p for p in model.parameters() if p.requires_grad])]

@@ -1,0 +1,22 @@
+"""Shared fixtures: every test runs hermetically (no network, data from scikit-learn or made by the test)."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture()
+def run_cli(capsys):
+    """Run ``netsift ...`` in-process; returns (exit code, stdout, stderr)."""
+    from netsift.cli import main
+
+    def run(*argv: str):
+        code = main([str(a) for a in argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
