@@ -21,7 +21,7 @@ from .checkpoint import atomic_write_json, load_checkpoint, read_json, save_chec
 from .config import DataConfig, ModelConfig, config_hash
 from .data import DataBundle, load_data, make_loader
 from .errors import NetsiftError
-from .measure import count_macs, count_params, evaluate, layer_table, sparse_macs
+from .measure import count_macs, count_params, evaluate, latency, layer_table, sparse_macs
 from .models import build_model, check_input
 
 RESULT_FIELDS = ("command", "method", "model", "data", "seed", "test_acc", "val_acc", "density", "params",
@@ -131,8 +131,11 @@ def build_for(model_cfg: ModelConfig, bundle: DataBundle, seed: int) -> nn.Modul
     return model
 
 
-def measure_model(model: nn.Module, bundle: DataBundle, batch_size: int = 512) -> dict:
-    """Test and validation accuracy, density, parameter counts, MACs and the per-layer table."""
+def measure_model(model: nn.Module, bundle: DataBundle, batch_size: int = 512, with_latency: bool = False) -> dict:
+    """Test and validation accuracy, density, parameter counts, MACs and the per-layer table.
+
+    With ``with_latency``, also the median CPU latency at batch 1 and 64 (``latency_ms``).
+    """
     device = next(model.parameters()).device
     test = evaluate(model, make_loader(bundle, "test", batch_size), device)
     val = evaluate(model, make_loader(bundle, "val", batch_size), device) if len(bundle.val) else {"acc": None}
@@ -142,7 +145,19 @@ def measure_model(model: nn.Module, bundle: DataBundle, batch_size: int = 512) -
     return {"test_acc": test["acc"], "test_loss": test["loss"], "val_acc": val["acc"],
             "density": kept / total if total else 1.0, "params": nonzero, "params_total": params_total,
             "macs": count_macs(model, bundle.input_shape), "macs_sparse": sparse_macs(model, bundle.input_shape),
-            "layers": [{"name": r["name"], "shape": r["shape"], "density": r["density"]} for r in layers]}
+            "layers": [{"name": r["name"], "shape": r["shape"], "density": r["density"]} for r in layers],
+            **({"latency_ms": cpu_latency(model, bundle.input_shape)} if with_latency else {})}
+
+
+def cpu_latency(model: nn.Module, input_shape: tuple[int, ...], batch_sizes: tuple[int, ...] = (1, 64),
+                repeats: int = 20) -> dict:
+    """Median CPU forward latency (ms) at each batch size, with the thread count used."""
+    out = {}
+    for bs in batch_sizes:
+        r = latency(model, input_shape, batch_size=bs, repeats=repeats)
+        out[f"batch{bs}"] = round(r["median_ms"], 4)
+        out["threads"] = r["threads"]
+    return out
 
 
 def write_result(run_dir: Path, result: dict) -> dict:

@@ -38,7 +38,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     fitted = fit(model, bundle, train_cfg, run_dir, seed=seed, resume=resume, desc=f"train {model_cfg.model}")
     save_model(run_dir, model, model_manifest(model_cfg, bundle))
     result = {"command": "train", "method": "dense", "model": model_cfg.model, "data": data_cfg.data, "seed": seed,
-              **measure_model(model, bundle), "wall_s": time.perf_counter() - t0, "best_epoch": fitted.best_epoch,
+              **measure_model(model, bundle, with_latency=True), "wall_s": time.perf_counter() - t0, "best_epoch": fitted.best_epoch,
               "epochs_run": len(fitted.history), "stopped_early": fitted.stopped_early,
               "train_images_per_s": fitted.images_per_s, "run_dir": str(run_dir)}
     return write_result(run_dir, result)
