@@ -1,0 +1,227 @@
+"""Masking channel groups and scoring many candidate masks fast.
+
+:class:`Masker` multiplies every consumer's input by the scaled 0/1 mask of the groups it reads (forward
+pre-hooks, so the network's code is untouched). :class:`BatchedScorer` scores K candidate masks of one group
+on one minibatch: it runs the network once on the minibatch to cache the outputs of every module that finishes
+before the group's first consumer (the *prefix*: it cannot depend on the candidate mask), then runs the rest of
+the network once on K stacked copies of the minibatch, the k-th copy masked by the k-th candidate, with the
+cached modules replaced by their stored outputs. :func:`reference_scores` is the plain one-forward-per-candidate
+computation of the same numbers.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .groups import ChannelGroup
+
+
+class Masker:
+    """Applies per-group channel masks at the consumers' inputs.
+
+    ``set(g, mask)`` fixes group ``g``'s mask (a length-N vector: 0 for removed channels, the rescale factor for
+    kept ones); ``trial(g, masks)`` temporarily gives group ``g`` a (K, N) stack of candidate masks, the k-th
+    applying to the k-th block of B samples of a K·B batch.
+    """
+
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup]):
+        self.model, self.groups = model, list(groups)
+        self.masks: dict[int, Tensor | None] = {i: None for i in range(len(self.groups))}
+        self._trial: tuple[int, Tensor] | None = None
+        self._readers: dict[nn.Module, list[tuple[int, Tensor]]] = {}
+        for gi, g in enumerate(self.groups):
+            for c in g.consumers:
+                self._readers.setdefault(c.module, []).append((gi, c.root_of))
+        self._cache: dict[nn.Module, Tensor | None] = {}
+        self._handles = [m.register_forward_pre_hook(self._hook) for m in self._readers]
+
+    def remove(self) -> None:
+        """Detach the hooks (the model computes unmasked again)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def set(self, gi: int, mask: Tensor | None) -> None:
+        """Fix group ``gi``'s mask (``None``: every channel, unscaled)."""
+        self.masks[gi] = None if mask is None else mask.detach().float()
+        self._cache = {}
+
+    def set_kept(self, gi: int, kept: Sequence[int], rescale: bool = True) -> None:
+        """Keep channels ``kept`` of group ``gi`` (a multiset counts repeats), scaled by N/n if ``rescale``."""
+        self.set(gi, kept_mask(self.groups[gi].size, kept, rescale))
+
+    @contextmanager
+    def trial(self, gi: int, masks: Tensor) -> Iterator[None]:
+        """Within the block, group ``gi`` uses the (K, N) candidate ``masks``."""
+        self._trial = (gi, masks.float())
+        try:
+            yield
+        finally:
+            self._trial = None
+
+    def _scale(self, module: nn.Module, exclude: int | None) -> Tensor | None:
+        key = module if exclude is None else (module, exclude)
+        if key in self._cache:
+            return self._cache[key]
+        scale = None
+        for gi, root_of in self._readers[module]:
+            mask = self.masks[gi]
+            if gi == exclude or mask is None:
+                continue
+            if scale is None:
+                scale = torch.ones(len(root_of))
+            sel = root_of >= 0
+            scale[sel] = scale[sel] * mask[root_of[sel]]
+        self._cache[key] = scale
+        return scale
+
+    def _hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        x = args[0]
+        trial_gi = self._trial[0] if self._trial is not None else None
+        fixed = self._scale(module, trial_gi)
+        trial = None
+        if self._trial is not None:
+            for gi, root_of in self._readers[module]:
+                if gi == trial_gi:
+                    masks = self._trial[1]
+                    sel = root_of >= 0
+                    trial = torch.ones(masks.shape[0], len(root_of))
+                    trial[:, sel] = masks[:, root_of[sel]]
+        if fixed is None and trial is None:
+            return None
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        if fixed is not None:
+            x = x * fixed.to(x.device, x.dtype).view(shape)
+        if trial is not None:
+            k = trial.shape[0]
+            xs = x.view(k, x.shape[0] // k, *x.shape[1:])
+            x = (xs * trial.to(x.device, x.dtype).view(k, 1, -1, *(1,) * (x.dim() - 2))).view_as(x)
+        return (x, *args[1:])
+
+
+def kept_mask(size: int, kept: Sequence[int], rescale: bool = True) -> Tensor:
+    """The scaled mask keeping ``kept`` of ``size`` channels; repeats count (with-replacement selection)."""
+    mask = torch.zeros(size)
+    for j in kept:
+        mask[j] += 1.0
+    if rescale and len(kept):
+        mask *= size / len(kept)
+    return mask
+
+
+class BatchedScorer:
+    """Scores candidate masks of one group: prefix once per minibatch, then candidates in batches."""
+
+    def __init__(self, model: nn.Module, masker: Masker, max_batch: int = 4096):
+        self.model, self.masker, self.max_batch = model, masker, max_batch
+
+    def _record(self, gi: int, x: Tensor) -> tuple[dict[nn.Module, list[Tensor]], Tensor]:
+        """Run once on ``x``; return the outputs of the modules fully computed before group ``gi``'s consumers."""
+        consumers = {c.module for c in self.masker.groups[gi].consumers}
+        names = {m: n for n, m in self.model.named_modules() if n}
+        state = {"open": True}
+        before: dict[nn.Module, list[Tensor]] = {}
+        calls: dict[nn.Module, int] = {}
+
+        def pre(mod, args):
+            if mod in consumers:
+                state["open"] = False
+
+        def post(mod, args, out):
+            calls[mod] = calls.get(mod, 0) + 1
+            if state["open"] and isinstance(out, Tensor):
+                before.setdefault(mod, []).append(out.detach().clone())
+
+        handles = []
+        for m in names:
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post))
+        try:
+            logits = self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        qualified = {m for m, outs in before.items() if len(outs) == calls[m]}
+        top = {}
+        modules = dict(self.model.named_modules())
+        for m in qualified:
+            parent = names[m].rpartition(".")[0]
+            if not (parent and modules[parent] in qualified):
+                top[m] = before[m]
+        return top, logits
+
+    @torch.no_grad()
+    def score(self, gi: int, masks: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy on ``(x, y)`` for each of the (K, N) candidate ``masks`` of group ``gi``."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            cached, _ = self._record(gi, x)
+            b = x.shape[0]
+            per_chunk = max(1, self.max_batch // b)
+            losses = []
+            for start in range(0, masks.shape[0], per_chunk):
+                chunk = masks[start:start + per_chunk]
+                k = chunk.shape[0]
+                with _replay(cached, k), self.masker.trial(gi, chunk):
+                    xs = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
+                    logits = self.model(xs)
+                ce = F.cross_entropy(logits.float(), y.repeat(k), reduction="none").view(k, b).mean(1)
+                losses.append(ce)
+            return torch.cat(losses)
+        finally:
+            self.model.train(was_training)
+
+
+@contextmanager
+def _replay(cached: dict[nn.Module, list[Tensor]], k: int) -> Iterator[None]:
+    """Replace each cached module's forward by its stored outputs, tiled ``k`` times along the batch."""
+    for m, outs in cached.items():
+        tiled = [o.repeat(k, *(1,) * (o.dim() - 1)) for o in outs]
+        counter = {"i": 0}
+
+        def fwd(*args, _tiled=tiled, _c=counter, **kwargs):
+            out = _tiled[_c["i"] % len(_tiled)]
+            _c["i"] += 1
+            return out
+
+        m.forward = fwd
+    try:
+        yield
+    finally:
+        for m in cached:
+            del m.forward
+
+
+@torch.no_grad()
+def reference_scores(model: nn.Module, masker: Masker, gi: int, masks: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """The plain computation: one whole forward pass per candidate mask."""
+    was_training = model.training
+    model.eval()
+    old = masker.masks[gi]
+    out = []
+    try:
+        for mask in masks:
+            masker.set(gi, mask)
+            out.append(F.cross_entropy(model(x).float(), y))
+    finally:
+        masker.set(gi, old)
+        model.train(was_training)
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def masked_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
+    """Accuracy of ``model`` (with whatever masks are set) on the held-out tensors ``(x, y)``."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for s in range(0, len(y), batch_size):
+        correct += (model(x[s:s + batch_size]).argmax(1) == y[s:s + batch_size]).sum().item()
+    model.train(was_training)
+    return correct / max(1, len(y))
