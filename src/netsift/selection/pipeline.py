@@ -159,6 +159,9 @@ def prune(cfg: PruneConfig, data_cfg: DataConfig, train_cfg: TrainConfig, checkp
     shape = bundle.input_shape
     graph = build_graph(model, shape)
     groups = find_groups(model, shape, graph)
+    if cfg.method == "bn-scale":
+        from .bn_scale import check
+        check(graph, groups)
     run_dir = prepare_out_dir(out, overwrite, default_name=f"prune-{cfg.method}")
     config = {"command": "prune", "checkpoint": str(checkpoint) if checkpoint else None, "model": manifest["model"],
               "seed": seed, "prune": dataclasses.asdict(cfg), "data": dataclasses.asdict(data_cfg),
