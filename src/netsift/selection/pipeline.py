@@ -122,6 +122,11 @@ def _reinit(model: nn.Module, seed: int) -> None:
             m.reset_parameters()
 
 
+def measure_before(model: nn.Module, bundle: DataBundle, threads: int) -> dict:
+    """Accuracy, MACs, parameters and latency of the network before pruning."""
+    return {**measure_model(model, bundle), "latency_ms": _latency(model, bundle.input_shape, threads)}
+
+
 def load_source(checkpoint: str | None, model_name: str | None, width: float, data_cfg: DataConfig,
                 seed: int) -> tuple[nn.Module, dict, DataBundle]:
     """The network to prune (from a run folder, or built fresh) with its manifest and the data."""
@@ -148,13 +153,17 @@ def load_source(checkpoint: str | None, model_name: str | None, width: float, da
 
 def prune(cfg: PruneConfig, data_cfg: DataConfig, train_cfg: TrainConfig, checkpoint: str | None = None,
           model_name: str | None = None, width: float = 1.0, seed: int = 0, out: str | Path | None = None,
-          overwrite: bool = False, progress: bool = True) -> dict:
+          overwrite: bool = False, progress: bool = True, data_seed: int | None = None,
+          before: dict | None = None) -> dict:
     """Select, remove, fine-tune and measure; write the run folder and return ``result.json``'s contents.
 
-    Every check of the input happens before the output folder is touched.
+    Every check of the input happens before the output folder is touched. ``data_seed`` (default ``seed``)
+    fixes the train/validation split; ``before`` reuses a measurement of the unpruned network
+    (:func:`measure_before`) when many runs prune the same one.
     """
     t0 = time.perf_counter()
-    model, manifest, bundle = load_source(checkpoint, model_name, width, data_cfg, seed)
+    model, manifest, bundle = load_source(checkpoint, model_name, width, data_cfg,
+                                          seed if data_seed is None else data_seed)
     model.eval()
     shape = bundle.input_shape
     graph = build_graph(model, shape)
@@ -168,8 +177,8 @@ def prune(cfg: PruneConfig, data_cfg: DataConfig, train_cfg: TrainConfig, checkp
               "finetune": dataclasses.asdict(train_cfg)}
     atomic_write_json(run_dir / "config.json", config)
 
-    before = measure_model(model, bundle)
-    before_lat = _latency(model, shape, cfg.latency_threads)
+    before = before or measure_before(model, bundle, cfg.latency_threads)
+    before_lat = before["latency_ms"]
     macs_model = MacsModel(model, groups, shape)
     widths = allocate(macs_model, cfg.macs) if cfg.macs is not None else None
 
