@@ -119,22 +119,26 @@ class BatchedScorer:
 
     def __init__(self, model: nn.Module, masker: Masker, max_batch: int = 4096):
         self.model, self.masker, self.max_batch = model, masker, max_batch
+        self._calls: dict[nn.Module, int] | None = None
 
-    def _record(self, gi: int, x: Tensor) -> tuple[dict[nn.Module, list[Tensor]], Tensor]:
-        """Run once on ``x``; return the outputs of the modules fully computed before group ``gi``'s consumers."""
+    def _record(self, gi: int, x: Tensor) -> dict[nn.Module, list[Tensor]]:
+        """Run ``x`` up to group ``gi``'s first consumer; return the outputs of the modules finished by then.
+
+        A module qualifies when every call it makes in the forward pass has finished before that point; only
+        the outermost qualifying modules are kept. The pass stops at the first consumer (the suffix is not run).
+        """
         consumers = {c.module for c in self.masker.groups[gi].consumers}
+        if self._calls is None:
+            self._calls = _call_counts(self.model, x[:1])
         names = {m: n for n, m in self.model.named_modules() if n}
-        state = {"open": True}
         before: dict[nn.Module, list[Tensor]] = {}
-        calls: dict[nn.Module, int] = {}
 
         def pre(mod, args):
             if mod in consumers:
-                state["open"] = False
+                raise _Stop
 
         def post(mod, args, out):
-            calls[mod] = calls.get(mod, 0) + 1
-            if state["open"] and isinstance(out, Tensor):
+            if isinstance(out, Tensor):
                 before.setdefault(mod, []).append(out.detach().clone())
 
         handles = []
@@ -142,18 +146,16 @@ class BatchedScorer:
             handles.append(m.register_forward_pre_hook(pre))
             handles.append(m.register_forward_hook(post))
         try:
-            logits = self.model(x)
+            self.model(x)
+        except _Stop:
+            pass
         finally:
             for h in handles:
                 h.remove()
-        qualified = {m for m, outs in before.items() if len(outs) == calls[m]}
-        top = {}
+        qualified = {m for m, outs in before.items() if len(outs) == self._calls.get(m, -1)}
         modules = dict(self.model.named_modules())
-        for m in qualified:
-            parent = names[m].rpartition(".")[0]
-            if not (parent and modules[parent] in qualified):
-                top[m] = before[m]
-        return top, logits
+        return {m: before[m] for m in qualified
+                if not ((parent := names[m].rpartition(".")[0]) and modules[parent] in qualified)}
 
     @torch.no_grad()
     def score(self, gi: int, masks: Tensor, x: Tensor, y: Tensor) -> Tensor:
@@ -161,7 +163,7 @@ class BatchedScorer:
         was_training = self.model.training
         self.model.eval()
         try:
-            cached, _ = self._record(gi, x)
+            cached = self._record(gi, x)
             b = x.shape[0]
             per_chunk = max(1, self.max_batch // b)
             losses = []
@@ -176,6 +178,27 @@ class BatchedScorer:
             return torch.cat(losses)
         finally:
             self.model.train(was_training)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+@torch.no_grad()
+def _call_counts(model: nn.Module, x: Tensor) -> dict[nn.Module, int]:
+    """How many times each submodule is called in one forward pass."""
+    calls: dict[nn.Module, int] = {}
+
+    def post(mod, args, out):
+        calls[mod] = calls.get(mod, 0) + 1
+
+    handles = [m.register_forward_hook(post) for n, m in model.named_modules() if n]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
 
 
 @contextmanager
