@@ -122,7 +122,7 @@ def test_with_replacement_variant_may_repeat_channels():
                            replacement=True, progress=False)
     sel = gfs.select(ctx)
     kept = sel.kept[groups[0].name]
-    assert len(set(kept)) <= 12 and len(kept) > len(set(kept))  # a multiset: some channel picked twice
+    assert len(kept) == 12 and len(set(kept)) < 12  # 12 picks, a multiset: some channel picked more than once
     ctx.masker.remove()
     pruned = remove_channels(model, shape, sel.kept, sel.rescale)
     masker = Masker(model, groups)

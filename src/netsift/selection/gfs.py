@@ -9,7 +9,8 @@ An optional short fine-tune follows each group.
 
 Theory (two-layer networks): with ``replacement`` every channel stays a candidate, S is a multiset and the
 subnetwork is the uniform average of its picks (Frank–Wolfe with step 1/(n+1)); a channel picked twice
-counts twice. The same code runs on a randomly initialised network (``netsift prune --model M`` without a
+counts twice. A width budget then bounds the number of picks, so the physical network keeps at most that many
+channels (its MACs are at most, not exactly, the budget). The same code runs on a randomly initialised network (``netsift prune --model M`` without a
 checkpoint), where the paper's guarantee also holds.
 """
 
@@ -22,9 +23,10 @@ from .scoring import kept_mask
 
 
 def _stop(ctx: SelectionContext, gi: int, chosen: list[int], start_acc: float | None) -> tuple[bool, float | None]:
-    distinct = len(set(chosen))
+    # with replacement the subnetwork's size is its number of picks (distinct channels may be fewer)
+    size = len(chosen) if ctx.replacement else len(set(chosen))
     if ctx.widths is not None:
-        return distinct >= ctx.widths[gi], None
+        return size >= ctx.widths[gi], None
     acc = ctx.accuracy()
     return acc >= (1 - ctx.tolerance) * start_acc, acc
 
