@@ -95,19 +95,20 @@ def test_gfs_matches_brute_force_greedy_rule():
     assert [got.kept[g.name] for g in groups] == expected
 
 
-def test_batched_scores_equal_reference():
+@pytest.mark.parametrize("bn_batch_stats", [False, True])
+def test_batched_scores_equal_reference(bn_batch_stats):
     model = _model("resnet20", width=0.25)
     shape = (1, 16, 16)
     groups = find_groups(model, shape)
     masker = Masker(model, groups)
     masker.set_kept(0, [0, 1, 2])
-    scorer = BatchedScorer(model, masker, max_batch=64)  # several chunks
+    scorer = BatchedScorer(model, masker, max_batch=64, bn_batch_stats=bn_batch_stats)  # several chunks
     x, y = torch.randn(16, *shape), torch.randint(0, 10, (16,))
     for gi in (1, 5, len(groups) - 1):
         n = groups[gi].size
         masks = torch.stack([kept_mask(n, [0, j]) for j in range(1, n)])
         fast = scorer.score(gi, masks, x, y)
-        slow = reference_scores(model, masker, gi, masks, x, y)
+        slow = reference_scores(model, masker, gi, masks, x, y, bn_batch_stats=bn_batch_stats)
         assert torch.allclose(fast, slow, atol=1e-5), (gi, (fast - slow).abs().max())
 
 
@@ -225,7 +226,8 @@ def test_torchvision_models_end_to_end(tmp_path, name):
 
 def test_gfs_command_on_residual_network(tmp_path):
     rc, out = _prune(tmp_path, "--model", "resnet20", "--width", "0.25", "--method", "gfs", "--macs", "0.5",
-                     "--candidates", "8")
+                     "--candidates", "8", "--bn-batch-stats", "--recalibrate-bn", "2", "--distill",
+                     "--layer-finetune", "0.05")
     assert rc == 0
     result = json.loads((out / "result.json").read_text())
     for key in ("command", "method", "model", "data", "seed", "test_acc", "val_acc", "density", "params",

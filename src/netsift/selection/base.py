@@ -39,18 +39,19 @@ class SelectionContext:
     seed: int = 0
     layer_finetune: Callable[[nn.Module], None] | None = None
     max_batch: int = 4096
+    bn_batch_stats: bool = False  # score with batch-norm statistics of the minibatch (per candidate), not running
     progress: bool = True
     masker: Masker = field(init=False)
     scorer: BatchedScorer = field(init=False)
 
     def __post_init__(self):
         self.masker = Masker(self.model, self.groups)
-        self.scorer = BatchedScorer(self.model, self.masker, self.max_batch)
+        self.scorer = BatchedScorer(self.model, self.masker, self.max_batch, self.bn_batch_stats)
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def accuracy(self) -> float:
         """Held-out accuracy of the network with the masks set so far."""
-        return masked_accuracy(self.model, *self.holdout)
+        return masked_accuracy(self.model, *self.holdout, bn_batch_stats=self.bn_batch_stats)
 
     def n_candidates(self, gi: int, available: int) -> int:
         """How many candidates to score at one step of group ``gi``."""

@@ -47,11 +47,17 @@ class PruneConfig:
     finetune_epochs: int = opt(1, "epochs of fine-tuning after removal (0: none)")
     distill: bool = opt(False, "fine-tune with distillation from the original network")
     reinit: bool = opt(False, "ablation: re-initialise the pruned architecture before fine-tuning")
+    bn_batch_stats: bool = opt(False, "greedy methods: score with each candidate's minibatch BN statistics "
+                                      "(as fine-tuning will see them) instead of the running ones")
+    recalibrate_bn: int = opt(0, "after removal, re-estimate BN running statistics on N training minibatches")
+    rescale: str = opt("auto", "fold the N/n rescale into the weights at removal (auto: as the method selected)",
+                       ("auto", "on", "off"))
     onnx: bool = opt(False, "also export the pruned network as model.onnx")
     latency_threads: int = opt(1, "CPU threads for the latency measurement (0: torch's default)")
 
     def __post_init__(self):
         choose(self.method, METHODS, "method")
+        choose(self.rescale, ("auto", "on", "off"), "--rescale")
         if self.macs is not None and self.tolerance is not None:
             raise NetsiftError("give --macs or --tolerance, not both")
         if self.macs is not None:
@@ -62,7 +68,7 @@ class PruneConfig:
             raise NetsiftError(f"--tolerance must be in [0, 1), got {self.tolerance}")
         if self.epsilon is not None and not 0.0 < self.epsilon < 1.0:
             raise NetsiftError(f"--epsilon must be in (0, 1), got {self.epsilon}")
-        for name in ("candidates", "holdout", "finetune_epochs", "latency_threads"):
+        for name in ("candidates", "holdout", "finetune_epochs", "latency_threads", "recalibrate_bn"):
             if getattr(self, name) < 0:
                 raise NetsiftError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
         if self.select_batch <= 0:
@@ -109,6 +115,25 @@ def distill_loss(teacher: nn.Module, label_smoothing: float, temperature: float 
 def _latency(model: nn.Module, shape: tuple[int, ...], threads: int) -> dict:
     return {"b1_ms": latency(model, shape, 1, repeats=50, warmup=10, threads=threads or None)["median_ms"],
             "b64_ms": latency(model, shape, 64, repeats=15, warmup=3, threads=threads or None)["median_ms"]}
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, next_batch, batches: int) -> None:
+    """Re-estimate every batch norm's running statistics (cumulative average over ``batches`` minibatches)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    for _ in range(batches):
+        model(next_batch()[0])
+    model.train(was_training)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
 
 
 def _prunable_weights(model: nn.Module) -> int:
@@ -194,7 +219,7 @@ def prune(cfg: PruneConfig, data_cfg: DataConfig, train_cfg: TrainConfig, checkp
     ctx = SelectionContext(model, groups, graph, shape, sample_batches(select_bundle, cfg.select_batch, seed), holdout,
                            widths=widths, tolerance=cfg.tolerance if widths is None else None,
                            candidates=cfg.candidates, epsilon=cfg.epsilon, replacement=cfg.replacement, seed=seed,
-                           layer_finetune=layer_ft, progress=progress)
+                           layer_finetune=layer_ft, progress=progress, bn_batch_stats=cfg.bn_batch_stats)
     t_sel = time.perf_counter()
     selection = METHODS[cfg.method](ctx)
     selection_s = time.perf_counter() - t_sel
@@ -204,7 +229,10 @@ def prune(cfg: PruneConfig, data_cfg: DataConfig, train_cfg: TrainConfig, checkp
         import copy
         teacher = copy.deepcopy(model)
         teacher.load_state_dict(original)
-    pruned = remove_channels(model, shape, selection.kept, selection.rescale)
+    rescale = selection.rescale if cfg.rescale == "auto" else cfg.rescale == "on"
+    pruned = remove_channels(model, shape, selection.kept, rescale)
+    if cfg.recalibrate_bn:
+        recalibrate_bn(pruned, sample_batches(select_bundle, cfg.select_batch, seed + 1), cfg.recalibrate_bn)
     if cfg.reinit:
         _reinit(pruned, seed)
     test_loader = make_loader(bundle, "test", 512)

@@ -117,8 +117,9 @@ def kept_mask(size: int, kept: Sequence[int], rescale: bool = True) -> Tensor:
 class BatchedScorer:
     """Scores candidate masks of one group: prefix once per minibatch, then candidates in batches."""
 
-    def __init__(self, model: nn.Module, masker: Masker, max_batch: int = 4096):
+    def __init__(self, model: nn.Module, masker: Masker, max_batch: int = 4096, bn_batch_stats: bool = False):
         self.model, self.masker, self.max_batch = model, masker, max_batch
+        self.bn_batch_stats = bn_batch_stats
         self._calls: dict[nn.Module, int] | None = None
 
     def _record(self, gi: int, x: Tensor) -> dict[nn.Module, list[Tensor]]:
@@ -146,7 +147,8 @@ class BatchedScorer:
             handles.append(m.register_forward_pre_hook(pre))
             handles.append(m.register_forward_hook(post))
         try:
-            self.model(x)
+            with batch_norm_stats(self.model, 1, self.bn_batch_stats):
+                self.model(x)
         except _Stop:
             pass
         finally:
@@ -170,7 +172,8 @@ class BatchedScorer:
             for start in range(0, masks.shape[0], per_chunk):
                 chunk = masks[start:start + per_chunk]
                 k = chunk.shape[0]
-                with _replay(cached, k), self.masker.trial(gi, chunk):
+                with batch_norm_stats(self.model, k, self.bn_batch_stats), _replay(cached, k), \
+                        self.masker.trial(gi, chunk):
                     xs = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
                     logits = self.model(xs)
                 ce = F.cross_entropy(logits.float(), y.repeat(k), reduction="none").view(k, b).mean(1)
@@ -178,6 +181,34 @@ class BatchedScorer:
             return torch.cat(losses)
         finally:
             self.model.train(was_training)
+
+
+@contextmanager
+def batch_norm_stats(model: nn.Module, blocks: int, enabled: bool = True) -> Iterator[None]:
+    """Within the block, batch norms normalise with the statistics of the current batch (not the running ones),
+    computed separately for each of ``blocks`` equal slices of the batch (one per stacked candidate)."""
+    if not enabled:
+        yield
+        return
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        def fwd(x, _m=m):
+            xs = x.view(blocks, x.shape[0] // blocks, *x.shape[1:])
+            dims = [1] + list(range(3, xs.dim()))
+            mean = xs.mean(dims, keepdim=True)
+            var = xs.var(dims, keepdim=True, unbiased=False)
+            shape = [1, 1, -1] + [1] * (xs.dim() - 3)
+            out = (xs - mean) / torch.sqrt(var + _m.eps)
+            if _m.affine:
+                out = out * _m.weight.view(shape) + _m.bias.view(shape)
+            return out.view_as(x)
+
+        m.forward = fwd
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.__dict__.pop("forward", None)
 
 
 class _Stop(Exception):
@@ -222,7 +253,8 @@ def _replay(cached: dict[nn.Module, list[Tensor]], k: int) -> Iterator[None]:
 
 
 @torch.no_grad()
-def reference_scores(model: nn.Module, masker: Masker, gi: int, masks: Tensor, x: Tensor, y: Tensor) -> Tensor:
+def reference_scores(model: nn.Module, masker: Masker, gi: int, masks: Tensor, x: Tensor, y: Tensor,
+                     bn_batch_stats: bool = False) -> Tensor:
     """The plain computation: one whole forward pass per candidate mask."""
     was_training = model.training
     model.eval()
@@ -231,7 +263,8 @@ def reference_scores(model: nn.Module, masker: Masker, gi: int, masks: Tensor, x
     try:
         for mask in masks:
             masker.set(gi, mask)
-            out.append(F.cross_entropy(model(x).float(), y))
+            with batch_norm_stats(model, 1, bn_batch_stats):
+                out.append(F.cross_entropy(model(x).float(), y))
     finally:
         masker.set(gi, old)
         model.train(was_training)
@@ -239,12 +272,14 @@ def reference_scores(model: nn.Module, masker: Masker, gi: int, masks: Tensor, x
 
 
 @torch.no_grad()
-def masked_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
+def masked_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024,
+                    bn_batch_stats: bool = False) -> float:
     """Accuracy of ``model`` (with whatever masks are set) on the held-out tensors ``(x, y)``."""
     was_training = model.training
     model.eval()
     correct = 0
     for s in range(0, len(y), batch_size):
-        correct += (model(x[s:s + batch_size]).argmax(1) == y[s:s + batch_size]).sum().item()
+        with batch_norm_stats(model, 1, bn_batch_stats):
+            correct += (model(x[s:s + batch_size]).argmax(1) == y[s:s + batch_size]).sum().item()
     model.train(was_training)
     return correct / max(1, len(y))
