@@ -83,6 +83,36 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def architecture_latency(dense_dir: Path, cells: dict[float, Path], threads: int, rounds: int = 5) -> list[dict]:
+    """Latency of the dense network and of each MACs fraction's pruned architecture, measured after all cells
+    (on a quiet machine) in interleaved rounds so that load from other processes hits both alike.
+
+    Every method prunes to the same widths at a given fraction, so one pruned network per fraction suffices.
+    """
+    from netsift.measure import count_macs, latency
+
+    dense, manifest = load_model(dense_dir)
+    dense.eval()
+    shape = (manifest["in_channels"], manifest["image_size"], manifest["image_size"])
+    rows = []
+    for frac, run in sorted(cells.items(), reverse=True):
+        pruned = load_model(run)[0].eval()
+        times = {("dense", 1): [], ("dense", 64): [], ("pruned", 1): [], ("pruned", 64): []}
+        for _ in range(rounds):
+            for which, m in (("dense", dense), ("pruned", pruned)):
+                times[(which, 1)].append(latency(m, shape, 1, repeats=30, threads=threads)["median_ms"])
+                times[(which, 64)].append(latency(m, shape, 64, repeats=5, threads=threads)["median_ms"])
+        med = {k: statistics.median(v) for k, v in times.items()}
+        macs_red = count_macs(dense, shape) / count_macs(pruned, shape)
+        rows.append({"macs_target": frac, "macs_reduction": macs_red, "dense_b1_ms": med[("dense", 1)],
+                     "pruned_b1_ms": med[("pruned", 1)], "dense_b64_ms": med[("dense", 64)],
+                     "pruned_b64_ms": med[("pruned", 64)],
+                     "speedup_b1": med[("dense", 1)] / med[("pruned", 1)],
+                     "speedup_b64": med[("dense", 64)] / med[("pruned", 64)],
+                     "speedup_b64_over_macs_reduction": med[("dense", 64)] / med[("pruned", 64)] / macs_red})
+    return rows
+
+
 def plot(summary: list[dict], dense: dict, path: Path) -> None:
     """Test accuracy after fine-tuning against MACs, one line per method (mean ± std over seeds)."""
     import matplotlib
@@ -148,10 +178,15 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(rows)
     summary = summarize(rows)
+    first = {}
+    for method, frac, seed, reinit in cells:
+        first.setdefault(frac, work / f"{'same-arch-reinit' if reinit else method}-{frac}-s{seed}")
+    arch_latency = architecture_latency(dense_dir, first, args.threads)
     setup = {k: v for k, v in vars(args).items() if k not in ("work", "results")}
     (results / "structured.json").write_text(json.dumps(
         {"setup": setup, "dense": {k: dense[k] for k in ("model", "data", "test_acc", "val_acc", "macs", "params")},
-         "dense_latency_note": "latency measured with --threads CPU threads", "summary": summary, "cells": rows},
+         "latency_threads": args.threads, "architecture_latency": arch_latency, "summary": summary,
+         "cells": rows},
         indent=2) + "\n")
     plot(summary, dense, results / "structured.png")
     print(f"{'method':18} {'MACs':>5} {'acc sel':>8} {'acc ft':>15} {'MACs frac':>9} {'params':>7} "
@@ -161,6 +196,11 @@ def main(argv=None) -> int:
               f"{s['test_acc']:8.4f}±{s['test_acc_std']:.4f} {s['macs_fraction']:9.3f} {s['params']:7.0f} "
               f"{s['lat_b1_ms']:6.2f} {s['lat_b64_ms']:7.2f} {s['speedup_b64']:6.2f} {s['macs_reduction']:8.2f} "
               f"{s['selection_s']:6.1f}")
+    for r in arch_latency:
+        print(f"latency at {r['macs_target']:.0%} MACs (x{r['macs_reduction']:.2f} fewer): batch 1 "
+              f"{r['dense_b1_ms']:.2f} -> {r['pruned_b1_ms']:.2f} ms (x{r['speedup_b1']:.2f}), batch 64 "
+              f"{r['dense_b64_ms']:.1f} -> {r['pruned_b64_ms']:.1f} ms (x{r['speedup_b64']:.2f}, "
+              f"{r['speedup_b64_over_macs_reduction']:.2f} of the MACs reduction)")
     print(f"dense: test acc {dense['test_acc']:.4f}; total {time.perf_counter() - t0:.0f} s")
     return 0
 
