@@ -194,14 +194,14 @@ def batch_norm_stats(model: nn.Module, blocks: int, enabled: bool = True) -> Ite
     for m in bns:
         def fwd(x, _m=m):
             xs = x.view(blocks, x.shape[0] // blocks, *x.shape[1:])
-            dims = [1] + list(range(3, xs.dim()))
-            mean = xs.mean(dims, keepdim=True)
-            var = xs.var(dims, keepdim=True, unbiased=False)
-            shape = [1, 1, -1] + [1] * (xs.dim() - 3)
-            out = (xs - mean) / torch.sqrt(var + _m.eps)
+            var, mean = torch.var_mean(xs, [1] + list(range(3, xs.dim())), keepdim=True, correction=0)
+            scale = torch.rsqrt(var + _m.eps)
             if _m.affine:
-                out = out * _m.weight.view(shape) + _m.bias.view(shape)
-            return out.view_as(x)
+                scale = scale * _m.weight.view([1, 1, -1] + [1] * (xs.dim() - 3))
+            shift = -mean * scale
+            if _m.affine:
+                shift = shift + _m.bias.view([1, 1, -1] + [1] * (xs.dim() - 3))
+            return torch.addcmul(shift, xs, scale).view_as(x)
 
         m.forward = fwd
     try:
