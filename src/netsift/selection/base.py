@@ -38,7 +38,7 @@ class SelectionContext:
     replacement: bool = False  # GFS theory variant: a channel may be chosen again (multiset)
     seed: int = 0
     layer_finetune: Callable[[nn.Module], None] | None = None
-    max_batch: int = 4096
+    max_batch: int = 256
     bn_batch_stats: bool = False  # score with batch-norm statistics of the minibatch (per candidate), not running
     progress: bool = True
     masker: Masker = field(init=False)
