@@ -86,12 +86,15 @@ def suffix_fractions(model: nn.Module, groups, shape) -> list[float]:
     return fractions
 
 
-def run(model: nn.Module, shape, batches, steps: int, candidates: int, reference: bool, seed: int):
+def run(model: nn.Module, shape, batches, steps: int, candidates: int, reference: bool, seed: int,
+        max_batch: int | None = None):
     graph = build_graph(model, shape)
     groups = find_groups(model, shape, graph)
     it = iter(batches)
     ctx = SelectionContext(model, groups, graph, shape, lambda: next(it), batches[0], widths=[steps] * len(groups),
                            candidates=candidates, seed=seed, progress=False)
+    if max_batch:
+        ctx.scorer.max_batch = max_batch
     scorer = Counting(ReferenceScorer(model, ctx.masker) if reference else ctx.scorer)
     ctx.scorer = scorer
     t = time.perf_counter()
@@ -99,6 +102,12 @@ def run(model: nn.Module, shape, batches, steps: int, candidates: int, reference
     wall = time.perf_counter() - t
     ctx.masker.remove()
     return sel, wall, scorer, groups
+
+
+def ctx_default_max_batch() -> int:
+    import dataclasses
+
+    return next(f.default for f in dataclasses.fields(SelectionContext) if f.name == "max_batch")
 
 
 def main(argv=None) -> int:
@@ -110,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=128, help="greedy minibatch (published 128)")
     p.add_argument("--candidates", type=int, default=50, help="candidates per step (published 50)")
     p.add_argument("--steps", type=int, default=2, help="greedy steps per group (both implementations)")
+    p.add_argument("--max-batch", type=int, default=None, help="images per stacked pass (default: the scorer's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gfs_speed.json"))
@@ -128,7 +138,8 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(args.seed)
     batches = [(torch.randn(args.batch, *shape, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
                for _ in range(args.steps * n_groups + 1)]
-    fast_sel, fast_wall, fast, groups = run(model, shape, batches, args.steps, args.candidates, False, args.seed)
+    fast_sel, fast_wall, fast, groups = run(model, shape, batches, args.steps, args.candidates, False, args.seed,
+                                            args.max_batch)
     ref_sel, ref_wall, ref, _ = run(model, shape, batches, args.steps, args.candidates, True, args.seed)
     same = fast_sel.kept == ref_sel.kept
     n = sum(fast.candidates.values())
@@ -141,7 +152,7 @@ def main(argv=None) -> int:
                      "suffix_macs_fraction": fractions[gi],
                      "batched_s": fast.seconds.get(gi, 0.0), "reference_s": ref.seconds.get(gi, 0.0),
                      "speedup": ref.seconds.get(gi, 0.0) / max(fast.seconds.get(gi, 1e-9), 1e-9)})
-    result = {"model": args.model, "width": args.width, "input_shape": list(shape), "batch": args.batch,
+    result = {"model": args.model, "max_batch": args.max_batch or ctx_default_max_batch(), "width": args.width, "input_shape": list(shape), "batch": args.batch,
               "candidates_per_step": args.candidates, "steps_per_group": args.steps, "threads": args.threads,
               "candidates_scored": n, "batched_wall_s": fast_wall, "reference_wall_s": ref_wall,
               "batched_candidates_per_s": n / fast_wall, "reference_candidates_per_s": n / ref_wall,
