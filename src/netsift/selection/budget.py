@@ -1,0 +1,135 @@
+"""MACs of a network as a function of its groups' widths, and allocating a global MACs budget to the groups.
+
+The MACs of a Conv2d/Linear layer are ``out · in/groups · k² · H·W`` (Linear: ``out · in`` per position), the
+same count ``torch.utils.flop_counter`` makes. Removing channels of a group shrinks the ``out`` of its member
+layers and the ``in`` of its consumers, so the MACs of any width assignment follow from one traced pass,
+without pruning anything. :func:`allocate` gives every group the same kept fraction ``r`` (so every method
+prunes to the same architecture) and searches ``r``, then nudges single groups by one channel, until the
+MACs are as close as possible to the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .groups import ChannelGroup
+
+
+@dataclass
+class _Layer:
+    module: nn.Module
+    out: int
+    in_per_group: int  # in_channels / groups (Linear: in_features)
+    positions: int  # k² · H_out · W_out (Linear: rows per sample)
+    depthwise: bool
+
+
+class MacsModel:
+    """Analytic MACs of ``model`` for any per-group widths (from one traced forward pass)."""
+
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, ...]):
+        self.groups = list(groups)
+        self.layers: list[_Layer] = []
+        hooks = []
+
+        def hook(mod, inp, out):
+            if isinstance(mod, nn.Conv2d):
+                pos = mod.kernel_size[0] * mod.kernel_size[1] * out.shape[2] * out.shape[3]
+                self.layers.append(_Layer(mod, mod.out_channels, mod.in_channels // mod.groups, pos,
+                                          mod.groups > 1 and mod.groups == mod.in_channels))
+            else:
+                self.layers.append(_Layer(mod, mod.out_features, mod.in_features, out.numel() // out.shape[-1], False))
+
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                hooks.append(m.register_forward_hook(hook))
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+        names = {m: n for n, m in model.named_modules()}
+        self._out_group: dict[nn.Module, int] = {}
+        self._in_reads: dict[nn.Module, list[tuple[int, torch.Tensor]]] = {}
+        for gi, g in enumerate(self.groups):
+            for n in g.members:
+                self._out_group[model.get_submodule(n)] = gi
+            for c in g.consumers:
+                counts = torch.bincount(c.root_of[c.root_of >= 0], minlength=g.size).float()
+                self._in_reads.setdefault(c.module, []).append((gi, counts))
+        self._names = names
+
+    def macs(self, kept: dict[int, Sequence[int]] | None = None, widths: Sequence[int] | None = None) -> int:
+        """MACs per sample keeping channels ``kept[gi]`` (exact), or ``widths[gi]`` channels of each group."""
+        total = 0.0
+        for layer in self.layers:
+            out = layer.out
+            gi = self._out_group.get(layer.module)
+            if gi is not None:
+                out = self._width(gi, kept, widths)
+            if layer.depthwise:
+                total += out * layer.positions
+                continue
+            inp = layer.in_per_group
+            for gj, counts in self._in_reads.get(layer.module, []):
+                n = self._width(gj, kept, widths)
+                full = self.groups[gj].size
+                if kept is not None and gj in kept:
+                    lost = counts.sum() - counts[list(sorted(set(kept[gj])))].sum()
+                else:
+                    lost = counts.sum() * (full - n) / full
+                inp -= float(lost)
+            total += out * inp * layer.positions
+        return int(round(total))
+
+    def _width(self, gi: int, kept, widths) -> int:
+        if kept is not None and gi in kept:
+            return len(set(kept[gi]))
+        if widths is not None:
+            return widths[gi]
+        return self.groups[gi].size
+
+
+def widths_for_ratio(groups: Sequence[ChannelGroup], r: float) -> list[int]:
+    """Every group keeps ``round(r · N)`` channels (at least one)."""
+    return [max(1, min(g.size, int(round(r * g.size)))) for g in groups]
+
+
+def allocate(macs_model: MacsModel, target_fraction: float) -> list[int]:
+    """Per-group widths whose MACs are as close as possible to ``target_fraction`` of the dense MACs."""
+    groups = macs_model.groups
+    dense = macs_model.macs(widths=[g.size for g in groups])
+    target = target_fraction * dense
+    lo, hi = 0.0, 1.0
+    best = widths_for_ratio(groups, 1.0)
+    best_err = abs(macs_model.macs(widths=best) - target)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        w = widths_for_ratio(groups, mid)
+        m = macs_model.macs(widths=w)
+        if abs(m - target) < best_err:
+            best, best_err = w, abs(m - target)
+        if m > target:
+            hi = mid
+        else:
+            lo = mid
+    # nudge single groups by one channel while that brings the MACs closer to the target
+    improved = True
+    while improved and best_err > 0.002 * target:
+        improved = False
+        for gi in sorted(range(len(groups)), key=lambda i: -groups[i].size):
+            for d in (-1, 1):
+                w = list(best)
+                w[gi] += d
+                if not 1 <= w[gi] <= groups[gi].size:
+                    continue
+                err = abs(macs_model.macs(widths=w) - target)
+                if err < best_err:
+                    best, best_err, improved = w, err, True
+    return best

@@ -1,0 +1,67 @@
+"""Physical removal of unselected channels with Torch-Pruning, the N/n rescale folded into the consumers.
+
+The result is a plain ``nn.Module`` of the same class with smaller layers: it computes exactly what the masked
+network computed during selection (a consumer reading a channel scaled by ``s`` is the consumer with that
+weight column multiplied by ``s``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .groups import ChannelGroup, build_graph, find_groups
+from .scoring import kept_mask
+
+
+@torch.no_grad()
+def _fold(consumer: nn.Module, root_of: torch.Tensor, mask: torch.Tensor) -> None:
+    """Multiply the consumer's weight columns by the mask value of the group channel feeding them."""
+    scale = torch.ones(len(root_of))
+    sel = root_of >= 0
+    scale[sel] = mask[root_of[sel]]
+    w = consumer.weight
+    if isinstance(consumer, nn.Linear):
+        w.mul_(scale.to(w)[None, :])
+        return
+    in_pg, out_pg = w.shape[1], w.shape[0] // consumer.groups
+    o = torch.arange(w.shape[0])[:, None]
+    i = torch.arange(in_pg)[None, :]
+    w.mul_(scale.to(w)[(o // out_pg) * in_pg + i][:, :, None, None])
+
+
+def remove_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[str, Sequence[int]],
+                    rescale: dict[str, bool] | bool = True) -> nn.Module:
+    """A copy of ``model`` keeping only channels ``kept[group name]`` of each named group.
+
+    ``kept`` may repeat a channel (with-replacement selection): its multiplicity is folded into the weights.
+    ``rescale`` (per group or for all) folds the N/n factor of the selection into the consumers.
+    """
+    pruned = copy.deepcopy(model)
+    was_training = pruned.training
+    pruned.eval()
+    dg = build_graph(pruned, input_shape)
+    groups: list[ChannelGroup] = find_groups(pruned, input_shape, dg)
+    by_name = {g.name: g for g in groups}
+    unknown = set(kept) - set(by_name)
+    if unknown:
+        raise ValueError(f"no channel groups named {sorted(unknown)}")
+    plans = []
+    for name, idxs in kept.items():
+        g = by_name[name]
+        scale = rescale.get(name, True) if isinstance(rescale, dict) else rescale
+        mask = kept_mask(g.size, list(idxs), scale)
+        if scale or len(set(idxs)) != len(idxs):
+            for c in g.consumers:
+                _fold(c.module, c.root_of, mask)
+        drop = sorted(set(range(g.size)) - set(int(i) for i in idxs))
+        if drop:
+            plans.append((g, drop))
+    for g, drop in plans:
+        pruner = dg.get_pruner_of_module(g.root)
+        dg.get_pruning_group(g.root, pruner.prune_out_channels, drop).prune()
+    pruned.train(was_training)
+    return pruned
