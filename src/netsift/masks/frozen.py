@@ -1,0 +1,84 @@
+"""Frozen random weights: the init recipes, baking a mask into them, and hashing them.
+
+A weight subnetwork of a random network is fully described by the architecture manifest, the init recipe
+(scheme + seed), one bit per prunable weight and one scale per layer. Everything here is deterministic and
+independent of the thread count, so the compact export can regenerate the weights bit for bit.
+
+Each prunable layer (``netsift.models.prunable_layers``) draws its weights from its own ``torch.Generator``
+seeded by SHA-256 of ``(seed, layer name)``; the seed of the data split and of training is never reused for
+the weights, so the weights do not correlate with the training randomness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import NetsiftError, choose
+from ..models import prunable_layers
+
+INIT_SCHEMES = ("kaiming-normal", "signed-constant")
+"""Weight init recipes of the supermask papers: Kaiming-normal (fan_in, ReLU) and sign(w)·std of the layer."""
+
+
+def derived_seed(seed: int, *tags: str) -> int:
+    """A 63-bit seed derived from ``seed`` and ``tags`` by SHA-256 (stable across platforms and versions)."""
+    digest = hashlib.sha256(":".join([str(int(seed)), *tags]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _fan_in(weight: Tensor) -> int:
+    return weight.shape[1] * math.prod(weight.shape[2:]) if weight.dim() > 1 else weight.shape[0]
+
+
+@torch.no_grad()
+def init_frozen(model: nn.Module, scheme: str = "signed-constant", seed: int = 0) -> nn.Module:
+    """Overwrite every prunable weight of ``model`` with the ``scheme`` init drawn from ``seed``; return it.
+
+    Biases and other tensors are left as the architecture built them (build the model under
+    ``torch.manual_seed(derived_seed(seed, "model"))`` to make them reproducible too, as
+    :func:`frozen_network` does).
+    """
+    choose(scheme, INIT_SCHEMES, "--init")
+    for name, layer in prunable_layers(model):
+        w = layer.weight
+        gen = torch.Generator(device="cpu").manual_seed(derived_seed(seed, "weight", name))
+        std = math.sqrt(2.0 / _fan_in(w))  # Kaiming normal, fan_in, ReLU gain
+        draw = torch.randn(w.shape, generator=gen, dtype=torch.float32) * std
+        if scheme == "signed-constant":
+            draw = torch.where(draw >= 0, std, -std).to(torch.float32)
+        w.copy_(draw.to(device=w.device, dtype=w.dtype))
+    return model
+
+
+def frozen_network(manifest: dict, scheme: str = "signed-constant", seed: int = 0) -> nn.Module:
+    """Build the architecture of ``manifest`` (see ``netsift.runs.model_manifest``) with frozen random weights."""
+    from ..runs import build_from_manifest
+
+    torch.manual_seed(derived_seed(seed, "model"))
+    return init_frozen(build_from_manifest(manifest), scheme, seed)
+
+
+def bake_weight(weight: Tensor, mask: Tensor, scale: Tensor | float) -> Tensor:
+    """The effective weight ``weight * mask * scale``, computed in this order (the one definition of it)."""
+    return weight * mask.to(weight.dtype) * torch.as_tensor(scale, dtype=weight.dtype, device=weight.device)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 over the prunable weights of ``model`` (name, shape and float32 bytes, in layer order)."""
+    h = hashlib.sha256()
+    for name, layer in prunable_layers(model):
+        w = layer.weight.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(w.shape)}".encode())
+        h.update(w.numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_scheme(scheme: str) -> str:
+    """Validate an init scheme name (one-line error otherwise)."""
+    if scheme not in INIT_SCHEMES:
+        raise NetsiftError(f"unknown --init {scheme!r}; choose from: {', '.join(INIT_SCHEMES)}")
+    return scheme
