@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--round-to", type=int, default=1, help="kept widths are multiples of N (see prune --round-to)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency_scaling.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -79,11 +80,12 @@ def main(argv=None) -> int:
 
         dense = timings(model)
         for frac in args.fractions:
-            widths = allocate(mm, frac)
+            widths = allocate(mm, frac, args.round_to)
             pruned = remove_channels(model, shape, {g.name: list(range(w)) for g, w in zip(groups, widths)}).eval()
             t = timings(pruned)
             macs = count_macs(pruned, shape)
-            row = {"model": name, "width": float(width), "macs_target": frac, "macs_dense": dense_macs,
+            row = {"model": name, "width": float(width), "round_to": args.round_to, "macs_target": frac,
+                   "widths": widths, "macs_dense": dense_macs,
                    "macs": macs, "macs_reduction": dense_macs / macs, "dense_ms": dense, "pruned_ms": t,
                    **{f"speedup_{k}": dense[k] / t[k] for k in t}}
             row["ratio_b64"] = row["speedup_torch_b64"] / row["macs_reduction"]
@@ -93,7 +95,8 @@ def main(argv=None) -> int:
                   f"x{row['speedup_torch_b1']:.2f}, b64 x{row['speedup_torch_b64']:.2f} "
                   f"({row['ratio_b64']:.2f} of MACs red), onnxruntime b64 x{row['speedup_ort_b64']:.2f} "
                   f"({row['ratio_ort_b64']:.2f})", flush=True)
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "image_size": args.image_size, "rows": rows},
+    Path(args.out).write_text(json.dumps({"threads": args.threads, "round_to": args.round_to,
+                                         "image_size": args.image_size, "rows": rows},
                                          indent=2) + "\n")
     return 0
 

@@ -148,6 +148,19 @@ def test_macs_budget_is_met(name, fraction):
     assert abs(ratio - fraction) <= 0.03 * fraction, ratio
 
 
+@pytest.mark.parametrize("name", ["resnet20", "vgg11"])
+def test_macs_budget_with_rounded_widths(name):
+    model = _model(name, width=1.0)
+    shape = (1, 16, 16)
+    groups = find_groups(model, shape)
+    widths = allocate(MacsModel(model, groups, shape), 0.5, round_to=8)
+    for g, w in zip(groups, widths):
+        assert w % 8 == 0 or w == g.size or g.size < 16, (g.name, g.size, w)
+    pruned = remove_channels(model, shape, {g.name: list(range(w)) for g, w in zip(groups, widths)})
+    ratio = count_macs(pruned, shape) / count_macs(model, shape)
+    assert abs(ratio - 0.5) <= 0.03 * 0.5, ratio
+
+
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
 def test_coupled_layers_stay_consistent(name):
     """Residual streams and depthwise convs: the pruned net computes what the masked net computed."""
@@ -265,6 +278,7 @@ def lenet_checkpoint(tmp_path):
     (["--model", "conv2"], "holds a lenet300"),
     (["--macs", "1.5"], "--macs"),
     (["--macs", "0"], "--macs"),
+    (["--macs", "0.5", "--round-to", "0"], "--round-to"),
     (["--method", "obd"], "method"),
 ])
 def test_bad_inputs_fail_cleanly_and_overwrite_nothing(tmp_path, lenet_checkpoint, capsys, args, message):

@@ -96,22 +96,38 @@ class MacsModel:
         return self.groups[gi].size
 
 
-def widths_for_ratio(groups: Sequence[ChannelGroup], r: float) -> list[int]:
-    """Every group keeps ``round(r · N)`` channels (at least one)."""
-    return [max(1, min(g.size, int(round(r * g.size)))) for g in groups]
+def _step(size: int, round_to: int) -> int:
+    """The width granularity of a group: ``round_to``, or 1 for groups narrower than two steps."""
+    return round_to if size >= 2 * round_to else 1
 
 
-def allocate(macs_model: MacsModel, target_fraction: float) -> list[int]:
-    """Per-group widths whose MACs are as close as possible to ``target_fraction`` of the dense MACs."""
+def widths_for_ratio(groups: Sequence[ChannelGroup], r: float, round_to: int = 1) -> list[int]:
+    """Every group keeps ``r · N`` channels rounded to a multiple of ``round_to`` (at least one step).
+
+    Groups narrower than ``2 · round_to`` channels are rounded to single channels instead.
+    """
+    out = []
+    for g in groups:
+        q = _step(g.size, round_to)
+        out.append(max(q, min(g.size, q * int(round(r * g.size / q)))))
+    return out
+
+
+def allocate(macs_model: MacsModel, target_fraction: float, round_to: int = 1) -> list[int]:
+    """Per-group widths whose MACs are as close as possible to ``target_fraction`` of the dense MACs.
+
+    With ``round_to`` > 1 each group keeps a multiple of ``round_to`` channels (CPU and accelerator kernels
+    run fastest on channel counts that fill their vector width), or all of them.
+    """
     groups = macs_model.groups
     dense = macs_model.macs(widths=[g.size for g in groups])
     target = target_fraction * dense
     lo, hi = 0.0, 1.0
-    best = widths_for_ratio(groups, 1.0)
+    best = widths_for_ratio(groups, 1.0, round_to)
     best_err = abs(macs_model.macs(widths=best) - target)
     for _ in range(40):
         mid = (lo + hi) / 2
-        w = widths_for_ratio(groups, mid)
+        w = widths_for_ratio(groups, mid, round_to)
         m = macs_model.macs(widths=w)
         if abs(m - target) < best_err:
             best, best_err = w, abs(m - target)
@@ -119,15 +135,16 @@ def allocate(macs_model: MacsModel, target_fraction: float) -> list[int]:
             hi = mid
         else:
             lo = mid
-    # nudge single groups by one channel while that brings the MACs closer to the target
+    # nudge single groups by one step while that brings the MACs closer to the target
     improved = True
     while improved and best_err > 0.002 * target:
         improved = False
         for gi in sorted(range(len(groups)), key=lambda i: -groups[i].size):
-            for d in (-1, 1):
+            q = _step(groups[gi].size, round_to)
+            for new in (q * ((best[gi] - 1) // q), min(groups[gi].size, q * (best[gi] // q + 1))):
                 w = list(best)
-                w[gi] += d
-                if not 1 <= w[gi] <= groups[gi].size:
+                w[gi] = new
+                if not q <= new <= groups[gi].size or new == best[gi]:
                     continue
                 err = abs(macs_model.macs(widths=w) - target)
                 if err < best_err:

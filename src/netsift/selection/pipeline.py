@@ -38,6 +38,8 @@ class PruneConfig:
     method: str = opt("gfs", "selection method", tuple(METHODS))
     macs: float | None = opt(None, "keep this fraction of the MACs, in (0, 1] (default: stop by --tolerance)")
     tolerance: float | None = opt(None, "stop each layer once held-out accuracy is >= (1 - T) x its start (default 0.02)")
+    round_to: int = opt(1, "with --macs: keep a multiple of N channels in every group (8 or 16 suits CPU vector "
+                           "kernels; groups narrower than 2N round to single channels)")
     candidates: int = opt(50, "candidates scored per greedy step (0: all)")
     epsilon: float | None = opt(None, "derive the candidates per step from epsilon: (N/k) log(1/eps)")
     replacement: bool = opt(False, "gfs: theory variant with replacement (multiset, Frank-Wolfe step 1/(n+1))")
@@ -71,6 +73,8 @@ class PruneConfig:
         for name in ("candidates", "holdout", "finetune_epochs", "latency_threads", "recalibrate_bn"):
             if getattr(self, name) < 0:
                 raise NetsiftError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
+        if self.round_to < 1:
+            raise NetsiftError(f"--round-to must be at least 1, got {self.round_to}")
         if self.select_batch <= 0:
             raise NetsiftError(f"--select-batch must be positive, got {self.select_batch}")
         if not 0.0 <= self.layer_finetune <= 10.0:
@@ -205,7 +209,7 @@ def prune(cfg: PruneConfig, data_cfg: DataConfig, train_cfg: TrainConfig, checkp
     before = before or measure_before(model, bundle, cfg.latency_threads)
     before_lat = before["latency_ms"]
     macs_model = MacsModel(model, groups, shape)
-    widths = allocate(macs_model, cfg.macs) if cfg.macs is not None else None
+    widths = allocate(macs_model, cfg.macs, cfg.round_to) if cfg.macs is not None else None
 
     select_bundle, holdout = split_holdout(bundle, cfg.holdout)
     from ..data import sample_batches
