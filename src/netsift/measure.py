@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from contextlib import contextmanager
@@ -129,12 +130,13 @@ def num_threads(n: int | None):
 @torch.no_grad()
 def latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1, repeats: int = 30,
             warmup: int = 5, threads: int | None = None) -> dict:
-    """Median CPU wall time of a forward pass in ms, with the batch size and thread count it was taken at."""
+    """Median CPU wall time of a forward pass in ms (inference mode), with the batch size and thread count."""
     was_training = model.training
     model.eval()
-    model_cpu = model if next(model.parameters()).device.type == "cpu" else model.cpu()
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    model_cpu = model if on_cpu else copy.deepcopy(model).cpu()  # leave a GPU model where it is
     x = torch.randn(batch_size, *input_shape)
-    with num_threads(threads) as used:
+    with num_threads(threads) as used, torch.inference_mode():
         for _ in range(warmup):
             model_cpu(x)
         times = []
