@@ -257,7 +257,8 @@ def read_run_subnet(run_dir: str | Path) -> CompactSubnet:
     config = read_json(run_dir / "config.json", "run config") if (run_dir / "config.json").is_file() else {}
     result = read_json(run_dir / "result.json", "result") if (run_dir / "result.json").is_file() else {}
     data_cfg = config.get("data") if isinstance(config.get("data"), dict) else None
-    info = {"method": meta.get("method", config.get("method")), "data": meta.get("data", config.get("data")),
+    data = meta.get("data", config.get("data"))
+    info = {"method": meta.get("method", config.get("method")), "data": data.get("data") if isinstance(data, dict) else data,
             "test_acc": meta.get("test_acc", result.get("test_acc")), "seed": config.get("seed", 0),
             **({"data_config": {**data_cfg, "data_dir": None, "download": False}} if data_cfg else {})}
     subnet = subnet_of(manifest, init, masks, scales, extras, **info)
