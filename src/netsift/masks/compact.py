@@ -291,7 +291,12 @@ def write_compact(run_dir: str | Path, path: str | Path) -> dict:
 def sizes(subnet: CompactSubnet, data: bytes, path: str | Path | None = None) -> dict:
     """Compact size vs the float32 safetensors size of the rebuilt network."""
     dense = dense_bytes(rebuild(subnet))
-    head_len = _PREFIX.unpack_from(data)[2]
     return {"path": str(path) if path else None, "compact_bytes": len(data), "dense_bytes": dense,
-            "ratio": dense / len(data), "header_bytes": head_len,
-            "codec": json.loads(data[_PREFIX.size:_PREFIX.size + head_len])["codec"], "density": subnet.density}
+            "ratio": dense / len(data), "header_bytes": _PREFIX.unpack_from(data)[2],
+            "codec": header_of(data)["codec"], "density": subnet.density}
+
+
+def header_of(data: bytes) -> dict:
+    """The JSON header of compact-format bytes, unchecked (for inspection; :func:`from_bytes` verifies)."""
+    head_len = _PREFIX.unpack_from(data)[2]
+    return json.loads(data[_PREFIX.size:_PREFIX.size + head_len])
