@@ -88,13 +88,18 @@ def test_tampered_or_truncated_file_fails_with_one_line(run_cli, run_dir, tmp_pa
         one_line_error(*run_cli("eval", path)[::2], needle)
 
 
-def test_header_weight_hash_mismatch_fails(run_cli, run_dir, tmp_path):
+def test_header_hash_mismatch_fails(run_cli, run_dir, tmp_path):
     subnet = read_compact(run_dir / "model.nsc")
     subnet.info["weights_sha256"] = "0" * 64
     bad = tmp_path / "bad.nsc"
     bad.write_bytes(to_bytes(subnet))
     one_line_error(*run_cli("eval", bad)[::2], "regenerated weights do not match")
     one_line_error(*run_cli("export", bad, "--format", "onnx")[::2], "regenerated weights do not match")
+    subnet = read_compact(run_dir / "model.nsc")  # a flipped mask bit under a recomputed checksum
+    first = next(iter(subnet.masks))
+    subnet.masks[first].view(-1)[0] ^= True
+    bad.write_bytes(to_bytes(subnet))
+    one_line_error(*run_cli("eval", bad)[::2], "rebuilt network does not match")
 
 
 def test_export_refuses_to_overwrite_and_needs_a_subnet(run_cli, run_dir, tmp_path):
