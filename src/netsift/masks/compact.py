@@ -38,6 +38,7 @@ from .. import __version__
 from ..checkpoint import atomic_write_bytes, load_checkpoint, read_json
 from ..errors import NetsiftError
 from ..models import prunable_layers
+from ..runs import build_from_manifest
 from .frozen import bake_weight, check_scheme, frozen_network, weights_sha256
 
 MAGIC = b"\x89NSC\r\n\x1a\n"
@@ -110,7 +111,8 @@ def subnet_of(manifest: dict, init: dict, masks: dict[str, Tensor], scales: dict
     """A :class:`CompactSubnet` with ``weights_sha256`` and ``state_sha256`` computed from the regenerated network."""
     subnet = CompactSubnet(manifest, {"scheme": check_scheme(init["scheme"]), "seed": int(init["seed"])},
                            {k: v.detach().cpu().bool() for k, v in masks.items()},
-                           {k: torch.as_tensor(v, dtype=torch.float32).detach().cpu().reshape(()) for k, v in scales.items()},
+                           {k: torch.as_tensor(v, dtype=torch.float32).detach().cpu().reshape(())
+                            for k, v in scales.items()},
                            dict(extras or {}), dict(info))
     frozen = frozen_network(manifest, subnet.init["scheme"], subnet.init["seed"])
     subnet.info["weights_sha256"] = weights_sha256(frozen)
@@ -181,8 +183,9 @@ def from_bytes(data: bytes, origin: str = "<bytes>") -> CompactSubnet:
         manifest, init = header.pop("manifest"), header.pop("init")
         return CompactSubnet(manifest, {"scheme": init["scheme"], "seed": int(init["seed"])}, masks, scales, extras,
                              header)
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError, zlib.error, lzma.LZMAError) as e:
-        raise NetsiftError(f"{origin} is a malformed compact file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError, zlib.error, lzma.LZMAError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NetsiftError(f"{origin} is a malformed compact file: {why}") from None
 
 
 def read_compact(path: str | Path) -> CompactSubnet:
@@ -243,11 +246,12 @@ def read_run_subnet(run_dir: str | Path) -> CompactSubnet:
     tensors, meta = load_checkpoint(run_dir / "subnet")
     try:
         manifest, init = meta["manifest"], meta["init"]
-        names = [n for n, _ in prunable_layers(frozen_network(manifest, check_scheme(init["scheme"]), int(init["seed"])))]
+        check_scheme(init["scheme"]), int(init["seed"])
+        names = [n for n, _ in prunable_layers(build_from_manifest(manifest))]
         masks = {n: tensors.pop(f"{n}.mask") for n in names}
         scales = {n: tensors.pop(f"{n}.scale") for n in names}
-    except KeyError as e:
-        raise NetsiftError(f"{run_dir}/subnet lacks {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise NetsiftError(f"{run_dir}/subnet is incomplete or malformed ({type(e).__name__}: {e})") from None
     extras = {k.removeprefix("state."): tensors.pop(k) for k in list(tensors) if k.startswith("state.")}
     if tensors:
         raise NetsiftError(f"{run_dir}/subnet.safetensors has unexpected tensors: {', '.join(sorted(tensors))}")
@@ -258,7 +262,8 @@ def read_run_subnet(run_dir: str | Path) -> CompactSubnet:
     result = read_json(run_dir / "result.json", "result") if (run_dir / "result.json").is_file() else {}
     data_cfg = config.get("data") if isinstance(config.get("data"), dict) else None
     data = meta.get("data", config.get("data"))
-    info = {"method": meta.get("method", config.get("method")), "data": data.get("data") if isinstance(data, dict) else data,
+    info = {"method": meta.get("method", config.get("method")),
+            "data": data.get("data") if isinstance(data, dict) else data,
             "test_acc": meta.get("test_acc", result.get("test_acc")), "seed": config.get("seed", 0),
             **({"data_config": {**data_cfg, "data_dir": None, "download": False}} if data_cfg else {})}
     subnet = subnet_of(manifest, init, masks, scales, extras, **info)
@@ -268,7 +273,8 @@ def read_run_subnet(run_dir: str | Path) -> CompactSubnet:
     if (run_dir / "model.safetensors").is_file():
         saved, _ = load_checkpoint(run_dir / "model")
         rebuilt = rebuild(subnet, str(run_dir)).state_dict()
-        diff = [k for k in rebuilt if k not in saved or not torch.equal(saved[k], rebuilt[k])] + sorted(set(saved) - set(rebuilt))
+        diff = [k for k in rebuilt if k not in saved or not torch.equal(saved[k], rebuilt[k])]
+        diff += sorted(set(saved) - set(rebuilt))
         if diff:
             raise NetsiftError(f"{run_dir}/model.safetensors differs from its masks baked into the regenerated "
                                f"weights (first at {diff[0]})")
