@@ -1,11 +1,12 @@
 """edge-popup (Ramanujan et al., CVPR 2020): keep the top-k% of |score| in each layer.
 
 Every weight has a real score (Kaiming-uniform init, as the published code). The forward pass keeps exactly
-``k = round(density · N)`` weights per layer, those with the largest |score|; the gradient with respect to
-the mask goes straight through to the scores. The threshold comes from one ``torch.kthvalue`` over the
-layer's flattened |scores|. Scores move little per step, so training steps search only a narrow band
-around the previous threshold (a partial sort of a few hundred values instead of the whole layer, same result);
-ties, rare with real-valued scores, fall back to ``torch.topk``, so the per-layer density is always exact.
+``k = round(density · N)`` weights per layer, those with the largest |score|; the gradient with respect to the
+mask goes straight through to |score| and on through the absolute value, as in the published code. The
+threshold is a ``torch.kthvalue`` over the layer's flattened |scores|. Scores move little per step, so
+training steps search only a narrow band around the previous threshold (a partial sort of the few values
+inside it instead of the whole layer, same result); ties, rare with real-valued scores, fall back to
+``torch.topk``, so the per-layer density is always exact.
 """
 
 from __future__ import annotations
@@ -60,17 +61,17 @@ class _TopK(torch.autograd.Function):
         out = w * mask
         if scale is not None:
             out.mul_(scale)
-        ctx.save_for_backward(w, mask, scale)
+        ctx.save_for_backward(w, scores, mask, scale)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        w, mask, scale = ctx.saved_tensors
-        g_scores = g * w
+        w, scores, mask, scale = ctx.saved_tensors
+        g_scores = g * w  # straight through the mask, then through |score|
         g_scale = torch.dot(g_scores.reshape(-1), mask.reshape(-1)) if ctx.needs_input_grad[2] else None
         if scale is not None:
             g_scores.mul_(scale)
-        return None, g_scores, g_scale, None
+        return None, g_scores.mul_(scores.sign()), g_scale, None
 
 
 class TopKMask(MaskParametrization):
