@@ -43,6 +43,27 @@ def top_k_threshold(flat: Tensor, k: int, band: tuple[float, float] | None = Non
     return torch.kthvalue(flat, n - k).values, False
 
 
+class ThresholdTracker:
+    """Repeated top-k thresholds of slowly changing values: searches a band around the last threshold.
+
+    The band's half-width widens 4× after a miss and shrinks 20% while it holds, never below twice the last
+    move of the threshold. The result is always the exact :func:`top_k_threshold`; only the cost changes.
+    """
+
+    def __init__(self):
+        self.t: float | None = None
+        self.delta = 0.0
+
+    def __call__(self, flat: Tensor, k: int) -> Tensor:
+        band = (self.t - self.delta, self.t + self.delta) if self.t is not None else None
+        t, hit = top_k_threshold(flat, k, band)
+        value = float(t)
+        move = abs(value - self.t) if self.t is not None else 1e-3 * abs(value)
+        self.delta = max(self.delta * (0.8 if hit else 4.0), 2 * move, 1e-7 * abs(value) + 1e-12)
+        self.t = value
+        return t
+
+
 def top_k_mask(scores: Tensor, k: int, threshold: Tensor | None = None) -> Tensor:
     """Boolean mask of the ``k`` largest entries of ``|scores|`` (exactly ``k``, ties broken by ``topk``)."""
     flat = scores.detach().abs().reshape(-1)
@@ -84,8 +105,7 @@ class TopKMask(MaskParametrization):
         bound = math.sqrt(6.0 / ((1 + 5) * fan_in))  # kaiming_uniform_(a=sqrt(5)), as edge-popup's code
         self.scores = nn.Parameter((torch.rand(weight.shape, generator=gen) * 2 - 1) * bound)
         self.k = min(weight.numel(), max(1, round(density * weight.numel())))
-        self._t: float | None = None  # last threshold and search half-width (a speed hint, not state)
-        self._delta = 0.0
+        self._tracker = ThresholdTracker()  # a speed hint, not state
 
     def mask_params(self) -> list[nn.Parameter]:
         return [self.scores]
@@ -94,20 +114,13 @@ class TopKMask(MaskParametrization):
         return top_k_mask(self.scores, self.k)
 
     def _float_mask(self) -> Tensor:
-        """This step's exact top-k mask as float, searching near last step's threshold (scores move slowly)."""
+        """This step's exact top-k mask as float (``torch.gt(..., out=float)``: no bool-to-float pass)."""
         flat = self.scores.detach().abs().reshape(-1)
         if self.k >= flat.numel():
             return torch.ones_like(self.scores)
-        band = (self._t - self._delta, self._t + self._delta) if self._t is not None else None
-        t, hit = top_k_threshold(flat, self.k, band)
-        mask = torch.gt(flat, t, out=torch.empty_like(flat))
+        mask = torch.gt(flat, self._tracker(flat, self.k), out=torch.empty_like(flat))
         if int(mask.sum()) != self.k:  # ties
             mask = top_k_mask(self.scores, self.k).reshape(-1).to(flat.dtype)
-        # widen the band after a miss, narrow it while it holds, staying above the last move of the threshold
-        t = float(t)
-        move = abs(t - self._t) if self._t is not None else 1e-3 * abs(t)
-        self._delta = max(self._delta * (0.8 if hit else 4.0), 2 * move, 1e-7 * abs(t) + 1e-12)
-        self._t = t
         return mask.view_as(self.scores)
 
     def train_weight(self, w: Tensor) -> Tensor:

@@ -9,8 +9,8 @@ what keeps a mask step close to a dense step. The ``naive`` parametrisation feed
 [log σ(m̂), log(1 − σ(m̂))] to ``torch.nn.functional.gumbel_softmax`` (same distribution; the ablation).
 
 Extraction keeps m̂ ≥ 0. The published method has no density control. :class:`DensityProjection` adds one:
-after every optimizer step all logits are shifted by one global constant so that exactly a fraction F of
-them is ≥ 0 (the constant is the midpoint between the k-th and (k+1)-th largest logit, k = round(F·N)).
+after every optimizer step all logits are shifted by one global constant so that exactly k = round(F·N) of
+them are ≥ 0 (the constant sits just above the (k+1)-th largest logit).
 Sampling stays stochastic (p = σ(m̂ − c)); only the extracted mask is pinned to density F.
 """
 
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..training import Callback
 from .base import MaskParametrization, dynamic_scale, mask_params
+from .edge_popup import ThresholdTracker
 
 PARAMETRIZATIONS = ("aslp", "naive")
 
@@ -128,17 +129,22 @@ def make(rescale: str = "smart", tau: float = 1.0, parametrization: str = "aslp"
 
 
 @torch.no_grad()
-def project_density(model: nn.Module, density: float) -> float:
-    """Shift all logits by one constant so that exactly ``round(density·N)`` are ≥ 0; returns the shift."""
+def project_density(model: nn.Module, density: float, tracker: ThresholdTracker | None = None) -> float:
+    """Shift all logits by one constant so that exactly ``round(density·N)`` are ≥ 0; returns the shift.
+
+    The shift is the float just above the (k+1)-th largest logit t: every logit > t stays ≥ 0 after the
+    subtraction and t itself becomes negative (float subtraction is monotonic), so the count is exact unless
+    logits tie at t. ``tracker`` speeds up repeated calls (see :class:`.edge_popup.ThresholdTracker`).
+    """
     params = mask_params(model)
     flat = torch.cat([p.detach().reshape(-1) for p in params])
     n = flat.numel()
     k = min(n, max(1, round(density * n)))
     if k == n:
         shift = float(flat.min()) - 1.0
-    else:  # midpoint of the (k+1)-th and k-th largest = (n-k)-th and (n-k+1)-th smallest
-        lo, hi = torch.kthvalue(flat, n - k).values, torch.kthvalue(flat, n - k + 1).values
-        shift = float((lo + hi) / 2)
+    else:
+        t = (tracker or ThresholdTracker())(flat, k)
+        shift = float(torch.nextafter(t, t.new_tensor(float("inf"))))
     for p in params:
         p.sub_(shift)
     return shift
@@ -148,11 +154,11 @@ class DensityProjection(Callback):
     """Keeps the extracted density of a logit mask at ``density`` by :func:`project_density` after each step."""
 
     def __init__(self, model: nn.Module, density: float):
-        self.model, self.density = model, density
+        self.model, self.density, self.tracker = model, density, ThresholdTracker()
 
     def on_epoch_start(self, epoch: int) -> None:
         if epoch == 0:
-            project_density(self.model, self.density)
+            project_density(self.model, self.density, self.tracker)
 
     def on_step_end(self, step: int, loss: float) -> None:
-        project_density(self.model, self.density)
+        project_density(self.model, self.density, self.tracker)
