@@ -2,16 +2,16 @@
 
 Each weight has a logit m̂ (initialised to 0). The forward pass samples the hard straight-through
 Gumbel-Softmax of the two logits [m̂, 0]: m = 1[m̂ + g1 − g2 > 0] with g1 − g2 ~ Logistic(0, 1) = logit(u),
-u ~ U(0, 1) (:func:`uniform16`), so m ~ Bernoulli(σ(m̂)); the backward pass uses the soft sample σ((m̂ + logit(u))/τ), whose
-derivative with respect to m̂ is σ'((m̂ + logit(u))/τ)/τ. :class:`_BernoulliWeight` fuses all of this into
-one autograd function (one uniform draw per weight, no temporary soft sample in the forward pass), which is
-what keeps a mask step close to a dense step. The ``naive`` parametrisation feeds
+u ~ U(0, 1) (:func:`uniform16`), so m ~ Bernoulli(σ(m̂)); the backward pass uses the soft sample
+σ((m̂ + logit(u))/τ), whose derivative with respect to m̂ is σ'((m̂ + logit(u))/τ)/τ. :class:`_BernoulliWeight`
+fuses all of this into one autograd function (one uniform draw per weight, no soft sample in the forward
+pass), which keeps a mask step close to a dense step. The ``naive`` parametrisation feeds
 [log σ(m̂), log(1 − σ(m̂))] to ``torch.nn.functional.gumbel_softmax`` (same distribution; the ablation).
 
 Extraction keeps m̂ ≥ 0. The published method has no density control. :class:`DensityProjection` adds one:
 after every optimizer step all logits are shifted by one global constant so that exactly k = round(F·N) of
-them are ≥ 0 (the constant sits just above the (k+1)-th largest logit).
-Sampling stays stochastic (p = σ(m̂ − c)); only the extracted mask is pinned to density F.
+them are ≥ 0 (the constant sits just above the (k+1)-th largest logit). Sampling stays stochastic
+(p = σ(m̂ − c)); only the extracted mask is pinned to density F.
 """
 
 from __future__ import annotations
