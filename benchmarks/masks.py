@@ -194,6 +194,17 @@ def plot(summary: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def markdown(summary: list[dict]) -> str:
+    """The summary as a Markdown table (test accuracy and density, mean ± std over seeds, in %)."""
+    lines = ["| model | variant | density target | density (mean ± std) | test acc % (mean ± std) | seeds |",
+             "|---|---|---|---|---|---|"]
+    for s in summary:
+        target = "-" if s["density_target"] is None else f"{s['density_target']:g}"
+        lines.append(f"| {s['arch']} | {s['variant']} | {target} | {s['density_mean']:.3f} ± {s['density_std']:.3f} | "
+                     f"{100 * s['test_acc_mean']:.2f} ± {100 * s['test_acc_std']:.2f} | {s['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(out: Path, rows: list[dict]) -> list[dict]:
     summary = summarize(rows)
     out.with_suffix(".json").write_text(json.dumps({"summary": summary, "cells": rows}, indent=1) + "\n")
@@ -202,6 +213,7 @@ def report(out: Path, rows: list[dict]) -> list[dict]:
     out.with_suffix(".csv").write_text("\n".join(lines) + "\n")
     if summary:
         plot(summary, out.with_suffix(".png"))
+        out.with_suffix(".md").write_text(markdown(summary))
     for s in summary:
         d = f"{s['density_target']}" if s["density_target"] is not None else "-"
         print(f"{s['arch']:9s} {s['variant']:17s} {d:>5s}  acc {100 * s['test_acc_mean']:5.2f} ± "
