@@ -21,13 +21,14 @@ def main() -> None:
     bundle = load_bundle(DataConfig("fashion-mnist", train_subset=20000), 0)
     manifest = model_manifest(ModelConfig("lenet300"), bundle)
     rows = []
-    for lr in (50.0, 500.0):
+    for lr in (50.0, 500.0, 2000.0, 5000.0):
         masked = apply_masks(frozen_network(manifest, "signed-constant", 0), "gumbel", mask_lr=lr)
         fit_masks(masked, bundle, TrainConfig(epochs=10, batch_size=128), seed=0)
-        p = torch.sigmoid(torch.cat([q.detach().reshape(-1) for q in mask_params(masked)]))
-        undecided = float(((p > 0.1) & (p < 0.9)).float().mean())
-        acc = measure_model(extract(masked), bundle)["test_acc"]
-        rows.append({"mask_lr": lr, "undecided": undecided, "test_acc": acc})
+        logits = torch.cat([q.detach().reshape(-1) for q in mask_params(masked)])
+        p = torch.sigmoid(logits)
+        rows.append({"mask_lr": lr, "undecided": float(((p > 0.1) & (p < 0.9)).float().mean()),
+                     "density": float((logits >= 0).float().mean()),
+                     "test_acc": measure_model(extract(masked), bundle)["test_acc"]})
         print(rows[-1], flush=True)
     Path("benchmarks/results/masks_settle.json").write_text(json.dumps(
         {"model": "lenet300", "data": "fashion-mnist", "train_subset": 20000, "epochs": 10, "seed": 0,
