@@ -243,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results/masks")
     p.add_argument("--report", action="store_true", help="only rebuild the tables and the plot")
     p.add_argument("--no-steptime", action="store_true")
+    p.add_argument("--steptime-rerun", action="store_true",
+                   help="only re-measure step times (7 rounds) into <out>_steptime_rerun.json")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.train_subset, args.densities = 1, 1, 2000, [0.1, 0.5]
@@ -254,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     log = out.with_suffix(".jsonl")
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     done = {key(r["arch"], r["variant"], r["density_target"], r["seed"]) for r in rows}
+    if args.steptime_rerun:
+        st = {"threads": args.threads, "torch": torch.__version__, "note": "rerun, min over 7 rounds of 10 steps"}
+        for arch in args.archs:
+            for bs in (128, 256):
+                st[f"{arch}_batch{bs}"] = step_times(arch, bs, rounds=7)
+        (out.parent / f"{out.name}_steptime_rerun.json").write_text(json.dumps(st, indent=1) + "\n")
+        return 0
     if not args.report:
         steptime_path = out.parent / f"{out.name}_steptime.json"
         if not args.no_steptime and not steptime_path.exists():
