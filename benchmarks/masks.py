@@ -154,9 +154,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (arch, variant, d), rs in groups.items():
         acc = [r["test_acc"] for r in rs]
         dens = [r["density"] for r in rs]
+        std = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
         out.append({"arch": arch, "variant": variant, "density_target": d, "seeds": len(rs),
-                    "test_acc_mean": statistics.mean(acc), "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                    "density_mean": statistics.mean(dens), "density_std": statistics.stdev(dens) if len(dens) > 1 else 0.0,
+                    "test_acc_mean": statistics.mean(acc), "test_acc_std": std(acc),
+                    "density_mean": statistics.mean(dens), "density_std": std(dens),
                     "epochs": rs[0]["epochs"], "train_subset": rs[0]["train_subset"],
                     "wall_s_mean": statistics.mean(r["wall_s"] for r in rs)})
     order = {v: i for i, v in enumerate(list(VARIANTS))}
@@ -222,7 +223,8 @@ def report(out: Path, rows: list[dict]) -> list[dict]:
     for s in summary:
         d = f"{s['density_target']}" if s["density_target"] is not None else "-"
         print(f"{s['arch']:9s} {s['variant']:17s} {d:>5s}  acc {100 * s['test_acc_mean']:5.2f} ± "
-              f"{100 * s['test_acc_std']:4.2f}  density {s['density_mean']:.3f} ± {s['density_std']:.3f}  n={s['seeds']}")
+              f"{100 * s['test_acc_std']:4.2f}  density {s['density_mean']:.3f} ± {s['density_std']:.3f}  "
+              f"n={s['seeds']}")
     return summary
 
 

@@ -120,7 +120,8 @@ def apply_masks(model: nn.Module, method: str | MaskConfig = "gumbel", seed: int
 
 
 def fit_masks(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig | None = None,
-              run_dir: str | Path | None = None, seed: int = 0, resume: bool = False, **train_options: Any) -> FitResult:
+              run_dir: str | Path | None = None, seed: int = 0, resume: bool = False,
+              **train_options: Any) -> FitResult:
     """Train the masks of a model returned by :func:`apply_masks` with :func:`netsift.training.fit`.
 
     Mask logits/scores and smart scales get separate SGD optimizers (``mask_lr``, ``scale_lr``); with a

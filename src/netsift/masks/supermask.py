@@ -2,7 +2,8 @@
 
 The straight-through estimator passes the mask's gradient through σ: d m / d s = σ'(s). The optional dynamic
 weight rescale multiplies the kept weights by N/Σm of the current sample (``--rescale dynamic``; off by
-default: it learned slower in our short CPU budgets). The sampling shares the fused kernel of :mod:`.gumbel`; extraction keeps σ(s) ≥ 0.5.
+default: it learned slower in our short CPU budgets). The sampling shares the fused kernel of
+:mod:`.gumbel`; extraction keeps σ(s) ≥ 0.5.
 """
 
 from __future__ import annotations
