@@ -14,7 +14,7 @@ import sys
 from . import __version__
 from .errors import NetsiftError
 
-COMMANDS = ["train", "eval", "models", "datasets", "demo", "prune", "export"]
+COMMANDS = ["train", "eval", "models", "datasets", "demo", "extract", "export", "prune"]
 """Subcommands, each a module ``netsift.commands.<name>`` with ``add_parser(subparsers)`` and ``run(args)``."""
 
 

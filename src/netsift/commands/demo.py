@@ -7,9 +7,20 @@ import time
 from pathlib import Path
 
 from ..config import DataConfig, ModelConfig, TrainConfig
+from ..masks import MaskConfig
 from . import format_table
 from ..selection.pipeline import PruneConfig, finetune_defaults, prune
+from .extract import extract_run
 from .train import train
+
+
+def compact_bytes(run_dir: Path) -> int | None:
+    """Write the run's compact export (``model.nsc``) and return its size in bytes."""
+    from ..masks.compact import write_compact
+
+    path = run_dir / "model.nsc"
+    write_compact(run_dir, path)
+    return path.stat().st_size
 
 
 def add_parser(sub) -> None:
@@ -37,5 +48,18 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, ["step", "test_acc", "density", "params", "macs", "wall_s"]))
     print(f"GFS kept {pruned['macs_fraction']:.0%} of the MACs and {pruned['params'] / dense['params']:.0%} of the "
           f"parameters; the pruned network is a plain nn.Module in {out / 'gfs'} (netsift.runs.load_model)")
+    # Weight subnetworks of one frozen random lenet300 (same init, same seed): only masks are learned.
+    subnets = []
+    for method in ("gumbel", "edge-popup"):
+        r = extract_run(MaskConfig(method), ModelConfig("lenet300"), DataConfig("digits"),
+                        TrainConfig(epochs=20, batch_size=64), seed=args.seed, out=out / method, overwrite=True)
+        subnets.append({"method": method, "density": r["density"], "test_acc": r["test_acc"], "params": r["params"],
+                        "compact_bytes": compact_bytes(out / method), "wall_s": r["wall_s"],
+                        "weights": r["weights_sha256"][:12]})
+    columns = ["method", "density", "test_acc", "params", "wall_s", "weights"]
+    if any(row["compact_bytes"] is not None for row in subnets):
+        columns.insert(4, "compact_bytes")
+    print("\nsubnetworks of the same frozen random lenet300 (weights never trained; 'weights' = their SHA-256):")
+    print(format_table(subnets, columns))
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; runs in {out}/")
     return 0
