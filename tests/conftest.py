@@ -20,3 +20,13 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    far faster than two on a busy 2-core machine, and deterministic."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -24,13 +24,7 @@ from netsift.runs import RESULT_FIELDS, load_model
 QUICK = TrainConfig(epochs=2, batch_size=64, max_steps=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: fast on a busy machine, and deterministic."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ from netsift.selection.scoring import BatchedScorer, Masker, kept_mask, referenc
 from netsift.surgery import module_sizes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: far faster than two on a busy 2-core machine, and deterministic."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize_bn(model: nn.Module) -> nn.Module:
