@@ -6,7 +6,7 @@ fine-tune budget. The ablation fine-tunes the same architecture from a new rando
 to the same per-layer widths, so that architecture is GFS's). Each cell writes its own run folder and is
 skipped when its result.json exists, so an interrupted run continues where it stopped.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/structured.py            # default: ~40 min on 2 CPU cores
+    PYTHONPATH=src .venv/bin/python benchmarks/structured.py            # default: ~65 min on 2 CPU cores (resumable)
 
 Outputs in ``benchmarks/results/``: ``structured.csv`` (one row per cell), ``structured.json`` (cells and the
 per-method summary) and ``structured.png`` (test accuracy against MACs).
