@@ -261,3 +261,23 @@ def test_every_method_learns_a_mask_on_digits(method, bundle):
     model = apply_masks(_net(width=0.3), method)
     fitted = fit_masks(model, bundle, TrainConfig(epochs=3, batch_size=64))
     assert fitted.best_val_acc > 0.6, fitted.history
+
+
+def test_init_frozen_seeds_every_parameter_and_buffer():
+    """Biases, batch-norm parameters and buffers come from the init seed too, never from the global RNG."""
+    from netsift.masks.frozen import init_frozen
+
+    def make():
+        torch.manual_seed(int(torch.randint(0, 10**6, ())))  # a different global RNG state each time
+        net = nn.Sequential(nn.Conv2d(1, 4, 3, bias=True), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(4 * 36, 10))
+        net[1].running_mean.uniform_()  # stale statistics must be reset as well
+        return init_frozen(net, "kaiming-normal", seed=7)
+
+    a, b = make(), make()
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
+    assert torch.equal(a[1].running_mean, torch.zeros(4))
+    state = torch.get_rng_state()
+    init_frozen(a, "signed-constant", seed=3)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is left alone

@@ -36,13 +36,23 @@ def _fan_in(weight: Tensor) -> int:
 
 @torch.no_grad()
 def init_frozen(model: nn.Module, scheme: str = "signed-constant", seed: int = 0) -> nn.Module:
-    """Overwrite every prunable weight of ``model`` with the ``scheme`` init drawn from ``seed``; return it.
+    """Re-initialise every parameter and buffer of ``model`` from ``seed``; return it.
 
-    Biases and other tensors are left as the architecture built them (build the model under
-    ``torch.manual_seed(derived_seed(seed, "model"))`` to make them reproducible too, as
-    :func:`frozen_network` does).
+    Every module with a ``reset_parameters`` (or, for batch norm, ``reset_running_stats``) is reset in
+    registration order under a private generator state seeded by ``derived_seed(seed, "model")`` (the global
+    RNG is left untouched); then every prunable weight (Linear, Conv2d) is overwritten with the ``scheme``
+    init drawn from its own generator, seeded by ``(seed, layer name)``. The result depends on ``seed`` and
+    the architecture only, never on what ran before. Tensors of modules with no reset method (a custom
+    ``nn.Parameter`` of your own module) keep their values: give them a deterministic init in ``__init__``.
     """
     choose(scheme, INIT_SCHEMES, "--init")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(seed, "model"))
+        for module in model.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+            elif callable(getattr(module, "reset_running_stats", None)):
+                module.reset_running_stats()
     for name, layer in prunable_layers(model):
         w = layer.weight
         gen = torch.Generator(device="cpu").manual_seed(derived_seed(seed, "weight", name))
@@ -58,8 +68,9 @@ def frozen_network(manifest: dict, scheme: str = "signed-constant", seed: int = 
     """Build the architecture of ``manifest`` (see ``netsift.runs.model_manifest``) with frozen random weights."""
     from ..runs import build_from_manifest
 
-    torch.manual_seed(derived_seed(seed, "model"))
-    return init_frozen(build_from_manifest(manifest), scheme, seed)
+    with torch.random.fork_rng(devices=[]):
+        model = build_from_manifest(manifest)
+    return init_frozen(model, scheme, seed)
 
 
 def bake_weight(weight: Tensor, mask: Tensor, scale: Tensor | float) -> Tensor:
