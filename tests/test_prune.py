@@ -13,7 +13,7 @@ from netsift.cli import main
 from netsift.errors import NetsiftError
 from netsift.measure import count_macs
 from netsift.models import build_model
-from netsift.runs import load_model, save_model
+from netsift.rundir import load_model, save_model
 from netsift.selection import gfs
 from netsift.selection.base import SelectionContext
 from netsift.selection.budget import MacsModel, allocate
@@ -238,11 +238,11 @@ def test_gfs_command_on_residual_network(tmp_path):
     assert rc == 0
     result = json.loads((out / "result.json").read_text())
     for key in ("command", "method", "model", "data", "seed", "test_acc", "val_acc", "density", "params",
-                "params_total", "macs", "wall_s", "layers", "latency_ms", "before", "selection_s",
-                "test_acc_selected"):
+                "params_total", "macs", "wall_s", "layers", "latency_b64_ms", "source_latency_b64_ms",
+                "source_macs", "selection_s", "test_acc_selected", "finetuned"):
         assert key in result
     assert abs(result["macs_fraction"] - 0.5) <= 0.015
-    assert result["macs"] < result["before"]["macs"]
+    assert result["macs"] < result["source_macs"] and result["finetuned"] is True
 
 
 @pytest.mark.parametrize("method", ["backward", "taylor", "random", "bn-scale"])

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,6 +23,54 @@ T = TypeVar("T")
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     """A dataclass field carrying its CLI help text (and choices)."""
     return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Option:
+    """A setting that only one method has (declared in the method's own file, shown as a CLI flag).
+
+    ``check(value)`` may raise :class:`NetsiftError`; ``type`` is ``float``, ``int``, ``str`` or ``bool``.
+    """
+
+    default: Any
+    help: str
+    type: type = float
+    choices: tuple[str, ...] | None = None
+    check: Any = None
+
+    def validate(self, name: str, value: Any) -> Any:
+        """``value`` converted to the option's type and checked, or a one-line error naming ``--name``."""
+        flag = "--" + name.replace("_", "-")
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise NetsiftError(f"{flag} takes true or false, got {value!r}")
+        else:
+            try:
+                value = self.type(value)
+            except (TypeError, ValueError):
+                raise NetsiftError(f"{flag} must be a {self.type.__name__}, got {value!r}") from None
+        if self.choices is not None:
+            choose(value, self.choices, flag)
+        if self.check is not None:
+            self.check(flag, value)
+        return value
+
+
+def method_options(method: str, given: dict[str, Any] | None, registry: dict) -> dict[str, Any]:
+    """The method-specific options of ``registry[method]`` with ``given`` values checked and defaults filled.
+
+    Raises:
+        NetsiftError: an option that ``method`` does not have (naming the methods that do).
+    """
+    declared = registry[method].options
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    for name in given:
+        if name not in declared:
+            owners = [m for m, spec in registry.items() if name in spec.options]
+            where = f"applies to --method {' / '.join(owners)} only" if owners else "is not a setting"
+            raise NetsiftError(f"--{name.replace('_', '-')} {where}")
+    return {name: spec.validate(name, given[name]) if name in given else spec.default
+            for name, spec in declared.items()}
 
 
 @dataclass
@@ -38,6 +87,7 @@ class DataConfig:
         from .data import DATASETS
 
         choose(self.data, DATASETS, "data set")
+        check_finite(self)
         if not 0.0 <= self.val_fraction < 1.0:
             raise NetsiftError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -55,22 +105,40 @@ class ModelConfig:
 
         if not self.model.startswith("tv:") and self.model not in REGISTRY:
             raise NetsiftError(f"unknown model {self.model!r}; choose from: {', '.join(model_names())}, or tv:<name>")
-        if self.width <= 0:
-            raise NetsiftError(f"--width must be positive, got {self.width}")
+        check_finite(self)
+        if not 0 < self.width <= 64:
+            raise NetsiftError(f"--width must be in (0, 64], got {self.width}")
+
+
+def check_finite(obj: Any) -> None:
+    """Raise a one-line error naming the first float field of dataclass ``obj`` that is NaN or infinite."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NetsiftError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+
+
+TRAIN_FALLBACKS = {"lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine"}
+"""What unset (``None``) loop settings become when the command using the loop has no default of its own."""
 
 
 @dataclass
 class TrainConfig:
-    """Settings of the shared training loop."""
+    """Settings of the shared training loop.
+
+    ``lr``, ``weight_decay`` and ``schedule`` may stay ``None``: each command fills them with its own
+    default (``train``: :data:`TRAIN_FALLBACKS`; ``extract``: the mask method's; ``prune``: the published
+    fine-tune recipe); :meth:`resolved` does it.
+    """
 
     epochs: int = opt(10, "maximum number of epochs")
     batch_size: int = opt(128, "minibatch size")
     optimizer: str = opt("sgd", "optimizer", ("sgd", "adam"))
-    lr: float = opt(0.05, "peak learning rate")
+    lr: float | None = opt(None, "peak learning rate")
     momentum: float = opt(0.9, "SGD momentum")
     nesterov: bool = opt(False, "Nesterov momentum (SGD)")
-    weight_decay: float = opt(5e-4, "weight decay")
-    schedule: str = opt("cosine", "learning-rate schedule over the run", ("cosine", "step", "constant"))
+    weight_decay: float | None = opt(None, "weight decay")
+    schedule: str | None = opt(None, "learning-rate schedule over the run", ("cosine", "step", "constant"))
     step_every: int = opt(0, "step schedule: multiply the lr by --gamma every N epochs (0: at 50%% and 75%%)")
     gamma: float = opt(0.1, "step schedule decay factor")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
@@ -81,37 +149,84 @@ class TrainConfig:
     max_steps: int = opt(0, "at most N optimizer steps per epoch (0: the whole training set)")
 
     def __post_init__(self):
+        check_finite(self)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise NetsiftError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
+        if self.epochs > 100_000 or self.batch_size > 1_000_000:
+            raise NetsiftError("--epochs must be at most 100,000 and --batch-size at most 1,000,000")
+        if self.lr is not None and self.lr <= 0:
             raise NetsiftError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise NetsiftError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise NetsiftError(f"--weight-decay must be non-negative, got {self.weight_decay}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise NetsiftError(f"--gamma must be in (0, 1], got {self.gamma}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise NetsiftError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         for f in dataclasses.fields(self):
-            if f.metadata.get("choices"):
-                choose(getattr(self, f.name), f.metadata["choices"], f"--{f.name.replace('_', '-')}")
+            value = getattr(self, f.name)
+            if f.metadata.get("choices") and value is not None:
+                choose(value, f.metadata["choices"], f"--{f.name.replace('_', '-')}")
         if self.patience < 0 or self.max_steps < 0 or self.step_every < 0:
             raise NetsiftError("--patience, --max-steps and --step-every must be non-negative")
 
+    def resolved(self, **defaults: Any) -> "TrainConfig":
+        """A copy with unset settings taken from ``defaults``, then from :data:`TRAIN_FALLBACKS`."""
+        fill = {k: defaults.get(k, TRAIN_FALLBACKS[k]) for k in TRAIN_FALLBACKS if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill) if fill else self
+
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, Any] | None = None,
-              skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per field of dataclass ``cls`` to ``parser`` (``defaults`` overrides field defaults)."""
+              skip: tuple[str, ...] = (), default_help: dict[str, str] | None = None) -> None:
+    """Add one ``--flag`` per field of dataclass ``cls`` to ``parser``.
+
+    ``defaults`` overrides field defaults; ``default_help`` replaces the "(default: ...)" text of a flag whose
+    default is resolved later (per method, say). Choices are listed once, in the metavar.
+    """
     group = parser.add_argument_group(cls.__name__.replace("Config", "").lower() + " options")
-    defaults = defaults or {}
+    defaults, default_help = defaults or {}, default_help or {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
         default = defaults.get(f.name, f.default)
-        help_text = f.metadata.get("help", "")
-        if f.type in (bool, "bool"):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-            continue
-        kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-        group.add_argument(flag, type=kind, default=default, metavar=f.name.upper(),
-                           help=f"{help_text} (default: {default})", choices=f.metadata.get("choices"))
+        _add(group, f.name, default, f.metadata.get("help", ""), str(f.type), f.metadata.get("choices"),
+             default_help.get(f.name))
+
+
+def _add(group, name: str, default: Any, help_text: str, type_name: str, choices, default_text: str | None) -> None:
+    flag = "--" + name.replace("_", "-")
+    shown = default_text if default_text is not None else ("" if default is None else str(default))
+    suffix = f" (default: {shown})" if shown else ""
+    if type_name in ("bool", "<class 'bool'>"):
+        on = {"True": "on", "False": "off"}.get(default_text or "", default_text) or ("on" if default else "off")
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                           help=f"{help_text} (default: {on})")
+        return
+    kind = {"int": int, "float": float, "int | None": int, "float | None": float, "<class 'int'>": int,
+            "<class 'float'>": float}.get(type_name, str)
+    metavar = "{" + ",".join(choices) + "}" if choices else name.upper()
+    group.add_argument(flag, type=kind, default=default, metavar=metavar, help=help_text + suffix, choices=choices)
+
+
+def add_method_options(parser: argparse.ArgumentParser, registry: dict, title: str) -> None:
+    """One flag per method-specific :class:`Option` of every method in ``registry`` (default: unset)."""
+    group = parser.add_argument_group(title)
+    seen: dict[str, list[str]] = {}
+    for method, spec in registry.items():
+        for name in spec.options:
+            seen.setdefault(name, []).append(method)
+    for name, methods in seen.items():
+        spec = registry[methods[0]].options[name]
+        owners = "/".join(methods)
+        _add(group, name, None, f"{owners}: {spec.help}", spec.type.__name__, spec.choices, str(spec.default))
+
+
+def method_args(args: argparse.Namespace, registry: dict) -> dict[str, Any]:
+    """The method-specific options the user set on the command line (unset ones are left out)."""
+    names = {name for spec in registry.values() for name in spec.options}
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

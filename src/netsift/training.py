@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .config import TrainConfig
-from .data import DataBundle, make_loader
+from .data import DataBundle
 from .errors import NetsiftError
-from .measure import evaluate
+from .measure import check_labels, evaluate, run_model
 
 CHECKPOINT = "checkpoint"
 BEST = "best"
@@ -54,6 +54,9 @@ class Callback:
 
     def on_step_end(self, step: int, loss: float) -> None:  # noqa: D102
         pass
+
+    def before_validation(self, model: nn.Module) -> None:
+        """Called after an epoch's last step, before the validation pass (the model is the unwrapped one)."""
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:  # noqa: D102
         pass
@@ -157,6 +160,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
     from accelerate import Accelerator
 
     callbacks = list(callbacks)
+    cfg = cfg.resolved()
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,9 +178,9 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
     model, optimizers = prepared[0], list(prepared[1:])
     loss_fn = loss_fn or default_loss(cfg.label_smoothing)
 
-    train_loader = make_loader(bundle, "train", cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
-                               num_shards=accelerator.num_processes, shard_index=accelerator.process_index)
-    val_loader = make_loader(bundle, "val", max(cfg.batch_size, 256))
+    train_loader = bundle.loader("train", cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
+                                 num_shards=accelerator.num_processes, shard_index=accelerator.process_index)
+    val_loader = bundle.loader("val", max(cfg.batch_size, 256))
     steps_per_epoch = len(train_loader) if not cfg.max_steps else min(cfg.max_steps, len(train_loader))
     total_steps = steps_per_epoch * cfg.epochs
 
@@ -211,7 +215,9 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
                 for pg in opt.param_groups:
                     pg["lr"] = pg["peak_lr"] * factor
             with accelerator.autocast():
-                logits = model(x)
+                logits = run_model(model, x)
+                if i == 0:
+                    check_labels(y, logits)
                 loss = loss_fn(logits, y, x)
             if not torch.isfinite(loss):
                 raise NetsiftError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
@@ -231,9 +237,13 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         bar.close()
         epoch_time = time.perf_counter() - t0
+        bad = [n for n, p in accelerator.unwrap_model(model).named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NetsiftError(f"parameter {bad[0]} became non-finite in epoch {epoch + 1}; lower the learning rate "
+                               "(the last good checkpoint is kept)")
         train_time += epoch_time
         images_seen += seen
-        val = evaluate(model, val_loader, accelerator.device) if len(bundle.val) else {"acc": float("nan"), "loss": float("nan")}
+        val = evaluate(model, val_loader, accelerator.device) if bundle.size("val") else {"acc": float("nan"), "loss": float("nan")}
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                "train_acc": correct / max(seen, 1), "val_loss": val["loss"], "val_acc": val["acc"],
                "lr": optimizers[0].param_groups[0]["lr"], "epoch_s": round(epoch_time, 3),
@@ -303,6 +313,70 @@ def _restore(run_dir: Path, accelerator, model, optimizers, callbacks, result: F
     return epoch, meta["step"], best_state, meta["since_best"]
 
 
-def config_dict(cfg: TrainConfig) -> dict:
-    """The loop settings as a plain dict (for ``config.json``)."""
-    return asdict(cfg)
+def distill_loss(teacher: nn.Module, label_smoothing: float, temperature: float = 4.0,
+                 alpha: float = 0.5) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``loss_fn(logits, y, x)``: cross-entropy mixed with the KL divergence to the teacher's soft labels."""
+    teacher.eval()
+
+    def loss_fn(logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            t = teacher(x)
+        ce = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        kl = nn.functional.kl_div(nn.functional.log_softmax(logits / temperature, 1),
+                                  nn.functional.softmax(t / temperature, 1), reduction="batchmean")
+        return (1 - alpha) * ce + alpha * temperature ** 2 * kl
+
+    return loss_fn
+
+
+class BNRecalibration(Callback):
+    """Re-estimates the batch-norm running statistics before every validation pass (see :func:`recalibrate_bn`).
+
+    For networks whose training forward differs from their evaluation forward (a mask sampled while
+    training, the extracted mask when evaluating): the statistics gathered while training describe the wrong
+    network.
+    """
+
+    def __init__(self, bundle: DataBundle, batches: int, batch_size: int = 128, seed: int = 0):
+        self.bundle, self.batches, self.batch_size, self.seed, self.epoch = bundle, batches, batch_size, seed, 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def before_validation(self, model: nn.Module) -> None:
+        # the batches depend on (seed, epoch) only, so a resumed run recalibrates exactly as an uninterrupted one
+        stream = self.bundle.batches("train", self.batch_size, self.seed * 1000003 + self.epoch + 1)
+        recalibrate_bn(model, stream, self.batches)
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether ``model`` has a batch norm layer that tracks running statistics."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, next_batch: Callable[[], tuple[Tensor, Tensor]], batches: int) -> int:
+    """Re-estimate every batch norm's running statistics (cumulative average over ``batches`` minibatches).
+
+    Everything but the batch norms stays in eval mode (a masked network uses its extracted masks, dropout is
+    off). Returns the number of batches used (0 when the model has no batch norm).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or batches <= 0:
+        return 0
+    saved = [m.momentum for m in bns]
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    device = next(model.parameters()).device
+    try:
+        for _ in range(batches):
+            model(next_batch()[0].to(device))
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.train(was_training)
+    return batches

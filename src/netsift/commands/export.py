@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import NetsiftError
 from ..masks.compact import SUFFIX, dense_bytes, read_compact, rebuild, write_compact
-from ..runs import load_model, save_model
+from ..rundir import load_model, save_model
 
 FORMATS = ("compact", "safetensors", "onnx")
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
         "export", help="write a run's network as a compact file, safetensors or ONNX",
         description="Export a run's network. compact: the subnetwork of a random network as architecture + init "
                     f"seed + one bit per weight + per-layer scales ({SUFFIX}, needs a run of `netsift extract`); "
-                    "safetensors: the dense weights + JSON manifest (loads with netsift.runs.load_model); "
+                    "safetensors: the dense weights + JSON manifest (loads with netsift.load_model); "
                     "onnx: for any run folder with model.safetensors. The source may also be a compact file.")
     p.add_argument("path", metavar="RUN_DIR", help=f"run folder (or, for safetensors/onnx, a {SUFFIX} compact file)")
     p.add_argument("--format", default="compact", choices=FORMATS, help="output format (default: compact)")

@@ -65,8 +65,8 @@ def init_frozen(model: nn.Module, scheme: str = "signed-constant", seed: int = 0
 
 
 def frozen_network(manifest: dict, scheme: str = "signed-constant", seed: int = 0) -> nn.Module:
-    """Build the architecture of ``manifest`` (see ``netsift.runs.model_manifest``) with frozen random weights."""
-    from ..runs import build_from_manifest
+    """Build the architecture of ``manifest`` (see ``netsift.models.model_manifest``) with frozen random weights."""
+    from ..models import build_from_manifest
 
     with torch.random.fork_rng(devices=[]):
         model = build_from_manifest(manifest)

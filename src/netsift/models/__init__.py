@@ -77,16 +77,79 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def check_input(model: nn.Module, shape: tuple[int, ...]) -> None:
-    """Run one sample of ``shape`` through ``model``; raise a one-line error if the shapes do not fit."""
+    """Run one sample of ``shape`` through ``model``; raise a one-line error if it cannot take it."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *shape))
-    except RuntimeError as e:
-        raise NetsiftError(f"model cannot take inputs of shape {shape}: {str(e).splitlines()[0]}") from None
+            model(torch.zeros(1, *shape, device=_device(model)))
+    except Exception as e:  # shape errors surface as RuntimeError, AssertionError, ValueError, IndexError, ...
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NetsiftError(f"model cannot take inputs of shape {tuple(shape)}: {why}") from None
     finally:
         model.train(was_training)
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+MANIFEST_ATTR = "netsift_manifest"
+"""Attribute under which a zoo-built network carries its manifest (what rebuilds its architecture)."""
+
+
+def model_manifest(name: str, width: float, input_shape: tuple[int, ...], num_classes: int, **extra) -> dict:
+    """What :func:`build_from_manifest` needs to rebuild a zoo architecture."""
+    return {"model": name, "width": width, "in_channels": int(input_shape[0]), "image_size": int(input_shape[-1]),
+            "num_classes": int(num_classes), **extra}
+
+
+def manifest_of(model: nn.Module) -> dict | None:
+    """The manifest a zoo-built (or loaded) network carries, ``None`` for any other module."""
+    return getattr(model, MANIFEST_ATTR, None)
+
+
+def build_for(name: str, input_shape: tuple[int, ...], num_classes: int, width: float = 1.0, seed: int = 0,
+              **kwargs) -> nn.Module:
+    """Build zoo architecture ``name`` for inputs of ``input_shape`` with weights initialised from ``seed``.
+
+    The network carries its manifest (:func:`manifest_of`), so run folders can rebuild it. The global RNG
+    is left as it was.
+
+    Raises:
+        NetsiftError: unknown name, bad width, or an input the architecture cannot take.
+    """
+    if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+        raise NetsiftError(f"zoo models take square images (C, H, H), got input shape {tuple(input_shape)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(name, input_shape[0], input_shape[1], num_classes, width, **kwargs)
+    check_input(model, input_shape)
+    setattr(model, MANIFEST_ATTR, model_manifest(name, width, input_shape, num_classes))
+    return model
+
+
+def build_from_manifest(manifest: dict) -> nn.Module:
+    """Rebuild an architecture from a manifest written by :func:`model_manifest`.
+
+    A manifest may carry ``"modules"``: per-module constructor sizes that differ from the zoo's (a network
+    whose channels were removed). Those modules are rebuilt at the recorded sizes, so a pruned network loads
+    with plain PyTorch modules and no pruning code. The network carries the manifest (:func:`manifest_of`).
+    """
+    from ..surgery import apply_module_sizes
+
+    if not isinstance(manifest, dict):
+        raise NetsiftError(f"a model manifest must be a JSON object, got {type(manifest).__name__}")
+    try:
+        model = build_model(manifest["model"], manifest["in_channels"], manifest["image_size"],
+                            manifest["num_classes"], manifest.get("width", 1.0), **manifest.get("kwargs", {}))
+    except KeyError as e:
+        raise NetsiftError(f"model manifest lacks {e}") from None
+    if manifest.get("modules"):
+        apply_module_sizes(model, manifest["modules"])
+    setattr(model, MANIFEST_ATTR, dict(manifest))
+    return model
 
 
 from . import convnets, mlp, mobilenet, resnet  # noqa: E402,F401  (registration side effects)

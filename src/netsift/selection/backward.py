@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Selection, SelectionContext
+from .base import Selection, SelectionContext, SelectionMethod
 from .scoring import kept_mask
 
 
@@ -45,3 +45,6 @@ def select(ctx: SelectionContext) -> Selection:
         if ctx.layer_finetune is not None:
             ctx.layer_finetune(ctx.model)
     return Selection(kept, rescale=True, info=info)
+
+
+METHOD = SelectionMethod(name="backward", summary="backward elimination: remove the channel whose removal raises the loss least", select=select)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch_pruning as tp
@@ -72,6 +72,27 @@ class SelectionContext:
     def bar(self, total: int, desc: str):
         """A tqdm progress bar (hidden when ``progress`` is off)."""
         return tqdm(total=total, desc=desc, leave=False, disable=None if self.progress else True)
+
+
+@dataclass(frozen=True)
+class SelectionMethod:
+    """A channel-selection method: declared once, in the method's own file, and listed in ``selection.METHODS``.
+
+    Attributes:
+        name: what ``--method`` takes.
+        summary: one line for ``--help`` and the docs.
+        select: ``select(ctx, **options) -> Selection``.
+        options: settings only this method has, by name (each becomes a CLI flag).
+        defaults: the method's defaults for shared :class:`~netsift.selection.PruneConfig` settings left unset.
+        check: ``check(ctx)`` raises a one-line error when the method cannot handle the network.
+    """
+
+    name: str
+    summary: str
+    select: Callable[..., "Selection"]
+    options: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    check: Callable[["SelectionContext"], None] | None = None
 
 
 @dataclass

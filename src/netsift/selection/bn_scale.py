@@ -7,7 +7,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import NetsiftError
-from .base import Selection, SelectionContext, ranked_selection, tp_importance_scores
+from .base import Selection, SelectionContext, SelectionMethod, ranked_selection, tp_importance_scores
 
 
 def select(ctx: SelectionContext) -> Selection:
@@ -16,10 +16,13 @@ def select(ctx: SelectionContext) -> Selection:
     return ranked_selection(ctx, tp_importance_scores(ctx, imp))
 
 
-def check(ctx_graph: tp.DependencyGraph, groups) -> None:
+def check(ctx: SelectionContext) -> None:
     """Raise a one-line error unless every group has a batch norm to read γ from."""
-    for g in groups:
-        pruner = ctx_graph.get_pruner_of_module(g.root)
-        tp_group = ctx_graph.get_pruning_group(g.root, pruner.prune_out_channels, [0])
-        if not any(isinstance(it.dep.target.module, nn.modules.batchnorm._BatchNorm) for it in tp_group.items):
+    for gi, g in enumerate(ctx.groups):
+        group = ctx.graph.get_pruning_group(g.root, ctx.graph.get_pruner_of_module(g.root).prune_out_channels, [0])
+        if not any(isinstance(it.dep.target.module, nn.modules.batchnorm._BatchNorm) for it in group.items):
             raise NetsiftError(f"--method bn-scale needs batch norm, but channel group {g.name} has none")
+
+
+METHOD = SelectionMethod(name="bn-scale", summary="|gamma| of each channel's batch norm (network slimming, Liu et al.)",
+                         select=select, check=check)

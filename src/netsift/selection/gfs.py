@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Selection, SelectionContext
+from ..config import Option
+from .base import Selection, SelectionContext, SelectionMethod
 from .scoring import kept_mask
 
 
@@ -31,8 +32,9 @@ def _stop(ctx: SelectionContext, gi: int, chosen: list[int], start_acc: float | 
     return acc >= (1 - ctx.tolerance) * start_acc, acc
 
 
-def select(ctx: SelectionContext) -> Selection:
-    """Greedy forward selection of every group, input to output."""
+def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
+    """Greedy forward selection of every group, input to output (``replacement``: the multiset variant)."""
+    ctx.replacement = ctx.replacement or replacement
     kept, info = {}, []
     for gi, g in enumerate(ctx.groups):
         n = g.size
@@ -67,7 +69,10 @@ def select(ctx: SelectionContext) -> Selection:
     return Selection(kept, rescale=True, info=info)
 
 
-def select_with_replacement(ctx: SelectionContext) -> Selection:
-    """The theory variant: a multiset greedy (Frank–Wolfe step 1/(n+1)), meant for two-layer networks."""
-    ctx.replacement = True
-    return select(ctx)
+METHOD = SelectionMethod(
+    name="gfs",
+    summary="Greedy Forward Selection (Ye et al. 2020): add the channel whose addition lowers the loss most",
+    select=select,
+    options={"replacement": Option(False, "theory variant with replacement (multiset, Frank-Wolfe step 1/(n+1))",
+                                   bool)},
+)

@@ -86,8 +86,10 @@ def _execution_order(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.
 
 
 def find_groups(model: nn.Module, input_shape: tuple[int, ...], dg: tp.DependencyGraph | None = None,
-                min_size: int = 2) -> list[ChannelGroup]:
+                min_size: int = 2, ignored_layers: list[nn.Module] | None = None) -> list[ChannelGroup]:
     """Every prunable channel group of ``model``, in forward order (the logits layer is never pruned).
+
+    ``ignored_layers`` keep their output channels, as in Torch-Pruning (and so does every layer coupled to one).
 
     Raises:
         NetsiftError: the model has no prunable channel group.
@@ -96,7 +98,8 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...], dg: tp.Dependenc
     names = {m: n for n, m in model.named_modules()}
     exec_order = _execution_order(model, input_shape)
     groups: list[ChannelGroup] = []
-    for group in dg.get_all_groups(ignored_layers=output_layers(model), root_module_types=[nn.Conv2d, nn.Linear]):
+    for group in dg.get_all_groups(ignored_layers=output_layers(model) + list(ignored_layers or []),
+                                  root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module
         size = len(group[0].idxs)
         if size < min_size:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import Selection, SelectionContext, ranked_selection
+from .base import Selection, SelectionContext, ranked_selection, SelectionMethod
 
 
 def select(ctx: SelectionContext) -> Selection:
     """Rank each group's channels in a random order drawn from the context's seed."""
     scores = [torch.rand(g.size, generator=ctx.generator) for g in ctx.groups]
     return ranked_selection(ctx, scores)
+
+
+METHOD = SelectionMethod(name="random", summary="random channels (the floor every method must beat)", select=select)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from .base import Selection, SelectionContext, ranked_selection, tp_importance_scores
+from .base import Selection, SelectionContext, ranked_selection, tp_importance_scores, SelectionMethod
 
 BATCHES = 8
 
@@ -30,3 +30,6 @@ def select(ctx: SelectionContext, batches: int = BATCHES) -> Selection:
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return ranked_selection(ctx, scores)
+
+
+METHOD = SelectionMethod(name="taylor", summary="first-order Taylor importance |w * dL/dw| (Molchanov et al.)", select=select)
