@@ -22,20 +22,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from netsift.config import DataConfig, ModelConfig, TrainConfig
-from netsift.masks import MaskConfig, apply_masks, extract, fit_masks
+import netsift
+from netsift.config import DataConfig
+from netsift.data import load_bundle
+from netsift.masks import apply_masks
 from netsift.masks.frozen import frozen_network
-from netsift.runs import load_bundle, measure_model, model_manifest
-from netsift.training import fit
+from netsift.models import model_manifest
 
 DENSITIES = (0.05, 0.1, 0.3, 0.5, 0.7)
 ARCHS = {  # CPU budget: Conv-2 at width 0.25 (16-16 channels, FC 64-64) on an 8,000-image training subset
     "lenet300": {"width": 1.0, "train_subset": 20000},
     "conv2": {"width": 0.25, "train_subset": 8000},
 }
-VARIANTS = {  # name: (MaskConfig options, takes a density)
+VARIANTS = {  # name: (netsift.extract options, takes a density)
     "gumbel": ({"method": "gumbel"}, False),
-    "gumbel-lr50": ({"method": "gumbel", "mask_lr": 50.0}, False),
+    "gumbel-lr50": ({"method": "gumbel", "lr": 50.0}, False),
     "gumbel-norescale": ({"method": "gumbel", "rescale": "none"}, False),
     "gumbel-naive": ({"method": "gumbel", "parametrization": "naive"}, False),
     "edge-popup": ({"method": "edge-popup"}, True),
@@ -74,31 +75,33 @@ def bundle_for(arch: str, seed: int, args):
     k = (arch, seed)
     if k not in _BUNDLES:
         _BUNDLES.clear()
-        _BUNDLES[k] = load_bundle(DataConfig("fashion-mnist", data_dir=args.data_dir,
-                                             train_subset=args.train_subset or ARCHS[arch]["train_subset"]), seed)
+        _BUNDLES[k] = load_bundle(data_config(arch, args), seed)
     return _BUNDLES[k]
 
 
+def data_config(arch: str, args) -> DataConfig:
+    return DataConfig("fashion-mnist", data_dir=args.data_dir,
+                      train_subset=args.train_subset or ARCHS[arch]["train_subset"])
+
+
 def run_cell(arch: str, variant: str, density: float | None, seed: int, args) -> dict:
-    """Train one cell and measure the extracted (or trained) network."""
+    """Train one cell through the public API (netsift.extract / netsift.train) and read its result."""
     t0 = time.perf_counter()
-    bundle = bundle_for(arch, seed, args)
-    manifest = model_manifest(ModelConfig(arch, ARCHS[arch]["width"]), bundle)
-    train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size)
     options, _ = VARIANTS[variant]
+    width = ARCHS[arch]["width"]
     if options is None:  # dense training from a Kaiming-normal init: the ceiling
+        bundle = bundle_for(arch, seed, args)
+        manifest = model_manifest(arch, width, bundle.input_shape, bundle.num_classes)
         model = frozen_network(manifest, "kaiming-normal", seed).requires_grad_(True)
-        fitted = fit(model, bundle, train_cfg, seed=seed, desc=f"{arch} dense")
-        final = model
+        r = netsift.train(model, bundle, epochs=args.epochs, batch_size=args.batch_size, seed=seed,
+                          latency_threads=None)
     else:
-        cfg = MaskConfig(**{**options, **({"density": density} if density is not None else {})})
-        masked = apply_masks(frozen_network(manifest, cfg.init, seed), cfg, seed=seed)
-        fitted = fit_masks(masked, bundle, train_cfg, seed=seed)
-        final = extract(masked)
-    m = measure_model(final, bundle)
-    return {"arch": arch, "variant": variant, "density_target": density, "seed": seed, "test_acc": m["test_acc"],
-            "val_acc": m["val_acc"], "density": m["density"], "layers": [r["density"] for r in m["layers"]],
-            "best_epoch": fitted.best_epoch, "epochs": args.epochs, "train_subset": len(bundle.train),
+        options = dict(options)
+        r = netsift.extract(arch, bundle_for(arch, seed, args), options.pop("method"), density, width=width,
+                            epochs=args.epochs, batch_size=args.batch_size, seed=seed, **options)
+    return {"arch": arch, "variant": variant, "density_target": density, "seed": seed, "test_acc": r.test_acc,
+            "val_acc": r.val_acc, "density": r.density, "layers": [row["density"] for row in r.layers],
+            "best_epoch": r.best_epoch, "epochs": args.epochs, "train_subset": bundle_for(arch, seed, args).size("train"),
             "wall_s": round(time.perf_counter() - t0, 2)}
 
 
@@ -118,7 +121,7 @@ def step_times(arch: str, batch_size: int, rounds: int = 5, steps: int = 10) -> 
                           ("supermask", {"method": "supermask"})]:
         model = frozen_network(manifest, "signed-constant", 0)
         if options is not None:
-            model = apply_masks(model, MaskConfig(**options))
+            model = apply_masks(model, options["method"], **{k: v for k, v in options.items() if k != "method"})
         params = [p for p in model.parameters() if p.requires_grad]
         callbacks = []
         if options and options.get("density") and options["method"] == "gumbel":

@@ -7,6 +7,7 @@ to the same per-layer widths, so that architecture is GFS's). Each cell writes i
 skipped when its result.json exists, so an interrupted run continues where it stopped.
 
     PYTHONPATH=src .venv/bin/python benchmarks/structured.py            # default: ~65 min on 2 CPU cores (resumable)
+    PYTHONPATH=src .venv/bin/python benchmarks/structured.py --quick    # smoke test: ~1 min, results in *_quick.*
 
 Outputs in ``benchmarks/results/``: ``structured.csv`` (one row per cell), ``structured.json`` (cells and the
 per-method summary) and ``structured.png`` (test accuracy against MACs).
@@ -27,11 +28,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from netsift.commands.train import train  # noqa: E402
-from netsift.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
-from netsift.selection import METHODS  # noqa: E402
-from netsift.runs import load_bundle, load_model  # noqa: E402
-from netsift.selection.pipeline import PruneConfig, finetune_defaults, measure_before, prune  # noqa: E402
+import netsift  # noqa: E402
+from netsift.config import DataConfig, TrainConfig  # noqa: E402
+from netsift.data import load_bundle  # noqa: E402
+from netsift.measure import measure  # noqa: E402
+from netsift.rundir import load_model  # noqa: E402
+from netsift.selection import METHODS, finetune_defaults  # noqa: E402
 
 VARIANTS = {
     # GFS scoring each candidate with its own minibatch BN statistics (as fine-tuning sees the network), then
@@ -63,15 +65,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=str(ROOT / "runs" / "bench-structured"), help="run folders of the cells")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help="smoke test: 600 images, 1 dense epoch, seed 0, 50%% MACs, "
+                                                        "4 candidates, gfs/l1/taylor/gfs-bnstats; *_quick outputs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.train_subset, args.dense_epochs, args.seeds, args.fractions = 600, 1, [0], [0.5]
+        args.candidates, args.methods, args.no_ablation = 4, ["gfs", "l1", "taylor", "gfs-bnstats"], True
+        args.work += "-quick"
+    return args
 
 
 def cell_row(method: str, fraction: float, seed: int, r: dict) -> dict:
     """One CSV row from a cell's result.json."""
     return {"method": method, "macs_target": fraction, "seed": seed, "test_acc_selected": r["test_acc_selected"],
             "test_acc": r["test_acc"], "macs": r["macs"], "macs_fraction": r["macs_fraction"], "params": r["params"],
-            "lat_b1_ms": r["latency_ms"]["b1_ms"], "lat_b64_ms": r["latency_ms"]["b64_ms"],
-            "speedup_b1": r["speedup_b1"], "speedup_b64": r["speedup_b64"], "macs_reduction": r["macs_reduction"],
+            "lat_b1_ms": r["latency_b1_ms"], "lat_b64_ms": r["latency_b64_ms"],
+            "speedup_b1": r["speedup_b1"], "speedup_b64": r["speedup_b64"], "macs_reduction": 1 / r["macs_fraction"],
             "selection_s": r["selection_s"], "finetune_s": r["finetune_s"]}
 
 
@@ -93,31 +102,25 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def architecture_latency(dense_dir: Path, cells: dict[float, Path], threads: int, rounds: int = 5) -> list[dict]:
     """Latency of the dense network and of each MACs fraction's pruned architecture, measured after all cells
-    (on a quiet machine) in interleaved rounds so that load from other processes hits both alike.
+    with netsift's one protocol (``measure.compare_latency``: interleaved rounds, medians).
 
     Every method prunes to the same widths at a given fraction, so one pruned network per fraction suffices.
     """
-    from netsift.measure import count_macs, latency
+    from netsift.measure import compare_latency, count_macs
 
     dense, manifest = load_model(dense_dir)
-    dense.eval()
     shape = (manifest["in_channels"], manifest["image_size"], manifest["image_size"])
     rows = []
     for frac, run in sorted(cells.items(), reverse=True):
-        pruned = load_model(run)[0].eval()
-        times = {("dense", 1): [], ("dense", 64): [], ("pruned", 1): [], ("pruned", 64): []}
-        for _ in range(rounds):
-            for which, m in (("dense", dense), ("pruned", pruned)):
-                times[(which, 1)].append(latency(m, shape, 1, repeats=30, threads=threads)["median_ms"])
-                times[(which, 64)].append(latency(m, shape, 64, repeats=5, threads=threads)["median_ms"])
-        med = {k: statistics.median(v) for k, v in times.items()}
+        pruned = load_model(run)[0]
+        lat = compare_latency({"dense": dense, "pruned": pruned}, shape, rounds=rounds, threads=threads)
         macs_red = count_macs(dense, shape) / count_macs(pruned, shape)
-        rows.append({"macs_target": frac, "macs_reduction": macs_red, "dense_b1_ms": med[("dense", 1)],
-                     "pruned_b1_ms": med[("pruned", 1)], "dense_b64_ms": med[("dense", 64)],
-                     "pruned_b64_ms": med[("pruned", 64)],
-                     "speedup_b1": med[("dense", 1)] / med[("pruned", 1)],
-                     "speedup_b64": med[("dense", 64)] / med[("pruned", 64)],
-                     "speedup_b64_over_macs_reduction": med[("dense", 64)] / med[("pruned", 64)] / macs_red})
+        d, p = lat["dense"], lat["pruned"]
+        rows.append({"macs_target": frac, "macs_reduction": macs_red, "dense_b1_ms": d["b1_ms"],
+                     "pruned_b1_ms": p["b1_ms"], "dense_b64_ms": d["b64_ms"], "pruned_b64_ms": p["b64_ms"],
+                     "speedup_b1": d["b1_ms"] / p["b1_ms"], "speedup_b64": d["b64_ms"] / p["b64_ms"],
+                     "speedup_b64_over_macs_reduction": d["b64_ms"] / p["b64_ms"] / macs_red,
+                     "spread": max(d["spread"], p["spread"])})
     return rows
 
 
@@ -153,9 +156,8 @@ def main(argv=None) -> int:
     data_cfg = DataConfig(args.data, train_subset=args.train_subset, val_fraction=args.val_fraction)
     dense_dir = work / "dense"
     if not (dense_dir / "result.json").exists():
-        train(ModelConfig(args.model, args.width), data_cfg,
-              TrainConfig(epochs=args.dense_epochs, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4),
-              seed=0, out=dense_dir, overwrite=True)
+        netsift.train(args.model, data_cfg, epochs=args.dense_epochs, batch_size=128, lr=0.1, nesterov=True,
+                      weight_decay=5e-4, width=args.width, seed=0, out=dense_dir, overwrite=True)
     dense = json.loads((dense_dir / "result.json").read_text())
     print(f"dense {args.model} x{args.width}: test acc {dense['test_acc']:.4f}, {dense['macs']:,} MACs", flush=True)
 
@@ -169,20 +171,21 @@ def main(argv=None) -> int:
         label = "same-arch-reinit" if reinit else method
         out = work / f"{label}-{frac}-s{seed}"
         if not (out / "result.json").exists():
-            settings = VARIANTS.get(method, {"method": method})
-            cfg = PruneConfig(**settings, macs=frac, candidates=args.candidates, select_batch=args.select_batch,
-                              finetune_epochs=args.finetune_epochs, reinit=reinit, latency_threads=args.threads)
+            settings = dict(VARIANTS.get(method, {"method": method}))
             tc = time.perf_counter()
             if before is None:
-                before = measure_before(load_model(dense_dir)[0].eval(), load_bundle(data_cfg, 0), args.threads)
-            prune(cfg, data_cfg, ft, checkpoint=str(dense_dir), seed=seed, out=out, overwrite=True, progress=False,
-                  data_seed=0, before=before)
+                before = measure(load_model(dense_dir)[0].eval(), load_bundle(data_cfg, 0))
+            netsift.prune(dense_dir, method=settings.pop("method"), macs=frac, finetune=ft, seed=seed, data_seed=0,
+                          out=out, overwrite=True, progress=False, source_measure=before,
+                          candidates=args.candidates, select_batch=args.select_batch,
+                          finetune_epochs=args.finetune_epochs, reinit=reinit, latency_threads=args.threads,
+                          **settings)
             print(f"[{i + 1}/{len(cells)}] {label} {frac} seed {seed}: {time.perf_counter() - tc:.0f} s "
                   f"(total {time.perf_counter() - t0:.0f} s)", flush=True)
         r = json.loads((out / "result.json").read_text())
         rows.append(cell_row(label, frac, seed, r))
 
-    with open(results / "structured.csv", "w", newline="") as f:
+    with open(results / ("structured_quick.csv" if args.quick else "structured.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
@@ -192,12 +195,13 @@ def main(argv=None) -> int:
         first.setdefault(frac, work / f"{'same-arch-reinit' if reinit else method}-{frac}-s{seed}")
     arch_latency = architecture_latency(dense_dir, first, args.threads)
     setup = {k: v for k, v in vars(args).items() if k not in ("work", "results")}
-    (results / "structured.json").write_text(json.dumps(
+    name = "structured_quick" if args.quick else "structured"
+    (results / f"{name}.json").write_text(json.dumps(
         {"setup": setup, "dense": {k: dense[k] for k in ("model", "data", "test_acc", "val_acc", "macs", "params")},
          "latency_threads": args.threads, "architecture_latency": arch_latency, "summary": summary,
          "cells": rows},
         indent=2) + "\n")
-    plot(summary, dense, results / "structured.png")
+    plot(summary, dense, results / f"{name}.png")
     print(f"{'method':18} {'MACs':>5} {'acc sel':>8} {'acc ft':>15} {'MACs frac':>9} {'params':>7} "
           f"{'b1 ms':>6} {'b64 ms':>7} {'spd64':>6} {'MACs red':>8} {'sel s':>6}")
     for s in summary:

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
                      "lat_b64_ms": result.latency_b64_ms})
     print(format_table(rows, ["stage", "test_acc", "macs", "params", "lat_b1_ms", "lat_b64_ms"]))
     note = f"; {result.latency_note}" if result.latency_note else ""
-    print(f"MACs x{result.macs_fraction:.3f}, speed-up b64 x{result.speedup_b64:.2f} (timed interleaved{note}), "
-          f"selection {result.selection_s:.1f} s; run saved in {result.run_dir}")
+    speed = f"speed-up b64 x{result.speedup_b64:.2f} (timed interleaved{note}), " if result.speedup_b64 else ""
+    print(f"MACs x{result.macs_fraction:.3f}, {speed}selection {result.selection_s:.1f} s; run saved in "
+          f"{result.run_dir}")
     return 0

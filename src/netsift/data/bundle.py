@@ -155,7 +155,7 @@ def as_bundle(data: Any, seed: int = 0, val_fraction: float = 0.1) -> DataBundle
             if isinstance(value.dataset, torch.utils.data.IterableDataset):
                 raise NetsiftError(f"the {split} loader reads an iterable data set; netsift needs a map-style one")
             loaders[split] = value
-            datasets[split] = value.dataset
+            datasets[split] = _fast(value.dataset)
             if split == "train":
                 kwargs = {"collate_fn": value.collate_fn, "num_workers": value.num_workers}
         elif isinstance(value, torch.utils.data.Dataset) or (hasattr(value, "__getitem__") and hasattr(value, "__len__")):

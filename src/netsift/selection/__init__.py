@@ -52,7 +52,8 @@ class PruneConfig:
     rescale: str = opt("auto", "fold the N/n rescale into the weights at removal (auto: as the method selected)",
                        ("auto", "on", "off"))
     onnx: bool = opt(False, "also export the pruned network as model.onnx")
-    latency_threads: int = opt(1, "CPU threads for the latency measurement (0: torch's default)")
+    latency_threads: int | None = opt(1, "CPU threads for the latency measurement (0: torch's default; "
+                                         "None in Python: no latency measurement)")
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's own settings"})
 
     def __post_init__(self):
@@ -72,7 +73,7 @@ class PruneConfig:
         if self.epsilon is not None and not 0.0 < self.epsilon < 1.0:
             raise NetsiftError(f"--epsilon must be in (0, 1), got {self.epsilon}")
         for name in ("candidates", "holdout", "finetune_epochs", "latency_threads", "recalibrate_bn"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise NetsiftError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
         if self.round_to < 1:
             raise NetsiftError(f"--round-to must be at least 1, got {self.round_to}")

@@ -6,9 +6,13 @@ data sets or fine-tuning (the ``netsift.prune`` pipeline adds those).
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from torch import Tensor, nn
 
@@ -75,6 +79,29 @@ class Plan:
     widths: list[int] | None
 
 
+GRAPH_TIMEOUT_ENV = "NETSIFT_GRAPH_TIMEOUT"
+"""Seconds allowed for analysing a model's dependency graph (default 300)."""
+
+
+@contextmanager
+def time_limit(seconds: float, message: str) -> Iterator[None]:
+    """Raise a one-line :class:`NetsiftError` if the block runs longer than ``seconds`` (main thread, POSIX)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise NetsiftError(message)
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, ignored_layers=None,
                   layer_density: dict | None = None) -> Plan:
     """Trace ``model``, find its channel groups and allocate the budget; check that ``cfg.method`` applies.
@@ -89,10 +116,13 @@ def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConf
     """
     was_training = model.training
     model.eval()
+    limit = float(os.environ.get(GRAPH_TIMEOUT_ENV, 300))
     try:
-        graph = build_graph(model, input_shape)
-        groups = find_groups(model, input_shape, graph,
-                             ignored_layers=_modules(model, ignored_layers, "ignored_layers"))
+        with time_limit(limit, f"Torch-Pruning could not resolve the model's channel dependencies within {limit:g} s "
+                               f"(a layer it cannot follow?); pass that layer in ignored_layers or simplify the model"):
+            graph = build_graph(model, input_shape)
+            groups = find_groups(model, input_shape, graph,
+                                 ignored_layers=_modules(model, ignored_layers, "ignored_layers"))
         fixed = fixed_widths(model, groups, layer_density)
         if cfg.macs is not None:
             widths = allocate(MacsModel(model, groups, input_shape), cfg.macs, cfg.round_to, fixed)
