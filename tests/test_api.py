@@ -70,16 +70,15 @@ def test_ignored_layers_and_per_layer_density(digits):
     assert result.finetuned is False and result.test_acc == result.test_acc_selected
 
 
-def test_masks_on_a_conv_bn_module_test_accuracy_matches_training_accuracy(digits):
-    """BN statistics are re-estimated under the extracted mask: without that, test accuracy collapses."""
-    from netsift.data import as_bundle
-    from netsift.measure import evaluate
-
-    data = loaders(digits)
-    result = netsift.extract(cnn(bn=True), data, "gumbel", epochs=6, batch_size=64, seed=0)
-    bundle = as_bundle(data)
-    train_acc = evaluate(result.model, bundle.loader("train", 256))["acc"]
-    assert result.test_acc > 0.5 and abs(result.test_acc - train_acc) < 0.1, (result.test_acc, train_acc)
+def test_masks_on_a_conv_bn_module_test_accuracy_matches_training_accuracy(digits, tmp_path):
+    """BN statistics gathered under sampled masks describe the wrong network: they are re-estimated under the
+    extracted mask before every validation and at the end, so validation and test accuracy match training."""
+    result = netsift.extract(cnn(bn=True), loaders(digits), "gumbel", epochs=6, batch_size=64, seed=0,
+                             out=tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_acc = rows[-1]["train_acc"]  # sampled masks, batch statistics: what training sees
+    assert result.test_acc > 0.3 and abs(result.test_acc - train_acc) < 0.1, (result.test_acc, train_acc)
+    assert all(r["val_acc"] > r["train_acc"] - 0.08 for r in rows[1:]), rows  # stale statistics: 0.13-0.16 lower
     assert result.recalibrated_bn == 20 and 0 < result.density < 1 and result.init == "signed-constant"
 
 
@@ -134,8 +133,19 @@ def test_wrong_model_for_the_data_is_one_clear_line(digits):
         x, y = digits
         data = {"train": TensorDataset(x[:100], y[:100]), "test": TensorDataset(x[100:200], y[100:200])}
         netsift.train(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), data, epochs=1)
+    class Plain(torch.utils.data.Dataset):  # says nothing about its classes: the labels are checked in training
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return digits[0][i], digits[1][i]
+
     with pytest.raises(NetsiftError, match="labels 0..9 do not fit the model's 3 outputs"):
-        netsift.train(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), loaders(digits), epochs=1)
+        netsift.train(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), {"train": Plain(100), "test": Plain(50)},
+                      epochs=1)
 
 
 def test_unknown_methods_and_options_never_fall_through(digits):

@@ -243,6 +243,8 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
                                "(the last good checkpoint is kept)")
         train_time += epoch_time
         images_seen += seen
+        for cb in callbacks:
+            cb.before_validation(accelerator.unwrap_model(model))
         val = evaluate(model, val_loader, accelerator.device) if bundle.size("val") else {"acc": float("nan"), "loss": float("nan")}
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                "train_acc": correct / max(seen, 1), "val_loss": val["loss"], "val_acc": val["acc"],
