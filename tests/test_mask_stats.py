@@ -47,7 +47,7 @@ def test_callback_adds_rows_and_survives_resume(tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=64, max_steps=5, schedule="constant")
 
     def run(epochs, resume):
-        model = apply_masks(_net(), "gumbel", mask_lr=200.0)
+        model = apply_masks(_net(), "gumbel")
         groups = [OptimGroup("masks", mask_params(model), lr=200.0, weight_decay=0.0)]
         fit(model, bundle, TrainConfig(**{**cfg.__dict__, "epochs": epochs}), tmp_path / "run", groups=groups,
             callbacks=[MaskStats(model)], seed=0, resume=resume)
@@ -67,7 +67,7 @@ def test_same_masks_with_the_callback():
     cfg = TrainConfig(epochs=1, batch_size=64, max_steps=5, schedule="constant")
     a, b = apply_masks(_net(), "gumbel"), apply_masks(_net(), "gumbel")
     fit_masks(a, bundle, cfg, seed=0)
-    fit(b, bundle, cfg, groups=[OptimGroup("masks", mask_params(b), lr=500.0, weight_decay=0.0),
+    fit(b, bundle, cfg, groups=[OptimGroup("masks", mask_params(b), lr=1000.0, weight_decay=0.0),
                                 OptimGroup("scales", [p for _, _, p in masked_layers(b) for p in [p.scale]], lr=1e-3,
                                            weight_decay=0.0)],
         callbacks=[MaskStats(b)], seed=0)

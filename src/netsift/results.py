@@ -93,7 +93,8 @@ class Result:
     netsift_version: str = _f("netsift version", "")
     torch_version: str = _f("PyTorch version", "")
     machine: str = _f("CPU architecture", "")
-    threads: int = _f("torch intra-op threads", 0)
+    threads: int = _f("torch intra-op threads (same seed gives the same bits only with the same thread count)", 0)
+    cpu_capability: str = _f("ATen's CPU kernel set (e.g. AVX512, AVX2): same seed, same bits only on the same one", "")
 
     def to_dict(self) -> dict:
         """The ``result.json`` contents (``arch`` under ``"model"``; the network itself is left out)."""

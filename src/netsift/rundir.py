@@ -150,7 +150,8 @@ def write_result(run_dir: str | Path | None, result: dict) -> dict:
     if unknown:
         raise ValueError(f"result has keys outside the schema: {sorted(unknown)}")
     result = {**{k: None for k in RESULT_KEYS}, **result, "netsift_version": __version__,
-              "torch_version": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()}
+              "torch_version": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if run_dir is not None:
         result["run_dir"] = str(run_dir)
         atomic_write_json(Path(run_dir) / RESULT, result)

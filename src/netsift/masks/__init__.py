@@ -120,8 +120,9 @@ def fit_masks(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig | Non
 
     Mask logits/scores and smart scales get separate SGD optimizers (the loop's ``lr`` and ``weight_decay``
     for the masks, ``scale_lr`` for the scales); the method may add callbacks (gumbel's density projection).
-    Unset loop settings take the method's defaults (:func:`train_config`). The model is left holding the
-    masks of the best validation epoch (validated without sampling).
+    Unset loop settings take the method's defaults (:func:`train_config`). Every epoch's metrics row gets
+    the mask statistics of :class:`.stats.MaskStats`. The model is left holding the masks of the best
+    validation epoch (validated without sampling).
 
     Args:
         train_cfg: loop settings (epochs, batch size, schedule, patience, augmentation); ``train_options``
@@ -140,8 +141,12 @@ def fit_masks(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig | Non
         for p in weights:
             p.requires_grad_(True)
         groups.append(OptimGroup("weights", weights))
+    from .stats import MaskStats
+
     spec = METHODS[cfg.method]
     callbacks = (spec.callbacks(model, cfg) if spec.callbacks else []) + list(callbacks or [])
+    if not any(isinstance(cb, MaskStats) for cb in callbacks):
+        callbacks.append(MaskStats(model))  # mask_density, undecided, mask_changed per epoch in metrics.jsonl
     if not any(g.params for g in groups):
         return FitResult()  # a frozen random mask: nothing to learn
     return fit(model, bundle, train_cfg, run_dir, groups=groups, callbacks=callbacks, seed=seed, resume=resume,
