@@ -6,8 +6,7 @@ import argparse
 import dataclasses
 
 from ..config import DataConfig, ModelConfig, TrainConfig, add_flags, add_method_options, from_args, method_args
-from ..masks import METHODS, MaskConfig
-from ..pipelines.extract import EXTRACT_DEFAULTS
+from ..masks import EXTRACT_DEFAULTS, METHODS, MaskConfig
 from . import add_run_flags, format_table, out_arg
 
 

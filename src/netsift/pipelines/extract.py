@@ -13,7 +13,7 @@ from .. import rundir
 from ..checkpoint import save_checkpoint
 from ..config import TrainConfig
 from ..errors import NetsiftError
-from ..masks import METHODS, MaskConfig, apply_masks, fit_masks, masks_and_scales, train_config
+from ..masks import EXTRACT_DEFAULTS, METHODS, MaskConfig, apply_masks, fit_masks, masks_and_scales, train_config
 from ..masks import extract as extract_masks
 from ..masks.compact import subnet_tensors
 from ..masks.frozen import INIT_SCHEMES, frozen_network, init_frozen, weights_sha256
@@ -26,8 +26,6 @@ from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_see
 
 MASK_FIELDS = {f.name for f in dataclasses.fields(MaskConfig)} - {"options", "method", "density", "init"}
 METHOD_OPTIONS = {name for spec in METHODS.values() for name in spec.options}
-EXTRACT_DEFAULTS = {"epochs": 10, "batch_size": 128}
-"""Loop defaults of ``extract`` (CPU-scaled; the published runs use up to 100-1000 epochs, see docs/masks.md)."""
 
 
 def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: float | None = None, *,

@@ -1,9 +1,10 @@
 """Neuron (channel) selection in trained networks: the methods, one file each, behind one interface.
 
-Each method file declares a :class:`~.base.SelectionMethod` (name, ``select(ctx, **options) -> Selection``,
-its own options and defaults) and is listed once in :data:`METHODS`. :mod:`.groups` finds the channel
-groups (Torch-Pruning's dependency graph), :mod:`.scoring` scores candidates fast, :mod:`.budget` allocates
-a MACs budget, :mod:`.removal` removes channels physically and :mod:`.pruner` strings them together.
+Each method is declared once in :data:`METHODS` (:mod:`.methods`: name, summary, its own options and
+defaults; torch-free) and implemented in its own file (``select(ctx, **options) -> Selection``).
+:mod:`.groups` finds the channel groups (Torch-Pruning's dependency graph), :mod:`.scoring` scores
+candidates fast, :mod:`.budget` allocates a MACs budget, :mod:`.removal` removes channels physically and
+:mod:`.pruner` strings them together. Importing this package is cheap; torch loads on first use.
 """
 
 from __future__ import annotations
@@ -12,20 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._lazy import lazy_exports
 from ..config import check_finite, method_options, opt
 from ..errors import NetsiftError, check_density, choose
-from . import backward, bn_scale, gfs, l1, random_select, taylor
-from .base import Selection, SelectionContext, SelectionMethod
-
-METHODS: dict[str, SelectionMethod] = {m.name: m for m in (
-    gfs.METHOD,
-    backward.METHOD,
-    l1.METHOD,
-    taylor.METHOD,
-    bn_scale.METHOD,
-    random_select.METHOD,
-)}
-"""Selection methods by the name ``netsift prune --method`` takes."""
+from .methods import METHODS, SelectionMethod
 
 
 @dataclass
@@ -90,5 +81,7 @@ def finetune_defaults() -> dict:
     return {"lr": 0.01, "nesterov": True, "momentum": 0.9, "label_smoothing": 0.1, "weight_decay": 4e-5,
             "schedule": "cosine", "batch_size": 128}
 
+
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(["Selection", "SelectionContext"], ".base"), globals())
 
 __all__ = ["METHODS", "PruneConfig", "Selection", "SelectionContext", "SelectionMethod", "finetune_defaults"]

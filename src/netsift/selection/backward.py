@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Selection, SelectionContext, SelectionMethod
+from .base import Selection, SelectionContext
 from .scoring import kept_mask
 
 
@@ -42,9 +42,7 @@ def select(ctx: SelectionContext) -> Selection:
         ctx.masker.set_kept(gi, current)
         kept[g.name] = current
         info.append({"group": g.name, "size": n, "kept": len(current), "acc_start": start_acc, "acc_end": acc})
+        ctx.group_done(gi, info[-1])
         if ctx.layer_finetune is not None:
             ctx.layer_finetune(ctx.model)
     return Selection(kept, rescale=True, info=info)
-
-
-METHOD = SelectionMethod(name="backward", summary="backward elimination: remove the channel whose removal raises the loss least", select=select)
