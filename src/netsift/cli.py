@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         from . import progress
+        from .tracking import check_trackers
 
+        check_trackers(getattr(args, "log_with", None))  # a missing tracker package: one line, before torch loads
         with progress.session(not args.quiet), progress.scope():
             with progress.stage(f"netsift {args.command}", summary_after=None):  # heartbeat from the start
                 return int(args.run(args) or 0)

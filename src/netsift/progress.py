@@ -125,7 +125,8 @@ class Task:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr,
-                            delay=0.5 if total is None else 0.0, disable=False)
+                            delay=0.5 if total is None else 0.0, disable=False,
+                            bar_format="{desc}: running, elapsed {elapsed}" if total is None else None)
 
     # ------------------------------------------------------------------ what the work reports
     def update(self, n: float = 1, **status: Any) -> None:

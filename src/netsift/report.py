@@ -441,18 +441,29 @@ def plot_training_curves(runs: list[Run], labels: dict[int, str], path: Path) ->
     return True
 
 
-def _layer_plot(lines: dict[str, tuple[list[str], list[float]]], path: Path, ylabel: str, title: str) -> bool:
+def _layer_plot(lines: dict[tuple[str, str, str], tuple[list[str], list[float]]], path: Path, ylabel: str,
+                title: str) -> bool:
+    """One line per (panel, series, target) key; identical curves (every method pruned to the same widths at
+    a MACs target) share one line whose label names them all."""
     if not lines:
         return False
     plt = _pyplot()
-    merged: dict[tuple, list[str]] = defaultdict(list)  # identical curves (same widths for every method) share a line
-    for name, (xs, ys) in lines.items():
-        merged[(tuple(xs), tuple(round(y, 4) for y in ys))].append(name)
+    merged: dict[tuple, list[tuple[str, str, str]]] = defaultdict(list)
+    for key, (xs, ys) in lines.items():
+        merged[(tuple(xs), tuple(round(y, 4) for y in ys))].append(key)
+
+    def label_of(keys: list[tuple[str, str, str]]) -> str:
+        parts = defaultdict(list)
+        for panel, series, target in keys:
+            parts[(panel, target)].append(series)
+        return "; ".join(f"{panel}: {', '.join(series)}" + (f" @ {target}" if target else "")
+                         for (panel, target), series in parts.items())
+
     longest = max(len(xs) for xs, _ in merged)
     fig, ax = plt.subplots(figsize=(max(8.0, min(18.0, 0.28 * longest + 4)) + (3 if len(merged) > 6 else 0), 4.6))
-    colors = _colors([", ".join(v) for v in merged.values()])
-    for (xs, ys), names in sorted(merged.items(), key=lambda kv: kv[1]):
-        label = ", ".join(names)
+    colors = _colors([label_of(v) for v in merged.values()])
+    for (xs, ys), keys in sorted(merged.items(), key=lambda kv: kv[1]):
+        label = label_of(keys)
         ax.plot(range(len(xs)), ys, marker="o", markersize=3, color=colors[label],
                 label=label if len(label) < 90 else label[:87] + "...")
     names = max((xs for xs, _ in merged), key=len)
@@ -472,10 +483,10 @@ def _layer_plot(lines: dict[str, tuple[list[str], list[float]]], path: Path, yla
 
 def plot_layer_widths(runs: list[Run], labels: dict[int, str], path: Path) -> bool:
     """Prune: kept fraction of each channel group (from ``groups``), mean over seeds, per series and target."""
-    acc: dict[str, list[list[dict]]] = defaultdict(list)
+    acc: dict[tuple, list[list[dict]]] = defaultdict(list)
     for i, r in enumerate(runs):
         if r.row.get("command") == "prune" and r.groups:
-            acc[f"{_panel(r.row)}: {labels[i]} @ {_value(_target(r.row))}"].append(r.groups)
+            acc[(_panel(r.row), labels[i], _value(_target(r.row)))].append(r.groups)
     lines = {}
     for name, seeds in acc.items():
         names = [g["group"] for g in seeds[0]]
@@ -488,11 +499,11 @@ def plot_layer_widths(runs: list[Run], labels: dict[int, str], path: Path) -> bo
 
 def plot_layer_densities(runs: list[Run], labels: dict[int, str], path: Path) -> bool:
     """Extract: kept fraction of each layer's weights (from ``layers``), mean over seeds, per series and target."""
-    acc: dict[str, list[list[dict]]] = defaultdict(list)
+    acc: dict[tuple, list[list[dict]]] = defaultdict(list)
     for i, r in enumerate(runs):
         if r.row.get("command") == "extract" and r.layers:
             target = _target(r.row)
-            acc[f"{_panel(r.row)}: {labels[i]}" + ("" if target is None else f" @ {_value(target)}")].append(r.layers)
+            acc[(_panel(r.row), labels[i], "" if target is None else _value(target))].append(r.layers)
     lines = {}
     for name, seeds in acc.items():
         names = [layer["name"] for layer in seeds[0]]

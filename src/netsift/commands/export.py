@@ -84,7 +84,10 @@ def export(src: str | Path, fmt: str, out: str | Path | None = None, overwrite: 
 
 
 def run(args: argparse.Namespace) -> int:
-    r = export(args.path, args.format, args.out, args.overwrite)
+    from ..progress import stage
+
+    with stage(f"exporting {args.path} as {args.format}"):
+        r = export(args.path, args.format, args.out, args.overwrite)
     if args.format == "compact":
         print(f"wrote {r['path']}: {r['compact_bytes']:,} bytes ({r['codec']}, density {r['density']:.4f}) vs "
               f"{r['dense_bytes']:,} bytes as float32 safetensors: {r['ratio']:.1f}x smaller")

@@ -52,7 +52,7 @@ class MaskConfig:
 
     method: str = opt("gumbel", "mask method", tuple(METHODS))
     density: float | None = opt(None, "fraction of weights to keep; gumbel: a target reached by projecting the "
-                                      "logits (default: emergent, as published); edge-popup/random default 0.5")
+                                      "logits (beyond the paper)")
     init: str = opt("signed-constant", "frozen weight init", INIT_SCHEMES)
     rescale: str | None = opt(None, "layer scale: none, smart (learned), dynamic (N/sum m)", RESCALES)
     scale_lr: float = opt(1e-3, "learning rate of the smart-rescale scales (SGD, momentum from --momentum)")
@@ -118,7 +118,7 @@ def apply_masks(model: nn.Module, method: str | MaskConfig = "gumbel", seed: int
 
 def fit_masks(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig | None = None,
               run_dir: str | Path | None = None, seed: int = 0, resume: bool = False, callbacks: list | None = None,
-              **train_options: Any) -> FitResult:
+              log_with: str | list[str] | None = None, **train_options: Any) -> FitResult:
     """Train the masks of a model returned by :func:`apply_masks` with :func:`netsift.training.fit`.
 
     Mask logits/scores and smart scales get separate SGD optimizers (the loop's ``lr`` and ``weight_decay``
@@ -130,6 +130,7 @@ def fit_masks(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig | Non
         train_cfg: loop settings (epochs, batch size, schedule, patience, augmentation); ``train_options``
             build one when it is ``None``.
         callbacks: more training-loop callbacks.
+        log_with: experiment trackers (see :func:`netsift.training.fit`).
     """
     from ..training import FitResult, OptimGroup, fit
     from .base import mask_params, scale_params
@@ -151,7 +152,7 @@ def fit_masks(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig | Non
     if not any(g.params for g in groups):
         return FitResult()  # a frozen random mask: nothing to learn
     return fit(model, bundle, train_cfg, run_dir, groups=groups, callbacks=callbacks, seed=seed, resume=resume,
-               desc=f"extract {cfg.method}")
+               desc=f"extract {cfg.method}", log_with=log_with)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, {

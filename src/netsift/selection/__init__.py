@@ -24,13 +24,14 @@ class PruneConfig:
     """Settings of channel selection and removal (each field is also a ``netsift prune`` flag)."""
 
     method: str = opt("gfs", "selection method", tuple(METHODS))
-    macs: float | None = opt(None, "keep this fraction of the MACs, in (0, 1] (default: stop by --tolerance)")
-    tolerance: float | None = opt(None, "stop each layer once held-out accuracy is >= (1 - T) x its start "
-                                        "(used when --macs is not given; default 0.02)")
+    macs: float | None = opt(None, "keep this fraction of the MACs, in (0, 1]", shown="none: stop by --tolerance")
+    tolerance: float | None = opt(None, "stop each layer once held-out accuracy is >= (1 - T) x its start",
+                                  shown="0.02 when --macs is not given")
     round_to: int = opt(1, "with --macs: keep a multiple of N channels in every group (8 or 16 suits CPU vector "
                            "kernels; groups narrower than 2N round to single channels)")
     candidates: int = opt(50, "candidates scored per greedy step (0: all)")
-    epsilon: float | None = opt(None, "derive the candidates per step from epsilon: (N/k) log(1/eps)")
+    epsilon: float | None = opt(None, "derive the candidates per step from epsilon: (N/k) log(1/eps)",
+                                shown="none: --candidates decides")
     select_batch: int = opt(128, "images in the fresh minibatch of each greedy step")
     holdout: int = opt(1000, "training images held out to check the tolerance")
     layer_finetune: float = opt(0.0, "fine-tune this fraction of an epoch after each layer (published: 0.1)")

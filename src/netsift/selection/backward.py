@@ -21,7 +21,7 @@ def select(ctx: SelectionContext) -> Selection:
         start_acc = ctx.accuracy() if ctx.widths is None else None
         target = ctx.widths[gi] if ctx.widths is not None else 1
         current = list(range(n))
-        bar = ctx.bar(n - target, f"backward {g.name}")
+        bar = ctx.bar(n - target, f"backward group {gi + 1}/{len(ctx.groups)} ({g.name})")
         acc = None
         while len(current) > target:
             x, y = ctx.next_batch()

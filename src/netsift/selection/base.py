@@ -90,7 +90,7 @@ class SelectionContext:
         acc = row.get("acc_end")
         start = row.get("acc_start")
         acc_text = "" if acc is None else f", held-out acc {acc:.4f}" + ("" if start is None else f" (start {start:.4f})")
-        self.report.log(f"{self.label} group {gi + 1}/{len(self.groups)} {row['group']}: kept {row['kept']}/"
+        self.report.log(f"{self.label} group {gi + 1}/{len(self.groups)} ({row['group']}): kept {row['kept']}/"
                         f"{row['size']} channels{acc_text}, {self.report.timing()}")
 
     def done(self) -> None:

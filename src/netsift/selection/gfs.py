@@ -42,7 +42,7 @@ def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
         losses: list[float] = []
         acc = None
         limit = ctx.widths[gi] if ctx.widths is not None else n
-        bar = ctx.bar(limit, f"gfs {g.name}")
+        bar = ctx.bar(limit, f"gfs group {gi + 1}/{len(ctx.groups)} ({g.name})")
         max_steps = 4 * n if ctx.replacement else n
         while len(chosen) < max_steps:
             x, y = ctx.next_batch()
