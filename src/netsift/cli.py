@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
         check_trackers(getattr(args, "log_with", None))  # a missing tracker package: one line, before torch loads
         with progress.session(not args.quiet), progress.scope():
-            with progress.stage(f"netsift {args.command}", summary_after=None):  # heartbeat from the start
+            # heartbeat lines from the start (importing torch alone can take seconds); a run of 10 s or more ends
+            # with "netsift COMMAND: done in ..." in a log file
+            with progress.stage(f"netsift {args.command}", summary_after=10.0):
                 return int(args.run(args) or 0)
     except NetsiftError as e:
         print(f"netsift: error: {e}", file=sys.stderr)

@@ -5,11 +5,13 @@ and flattens each into one row: every scalar of ``result.json`` plus every scala
 as ``config.<section>.<key>`` (``config.train.lr``, ``config.prune.candidates``, ``config.data.train_subset``).
 Runs that differ only in their seed form one *series* point (mean ± standard deviation); a series is the
 command, the method and the settings in which its runs differ from the usual value (``gfs
-bn_batch_stats=true``), with one point per MACs or density target. :func:`report` writes
+bn_batch_stats=true``), with one point per MACs or density target and fine-tune budget. A ``train`` run kept
+inside a ``prune`` run's folder (``runs/bench-structured/resnet20/gfs-0.5-s0/ft1``) is a *fine-tune* of that
+selection: it joins its series, with its epochs as the fine-tune budget. :func:`report` writes
 
 * ``report.csv`` (one row per run), ``summary.csv`` (one row per series point, mean and std over seeds),
   ``report.md`` (both tables and the plots) and the markdown tables on stdout,
-* ``accuracy_vs_macs.png`` (prune: test accuracy after fine-tuning and right after selection against MACs),
+* ``accuracy_vs_macs.png`` (prune: test accuracy against MACs, one panel per fine-tune budget),
   ``accuracy_vs_density.png`` (extract: test accuracy against the kept fraction of weights, log scale),
   ``training_curves.png`` (train loss and validation accuracy per epoch, from ``metrics.jsonl``),
   ``layer_widths.png`` (prune: kept fraction of each channel group) and ``layer_densities.png`` (extract:
@@ -55,6 +57,8 @@ class Run:
     groups: list[dict]
     metrics: list[dict]
     settings: dict[str, Any]  # flat config.json (without the "config." prefix)
+    kind: str = ""  # train, extract, prune, or fine-tune (a train run inside a prune run's folder)
+    parent: "Run | None" = None  # the prune run a fine-tune continues
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -126,7 +130,20 @@ def collect(paths: Iterable[str | Path]) -> list[Run]:
     paths = list(paths)
     folders = find_runs(paths)
     root = Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / RESULT).is_file() else None
-    return [load_run(f, root) for f in folders]
+    runs = [load_run(f, root) for f in folders]
+    by_path = {r.path.resolve(): r for r in runs}
+    for r in runs:
+        r.kind = str(r.row.get("command") or "")
+        if r.kind == "train":
+            parent = next((by_path[a] for a in r.path.resolve().parents if a in by_path), None)
+            if parent is not None and parent.row.get("command") == "prune":
+                r.kind, r.parent = "fine-tune", parent
+        r.row["kind"] = r.kind
+        r.row["parent"] = r.parent.row["run"] if r.parent else None
+        if r.parent is not None:
+            if r.row.get("test_acc_selected") is None:
+                r.row["test_acc_selected"] = r.parent.row.get("test_acc_selected")
+    return runs
 
 
 # ------------------------------------------------------------------------------------------- series
@@ -166,7 +183,8 @@ def label_runs(runs: list[Run]) -> dict[int, str]:
     defaults = _known_defaults()
     by_method: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(runs):
-        by_method[(r.row.get("command"), r.row.get("method"))].append(i)
+        if r.kind != "fine-tune":
+            by_method[(r.row.get("command"), r.row.get("method"))].append(i)
     labels: dict[int, str] = {}
     for (command, method), idx in by_method.items():
         keys = sorted({k for i in idx for k in runs[i].settings} - IGNORED_SETTINGS)
@@ -185,15 +203,32 @@ def label_runs(runs: list[Run]) -> dict[int, str]:
                 if v != usual:
                     parts.append(f"{k.split('.')[-1]}={_value(v)}")
             labels[i] = " ".join(parts)
+    index = {id(r): i for i, r in enumerate(runs)}
+    for i, r in enumerate(runs):
+        if r.kind == "fine-tune":
+            labels[i] = labels[index[id(r.parent)]]
     return labels
 
 
-def _target(row: dict) -> Any:
-    """The x-axis target of a run: the MACs target of a prune, the density target of an extract."""
+def _target(run: Run) -> Any:
+    """The x-axis target of a run: the MACs target of a prune (and of its fine-tunes), the density target of an
+    extract."""
+    if run.parent is not None:
+        return _target(run.parent)
+    row = run.row
     if row.get("command") == "prune":
         return row.get("macs_target") if row.get("macs_target") is not None else f"tol {row.get('tolerance')}"
     if row.get("command") == "extract":
         return row.get("density_target")
+    return None
+
+
+def _budget(run: Run) -> int | None:
+    """Fine-tune epochs behind a prune run's test accuracy (0: right after selection), or a fine-tune's epochs."""
+    if run.kind == "prune":
+        return int(run.row.get("finetune_epochs") or 0) if run.row.get("finetuned") else 0
+    if run.kind == "fine-tune":
+        return int(run.row.get("epochs_run") or run.settings.get("train.epochs") or 0)
     return None
 
 
@@ -214,18 +249,19 @@ def summarize(runs: list[Run], labels: dict[int, str]) -> list[dict]:
     """One row per (command, panel, series, target): the number of seeds and mean / std of :data:`AGGREGATED`."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(runs):
-        groups[(r.row.get("command"), _panel(r.row), labels[i], json.dumps(_target(r.row)))].append(i)
+        groups[(r.kind, _panel(r.row), labels[i], json.dumps(_target(r)), _budget(r))].append(i)
     out = []
-    for (command, panel, label, target), idx in groups.items():
-        row = {"command": command, "model": panel, "series": label, "target": json.loads(target),
-               "n": len(idx), "seeds": " ".join(str(runs[i].row.get("seed")) for i in idx)}
+    for (kind, panel, label, target, budget), idx in groups.items():
+        row = {"kind": kind, "model": panel, "series": label, "target": json.loads(target),
+               "finetune_epochs": budget, "n": len(idx), "seeds": " ".join(str(runs[i].row.get("seed")) for i in idx)}
         for k in AGGREGATED:
             mean, std = _mean_std([runs[i].row.get(k) for i in idx])
             row[k], row[f"{k}_std"] = mean, std
         out.append(row)
-    order = {"train": 0, "extract": 1, "prune": 2}
-    return sorted(out, key=lambda s: (order.get(s["command"], 3), s["model"], s["series"],
-                                      -(s["target"] if isinstance(s["target"], (int, float)) else 0)))
+    order = {"train": 0, "extract": 1, "prune": 2, "fine-tune": 2}
+    return sorted(out, key=lambda s: (order.get(s["kind"], 3), s["model"], s["series"],
+                                      -(s["target"] if isinstance(s["target"], (int, float)) else 0),
+                                      s["finetune_epochs"] or 0))
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -263,7 +299,7 @@ def _pm(mean: float | None, std: float | None, n: int) -> str:
     return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
 
 
-RUN_COLUMNS = ["run", "command", "series", "model", "width", "data", "seed", "target", "test_acc", "val_acc",
+RUN_COLUMNS = ["run", "kind", "series", "model", "width", "data", "seed", "target", "test_acc", "val_acc",
                "test_acc_selected", "density", "macs", "macs_fraction", "params", "epochs_run", "wall_s"]
 
 
@@ -318,9 +354,9 @@ def _references(ax, runs: list[Run], panel: str, command: str, key: str, prefix:
     for r in runs:
         if _panel(r.row) != panel:
             continue
-        if command == "prune" and r.row.get("command") == "prune" and r.row.get(key) is not None:
+        if command == "prune" and r.kind == "prune" and r.row.get(key) is not None:
             refs[str(r.row.get("source") or "source")].append(r.row[key])
-        elif command == "train" and r.row.get("command") == "train" and r.row.get(key) is not None:
+        elif command == "train" and r.kind == "train" and r.row.get(key) is not None:
             refs[r.row.get("series") or "dense"].append(r.row[key])
     styles = ["--", ":", "-.", (0, (5, 1))]
     for j, (name, vals) in enumerate(sorted(refs.items())[:4]):
@@ -337,35 +373,45 @@ def _legend(ax, n: int) -> None:
 
 
 def plot_accuracy_vs_macs(summary: list[dict], runs: list[Run], path: Path) -> bool:
-    """Prune: test accuracy after fine-tuning and right after selection against MACs, per series and panel."""
-    rows = [s for s in summary if s["command"] == "prune" and s["macs"] is not None]
-    if not rows:
+    """Prune: test accuracy against MACs per series, one panel per fine-tune budget (0: right after selection,
+    from ``test_acc_selected`` where the run also fine-tuned), one row of panels per network and data set."""
+    points: dict[tuple[str, int], dict[str, dict]] = defaultdict(dict)  # (panel, budget) -> series -> target -> pt
+    for s in summary:
+        if s["kind"] not in ("prune", "fine-tune") or s["macs"] is None:
+            continue
+        key = json.dumps(s["target"])
+        points[(s["model"], s["finetune_epochs"] or 0)].setdefault(s["series"], {})[key] = (
+            s["macs"], s["test_acc"], s["test_acc_std"])
+        if s["kind"] == "prune" and (s["finetune_epochs"] or 0) > 0 and s["test_acc_selected"] is not None:
+            points[(s["model"], 0)].setdefault(s["series"], {}).setdefault(key, (
+                s["macs"], s["test_acc_selected"], s["test_acc_selected_std"]))
+    if not points:
         return False
     plt = _pyplot()
-    panels = sorted({s["model"] for s in rows})
-    colors = _colors(list({s["series"] for s in rows}))
-    finetuned = any(r.row.get("finetuned") for r in runs if r.row.get("command") == "prune")
-    ncols = 2 if finetuned else 1
-    fig, axes = plt.subplots(len(panels), ncols, figsize=(6.5 * ncols + 1.5, 4.2 * len(panels)), squeeze=False)
+    panels = sorted({p for p, _ in points})
+    budgets = sorted({b for _, b in points})
+    colors = _colors(list({series for v in points.values() for series in v}))
+    fig, axes = plt.subplots(len(panels), len(budgets), figsize=(6.3 * len(budgets) + 1.8, 4.2 * len(panels)),
+                             squeeze=False)
     for p, panel in enumerate(panels):
-        scale, unit = _unit([s["macs"] for s in rows if s["model"] == panel])
-        keys = [("test_acc", "after fine-tuning"), ("test_acc_selected", "right after selection (no fine-tune)")]
-        for c, (key, title) in enumerate(keys[:ncols] if finetuned else keys[1:]):
+        scale, unit = _unit([pt[0] for (pn, _), v in points.items() if pn == panel for d in v.values()
+                             for pt in d.values()])
+        for c, budget in enumerate(budgets):
             ax = axes[p][c]
-            for series in sorted({s["series"] for s in rows if s["model"] == panel}):
-                pts = sorted((s for s in rows if s["model"] == panel and s["series"] == series and s[key] is not None),
-                             key=lambda s: s["macs"])
-                if not pts:
-                    continue
-                ax.errorbar([s["macs"] / scale for s in pts], [s[key] for s in pts],
-                            yerr=[s[f"{key}_std"] for s in pts], marker="o", capsize=3, color=colors[series],
-                            label=series)
+            by_series = points.get((panel, budget), {})
+            for series in sorted(by_series):
+                pts = sorted(by_series[series].values())
+                ax.errorbar([pt[0] / scale for pt in pts], [pt[1] for pt in pts], yerr=[pt[2] or 0.0 for pt in pts],
+                            marker="o", capsize=3, color=colors[series], label=series)
             _references(ax, runs, panel, "prune", "source_test_acc", "unpruned source")
             ax.set_xlabel(f"MACs per sample{unit}")
             ax.set_ylabel("test accuracy")
-            ax.set_title(f"{panel}: {title}", fontsize=10)
+            when = "right after selection (no fine-tuning)" if budget == 0 else \
+                f"after {budget} epoch{'s' if budget > 1 else ''} of fine-tuning"
+            ax.set_title(f"{panel}: {when}", fontsize=10)
             ax.grid(alpha=0.3)
-            _legend(ax, len({s["series"] for s in rows if s["model"] == panel}) + 1)
+            if by_series:
+                _legend(ax, len(by_series) + 1)
     fig.suptitle("Channel pruning: accuracy against MACs (mean ± std over seeds)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -375,7 +421,7 @@ def plot_accuracy_vs_macs(summary: list[dict], runs: list[Run], path: Path) -> b
 
 def plot_accuracy_vs_density(summary: list[dict], runs: list[Run], path: Path) -> bool:
     """Extract: test accuracy against density (log scale), per series and panel; dense runs as a line."""
-    rows = [s for s in summary if s["command"] == "extract" and s["density"] is not None]
+    rows = [s for s in summary if s["kind"] == "extract" and s["density"] is not None]
     if not rows:
         return False
     plt = _pyplot()
@@ -412,8 +458,8 @@ def plot_training_curves(runs: list[Run], labels: dict[int, str], path: Path) ->
     curves: dict[str, list[list[dict]]] = defaultdict(list)
     for i, r in enumerate(runs):
         if len(r.metrics) >= 2:
-            target = _target(r.row)
-            name = f"{r.row.get('command')} {labels[i]}" + ("" if target is None else f" @ {_value(target)}")
+            target = _target(r)
+            name = f"{r.kind} {labels[i]}" + ("" if target is None else f" @ {_value(target)}")
             curves[f"{_panel(r.row)}: {name}"].append(r.metrics)
     if not curves:
         return False
@@ -429,8 +475,11 @@ def plot_training_curves(runs: list[Run], labels: dict[int, str], path: Path) ->
                 ax.plot(*zip(*pts), marker="o", markersize=3, color=colors[name], label=name)
     axes[0].set_ylabel("train loss (mean over the epoch)")
     axes[1].set_ylabel("validation accuracy")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     _legend(axes[1], len(curves))
@@ -485,8 +534,8 @@ def plot_layer_widths(runs: list[Run], labels: dict[int, str], path: Path) -> bo
     """Prune: kept fraction of each channel group (from ``groups``), mean over seeds, per series and target."""
     acc: dict[tuple, list[list[dict]]] = defaultdict(list)
     for i, r in enumerate(runs):
-        if r.row.get("command") == "prune" and r.groups:
-            acc[(_panel(r.row), labels[i], _value(_target(r.row)))].append(r.groups)
+        if r.kind == "prune" and r.groups:
+            acc[(_panel(r.row), labels[i], _value(_target(r)))].append(r.groups)
     lines = {}
     for name, seeds in acc.items():
         names = [g["group"] for g in seeds[0]]
@@ -501,8 +550,8 @@ def plot_layer_densities(runs: list[Run], labels: dict[int, str], path: Path) ->
     """Extract: kept fraction of each layer's weights (from ``layers``), mean over seeds, per series and target."""
     acc: dict[tuple, list[list[dict]]] = defaultdict(list)
     for i, r in enumerate(runs):
-        if r.row.get("command") == "extract" and r.layers:
-            target = _target(r.row)
+        if r.kind == "extract" and r.layers:
+            target = _target(r)
             acc[(_panel(r.row), labels[i], "" if target is None else _value(target))].append(r.layers)
     lines = {}
     for name, seeds in acc.items():
@@ -527,17 +576,18 @@ def report(paths: Iterable[str | Path], out: str | Path = "report", plots: bool 
     runs = collect(paths)
     labels = label_runs(runs)
     for i, r in enumerate(runs):
-        r.row["series"], r.row["target"] = labels[i], _target(r.row)
+        r.row["series"], r.row["target"], r.row["finetune_budget"] = labels[i], _target(r), _budget(r)
     summary = summarize(runs, labels)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [r.row for r in runs]
-    first = ["run", "command", "series", "method", "model", "width", "data", "seed", "target"]
+    first = ["run", "kind", "parent", "command", "series", "method", "model", "width", "data", "seed", "target",
+             "finetune_budget"]
     write_csv(out / "report.csv", [{**{k: r.get(k) for k in first}, **r} for r in rows])
     write_csv(out / "summary.csv", summary)
     files = [out / "report.csv", out / "summary.csv"]
-    summary_md = [{"command": s["command"], "model": s["model"], "series": s["series"], "target": s["target"],
-                   "n": s["n"], "test_acc": _pm(s["test_acc"], s["test_acc_std"], s["n"]),
+    summary_md = [{"kind": s["kind"], "model": s["model"], "series": s["series"], "target": s["target"],
+                   "fine-tune ep": s["finetune_epochs"], "n": s["n"], "test_acc": _pm(s["test_acc"], s["test_acc_std"], s["n"]),
                    "selected": _pm(s["test_acc_selected"], s["test_acc_selected_std"], s["n"]),
                    "density": s["density"], "macs": None if s["macs"] is None else int(round(s["macs"])),
                    "params": None if s["params"] is None else int(round(s["params"])), "wall_s": s["wall_s"]}
