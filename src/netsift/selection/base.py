@@ -77,19 +77,26 @@ class SelectionContext:
         ``progress`` is off). ``update(n)`` it, ``close()`` it."""
         return _progress.begin(desc, total, "channel", enabled=None if self.progress else False)
 
+    def _weight(self, gi: int) -> int:
+        """A group's share of the selection's work, for the ETA: its kept width (budget mode) or its size."""
+        return max(1, self.widths[gi] if self.widths is not None else self.groups[gi].size)
+
     def start_report(self) -> None:
-        """Begin the selection's progress report (:func:`~.pruner.prune_channels` does; end it with :meth:`done`)."""
-        self.report = _progress.begin(f"{self.label} selection", len(self.groups), "group",
+        """Begin the selection's progress report (:func:`~.pruner.prune_channels` does; end it with :meth:`done`).
+        Its units are channels (kept widths, or group sizes in tolerance mode), so the ETA weighs wide groups."""
+        total = sum(self._weight(gi) for gi in range(len(self.groups)))
+        self.report = _progress.begin(f"{self.label} selection", total, "channel",
                                       enabled=None if self.progress else False, summary_after=2.0)
 
     def group_done(self, gi: int, row: dict) -> None:
         """One progress line for a finished group: channels kept, held-out accuracy when known, elapsed, ETA."""
         if self.report is None:
             self.start_report()
-        self.report.update(1)
+        self.report.update(self._weight(gi))
         acc = row.get("acc_end")
         start = row.get("acc_start")
-        acc_text = "" if acc is None else f", held-out acc {acc:.4f}" + ("" if start is None else f" (start {start:.4f})")
+        acc_text = "" if acc is None else \
+            f", held-out acc {acc:.4f}" + ("" if start is None else f" (start {start:.4f})")
         self.report.log(f"{self.label} group {gi + 1}/{len(self.groups)} ({row['group']}): kept {row['kept']}/"
                         f"{row['size']} channels{acc_text}, {self.report.timing()}")
 
