@@ -427,8 +427,9 @@ def plot_accuracy_vs_density(summary: list[dict], runs: list[Run], path: Path) -
     plt = _pyplot()
     panels = sorted({s["model"] for s in rows})
     colors = _colors(list({s["series"] for s in rows}))
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels) + 1.5, 4.6), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    many = max(len({s["series"] for s in rows if s["model"] == p}) for p in panels) > 5
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11.0 if many else 8.0, 4.6 * len(panels)), squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
         series_names = sorted({s["series"] for s in rows if s["model"] == panel})
         for series in series_names:
             pts = sorted((s for s in rows if s["model"] == panel and s["series"] == series), key=lambda s: s["density"])
@@ -492,38 +493,37 @@ def plot_training_curves(runs: list[Run], labels: dict[int, str], path: Path) ->
 
 def _layer_plot(lines: dict[tuple[str, str, str], tuple[list[str], list[float]]], path: Path, ylabel: str,
                 title: str) -> bool:
-    """One line per (panel, series, target) key; identical curves (every method pruned to the same widths at
-    a MACs target) share one line whose label names them all."""
+    """One panel per network and data set, one line per (series, target); identical curves (every method pruned
+    to the same widths at a MACs target) share one line whose label names them all."""
     if not lines:
         return False
     plt = _pyplot()
-    merged: dict[tuple, list[tuple[str, str, str]]] = defaultdict(list)
-    for key, (xs, ys) in lines.items():
-        merged[(tuple(xs), tuple(round(y, 4) for y in ys))].append(key)
-
-    def label_of(keys: list[tuple[str, str, str]]) -> str:
-        parts = defaultdict(list)
-        for panel, series, target in keys:
-            parts[(panel, target)].append(series)
-        return "; ".join(f"{panel}: {', '.join(series)}" + (f" @ {target}" if target else "")
-                         for (panel, target), series in parts.items())
-
-    longest = max(len(xs) for xs, _ in merged)
-    fig, ax = plt.subplots(figsize=(max(8.0, min(18.0, 0.28 * longest + 4)) + (3 if len(merged) > 6 else 0), 4.6))
-    colors = _colors([label_of(v) for v in merged.values()])
-    for (xs, ys), keys in sorted(merged.items(), key=lambda kv: kv[1]):
-        label = label_of(keys)
-        ax.plot(range(len(xs)), ys, marker="o", markersize=3, color=colors[label],
-                label=label if len(label) < 90 else label[:87] + "...")
-    names = max((xs for xs, _ in merged), key=len)
-    if len(names) <= 48:
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    ax.set_xlabel("layer (input to output)" if len(names) <= 48 else "layer index (input to output)")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    _legend(ax, len(merged))
+    panels = sorted({panel for panel, _, _ in lines})
+    longest = max(len(xs) for xs, _ in lines.values())
+    many = max(len([k for k in lines if k[0] == p]) for p in panels) > 6
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8.0, min(18.0, 0.28 * longest + 4)) + (4 if many else 0),
+                                                      4.4 * len(panels)), squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        merged: dict[tuple, list[str]] = defaultdict(list)
+        for (pn, series, target), (xs, ys) in lines.items():
+            if pn == panel:
+                merged[(tuple(xs), tuple(round(y, 4) for y in ys), target)].append(series)
+        labels = {key: ", ".join(series) + (f" @ {key[2]}" if key[2] else "") for key, series in merged.items()}
+        colors = _colors(list(labels.values()))
+        for key in sorted(merged, key=lambda k: labels[k]):
+            xs, ys, _ = key
+            label = labels[key]
+            ax.plot(range(len(xs)), ys, marker="o", markersize=3, color=colors[label],
+                    label=label if len(label) <= 100 else label[:97] + "...")
+        names = max((k[0] for k in merged), key=len)
+        if len(names) <= 48:
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_xlabel("layer (input to output)" if len(names) <= 48 else "layer index (input to output)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{panel}: {title}", fontsize=10)
+        ax.grid(alpha=0.3)
+        _legend(ax, len(merged))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -543,7 +543,7 @@ def plot_layer_widths(runs: list[Run], labels: dict[int, str], path: Path) -> bo
               for j in range(len(names))]
         lines[name] = (names, ys)
     return _layer_plot(lines, path, "kept fraction of the group's channels",
-                       "Channel pruning: kept width of each channel group (mean over seeds)")
+                       "kept width of each channel group (mean over seeds)")
 
 
 def plot_layer_densities(runs: list[Run], labels: dict[int, str], path: Path) -> bool:
@@ -559,7 +559,7 @@ def plot_layer_densities(runs: list[Run], labels: dict[int, str], path: Path) ->
         ys = [_mean_std([s[j]["density"] for s in seeds if j < len(s)])[0] or 0.0 for j in range(len(names))]
         lines[name] = (names, ys)
     return _layer_plot(lines, path, "density (kept fraction of the layer's weights)",
-                       "Weight masks: density of each layer (mean over seeds)")
+                       "weight-mask density of each layer (mean over seeds)")
 
 
 # ------------------------------------------------------------------------------------------- report

@@ -20,8 +20,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+
 from . import progress as _progress
+from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .config import TrainConfig
 from .data import DataBundle
 from .errors import NetsiftError
