@@ -247,7 +247,7 @@ def scope() -> Iterator[None]:
             t.end(summary=False)
 
 
-def stage(desc: str, enabled: bool | None = None, summary_after: float = 2.0):
+def stage(desc: str, enabled: bool | None = None, summary_after: float | None = 2.0):
     """A step of unknown length (``with stage("timing latency"): ...``); says how long it took when slow."""
     return task(desc, None, "step", enabled, summary_after)
 

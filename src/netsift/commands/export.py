@@ -86,7 +86,7 @@ def export(src: str | Path, fmt: str, out: str | Path | None = None, overwrite: 
 def run(args: argparse.Namespace) -> int:
     from ..progress import stage
 
-    with stage(f"exporting {args.path} as {args.format}"):
+    with stage(f"exporting {args.path} as {args.format}", summary_after=None):  # "netsift export: done" follows
         r = export(args.path, args.format, args.out, args.overwrite)
     if args.format == "compact":
         print(f"wrote {r['path']}: {r['compact_bytes']:,} bytes ({r['codec']}, density {r['density']:.4f}) vs "
