@@ -140,9 +140,9 @@ def collect(paths: Iterable[str | Path]) -> list[Run]:
                 r.kind, r.parent = "fine-tune", parent
         r.row["kind"] = r.kind
         r.row["parent"] = r.parent.row["run"] if r.parent else None
-        if r.parent is not None:
-            if r.row.get("test_acc_selected") is None:
-                r.row["test_acc_selected"] = r.parent.row.get("test_acc_selected")
+        if r.parent is not None:  # what the fine-tune's own result.json cannot know: the selection it continues
+            for key in ("test_acc_selected", "density", "macs_fraction", "source_test_acc", "source_macs"):
+                r.row[key] = r.parent.row.get(key)
     return runs
 
 
@@ -330,14 +330,14 @@ def _colors(labels: list[str]) -> dict[str, Any]:
     return {label: cmap(i % cmap.N) for i, label in enumerate(sorted(labels))}
 
 
-def _plain_ticks(ax, axis: str = "x") -> None:
+def _plain_ticks(ax, axis: str = "x", minor: bool = True) -> None:
     """Tick labels as plain numbers (0.05, 0.1, 0.5) instead of powers of ten on a log axis."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
     target = ax.xaxis if axis == "x" else ax.yaxis
     target.set_major_formatter(fmt)
-    target.set_minor_formatter(fmt)
+    target.set_minor_formatter(fmt if minor else NullFormatter())
 
 
 def _unit(values: list[float]) -> tuple[float, str]:
@@ -482,7 +482,10 @@ def plot_training_curves(runs: list[Run], labels: dict[int, str], path: Path) ->
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
+    losses = [y for line in axes[0].get_lines() for y in line.get_ydata() if y > 0]
+    if losses and max(losses) / min(losses) > 10:
+        axes[0].set_yscale("log")
+        _plain_ticks(axes[0], "y", minor=False)
     _legend(axes[1], len(curves))
     fig.suptitle("Training curves (metrics.jsonl; mean over seeds)", fontsize=11)
     fig.tight_layout()
