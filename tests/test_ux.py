@@ -174,8 +174,8 @@ def test_quiet_silences_progress_but_not_errors(tmp_path):
            "--out", str(tmp_path / "run")]
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(NETSIFT_PROGRESS_INTERVAL="0.5"), timeout=300)
     assert out.returncode == 0 and out.stderr == "", out.stderr
-    bad = subprocess.run(cmd[:-2] + ["--epochs", "0"], capture_output=True, text=True, env=_env(), timeout=120)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--epochs must be positive" in bad.stderr
+    bad = subprocess.run(cmd[:-2] + ["--width", "abc"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "invalid float value: 'abc'" in bad.stderr
 
 
 def test_python_progress_argument_and_selection_lines(tmp_path, monkeypatch, capsys):
@@ -193,6 +193,16 @@ def test_python_progress_argument_and_selection_lines(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert re.search(r"l1 group 2/2 \(3\): kept \d+/100 channels, held-out acc 0\.\d+ \(start 0\.\d+\)", err), err
     assert dense.test_acc > 0.5
+
+
+def test_terminal_bars_keep_the_finished_lines(monkeypatch, capsys):
+    monkeypatch.setenv(progress.MODE_ENV, "bar")
+    with progress.task("train demo", total=4, unit="step") as t:
+        for i in range(4):
+            t.update(1, loss=0.5)
+        t.log("train demo epoch 1/1: done")
+    err = capsys.readouterr().err
+    assert "train demo epoch 1/1: done\n" in err and "4/4" in err and "loss=0.5000" in err
 
 
 def test_heartbeat_and_stray_tasks(monkeypatch, capsys):
