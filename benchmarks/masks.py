@@ -105,7 +105,8 @@ def run_cell(arch: str, variant: str, density: float | None, seed: int, args) ->
     t0 = time.perf_counter()
     options, _ = VARIANTS[variant]
     width = ARCHS[arch]["width"]
-    out = Path(args.work) / f"{arch}-{variant}-{density if density is not None else 'emergent'}-s{seed}"
+    work = getattr(args, "work", None)  # None: no run folder (the determinism study's subprocess cells)
+    out = Path(work) / f"{arch}-{variant}-{density if density is not None else 'emergent'}-s{seed}" if work else None
     if options is None:  # dense training from a Kaiming-normal init: the ceiling
         bundle = bundle_for(arch, seed, args)
         manifest = model_manifest(arch, width, bundle.input_shape, bundle.num_classes)
