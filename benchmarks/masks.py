@@ -6,7 +6,8 @@ random masks and the dense-trained network, on lenet300 and a CPU-sized Conv-2.
     PYTHONPATH=src .venv/bin/python benchmarks/masks.py --determinism  # benchmark path vs CLI, threads, CPU ISA
 
 Every cell (architecture, variant, density, seed) is appended to ``<out>.jsonl`` when it finishes; a rerun
-skips the cells already there. At the end (and with ``--report``) it writes ``<out>.csv`` / ``<out>.json``
+skips the cells already there. Each cell also keeps its run folder in ``--work`` (``runs/bench-masks[-quick]/
+<arch>-<variant>-<density>-s<seed>``), which ``netsift report`` tabulates and plots. At the end (and with ``--report``) it writes ``<out>.csv`` / ``<out>.json``
 (mean ± std over seeds), ``<out>.png`` (test accuracy against density) and ``<out>_steptime.json`` (the time
 of one training step of each method relative to a dense step at the same batch size).
 """
@@ -104,16 +105,19 @@ def run_cell(arch: str, variant: str, density: float | None, seed: int, args) ->
     t0 = time.perf_counter()
     options, _ = VARIANTS[variant]
     width = ARCHS[arch]["width"]
+    work = getattr(args, "work", None)  # None: no run folder (the determinism study's subprocess cells)
+    out = Path(work) / f"{arch}-{variant}-{density if density is not None else 'emergent'}-s{seed}" if work else None
     if options is None:  # dense training from a Kaiming-normal init: the ceiling
         bundle = bundle_for(arch, seed, args)
         manifest = model_manifest(arch, width, bundle.input_shape, bundle.num_classes)
         model = frozen_network(manifest, "kaiming-normal", seed).requires_grad_(True)
         r = netsift.train(model, bundle, epochs=args.epochs, batch_size=args.batch_size, seed=seed,
-                          latency_threads=None)
+                          latency_threads=None, out=out, overwrite=True)
     else:
         options = dict(options)
         r = netsift.extract(arch, bundle_for(arch, seed, args), options.pop("method"), density, width=width,
-                            epochs=args.epochs, batch_size=args.batch_size, seed=seed, **options)
+                            epochs=args.epochs, batch_size=args.batch_size, seed=seed, out=out, overwrite=True,
+                            **options)
     return {"arch": arch, "variant": variant, "density_target": density, "seed": seed, "test_acc": r.test_acc,
             "val_acc": r.val_acc, "density": r.density, "layers": [row["density"] for row in r.layers],
             "best_epoch": r.best_epoch, "epochs": args.epochs, "train_subset": bundle_for(arch, seed, args).size("train"),
@@ -334,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/masks")
+    p.add_argument("--work", default="runs/bench-masks", help="run folders of the cells (for netsift report)")
     p.add_argument("--report", action="store_true", help="only rebuild the tables and the plot")
     p.add_argument("--determinism", action="store_true",
                    help="only compare the benchmark path with the CLI (threads, CPU ISA) on lenet300 gumbel and "
@@ -347,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.epochs, args.train_subset, args.densities = 1, 1, 2000, [0.1, 0.5]
         args.gumbel_densities = [0.1]
         args.out += "_quick"
+        args.work += "-quick"
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ def run_cell(network: str, method: str, fraction: float, seed: int, args, before
     if not (folder / "result.json").exists():
         settings = dict(VARIANTS.get(method, {"method": method}))
         netsift.prune(dense_dir, method=settings.pop("method"), macs=fraction, finetune_epochs=0, seed=seed,
-                      out=folder, overwrite=True, progress=False, source_measure=before, candidates=args.candidates,
+                      out=folder, overwrite=True, source_measure=before, candidates=args.candidates,
                       select_batch=args.select_batch, latency_threads=args.threads, **settings)
     sel = json.loads((folder / "result.json").read_text())
     rows = []

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import progress as _progress
 from .errors import NetsiftError
 from .models import prunable_layers
 
@@ -188,8 +189,10 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
         m_cpu.eval()
     inputs = {bs: torch.randn(bs, *input_shape) for bs in batch_sizes}
     times: dict[tuple[str, int], list[float]] = {(n, bs): [] for n in models for bs in batch_sizes}
+    what = f"timing latency ({', '.join(models)}; batch {', '.join(map(str, batch_sizes))})"
     try:
-        with num_threads(threads) as used, torch.inference_mode():
+        with num_threads(threads) as used, torch.inference_mode(), _progress.task(what, rounds, "round",
+                                                                                 summary_after=2.0) as report:
             for name, (m, _) in cpu.items():  # warm-up
                 for bs in batch_sizes:
                     m(inputs[bs])
@@ -202,6 +205,7 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
                             m(inputs[bs])
                             t.append((time.perf_counter() - t0) * 1000)
                         times[(name, bs)].append(min(t))  # the least-disturbed pass of the round
+                report.update()
     finally:
         for m, was_training in cpu.values():
             m.train(was_training)
@@ -238,14 +242,15 @@ def measure(model: nn.Module, bundle, batch_size: int = 512, latency_threads: in
     """
     device = _device(model)
     shape = bundle.input_shape
-    test = evaluate(model, bundle.loader("test", batch_size), device)
-    val = evaluate(model, bundle.loader("val", batch_size), device) if bundle.size("val") else {"acc": None}
-    layers = layer_table(model)
-    kept, total = sum(r["kept"] for r in layers), sum(r["total"] for r in layers)
-    nonzero, params_total = count_params(model)
-    macs = count_macs(model, shape)
-    if source is not None and source_macs is None:
-        source_macs = count_macs(source, shape)
+    with _progress.stage("measuring test and validation accuracy, parameters and MACs"):
+        test = evaluate(model, bundle.loader("test", batch_size), device)
+        val = evaluate(model, bundle.loader("val", batch_size), device) if bundle.size("val") else {"acc": None}
+        layers = layer_table(model)
+        kept, total = sum(r["kept"] for r in layers), sum(r["total"] for r in layers)
+        nonzero, params_total = count_params(model)
+        macs = count_macs(model, shape)
+        if source is not None and source_macs is None:
+            source_macs = count_macs(source, shape)
     out = {"test_acc": test["acc"], "test_loss": test["loss"], "val_acc": val["acc"],
            "density": kept / total if total else 1.0, "params": nonzero, "params_total": params_total,
            "macs": macs, "macs_sparse": sparse_macs(model, shape),
