@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 
 from ..config import DataConfig, TrainConfig, add_flags, add_method_options, from_args, method_args
 from ..errors import NetsiftError
@@ -26,7 +27,7 @@ def add_parser(sub) -> None:
     add_method_options(p, METHODS, "method options")
     add_flags(p, DataConfig, defaults={"data": None}, default_help={"data": "the checkpoint's, else digits"})
     add_flags(p, TrainConfig, defaults=finetune_defaults(), skip=("epochs", "patience"))
-    add_run_flags(p, resume=False, data_seed_default="the checkpoint's, else --seed")
+    add_run_flags(p, data_seed_default="the checkpoint's, else --seed")
     p.set_defaults(run=run)
 
 
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None and args.model is None:
         raise NetsiftError("give --checkpoint RUN_DIR (a netsift train run) or --model NAME")
+    if not (math.isfinite(args.width) and 0 < args.width <= 64):
+        raise NetsiftError(f"--width must be in (0, 64], got {args.width}")
     cfg = from_args(PruneConfig, args, options=method_args(args, METHODS))
     data = None
     if args.data is not None or args.checkpoint is None:
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("method", "macs", "options")}
     finetune = from_args(TrainConfig, args, epochs=max(1, cfg.finetune_epochs))
     result = prune(source, data, cfg.method, cfg.macs, finetune=finetune, seed=args.seed, data_seed=args.data_seed,
-                   width=args.width, out=out_arg(args), overwrite=args.overwrite, **settings, **cfg.options)
+                   width=args.width, out=out_arg(args), overwrite=args.overwrite, resume=args.resume,
+                   force=args.force, **settings, **cfg.options)
     rows = [{"stage": "before", "test_acc": result.source_test_acc, "macs": result.source_macs,
              "params": result.source_params, "lat_b1_ms": result.source_latency_b1_ms,
              "lat_b64_ms": result.source_latency_b64_ms},

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import TrainConfig, check_finite, method_options, opt
+from ..config import TrainConfig, check_finite, check_types, method_options, opt
 from ..data import DataBundle
 from ..errors import NetsiftError, check_density, choose
 from ..training import FitResult, OptimGroup, fit
@@ -58,6 +58,7 @@ class MaskConfig:
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's own settings"})
 
     def __post_init__(self):
+        check_types(self)
         choose(self.method, METHODS, "method")
         check_scheme(self.init)
         check_finite(self)

@@ -22,8 +22,23 @@ from .scoring import BatchedScorer, Masker, masked_accuracy
 
 
 @dataclass
+class GroupRecord:
+    """What a finished channel group leaves: the kept channels (a multiset for GFS with replacement), whether
+    they are rescaled by N/n, and the method's info row."""
+
+    kept: list[int]
+    rescale: bool
+    info: dict
+
+
+@dataclass
 class SelectionContext:
-    """Everything a selection method may use."""
+    """Everything a selection method may use.
+
+    Methods that go group by group call :meth:`resumed` at the start of each group (a group finished before an
+    interruption comes back from ``done`` without work) and :meth:`finish_group` at its end (``on_group_done``
+    saves the state there, for ``netsift prune --resume``).
+    """
 
     model: nn.Module
     groups: list[ChannelGroup]
@@ -41,6 +56,9 @@ class SelectionContext:
     max_batch: int = 256
     bn_batch_stats: bool = False  # score with batch-norm statistics of the minibatch (per candidate), not running
     progress: bool = True
+    done: dict[int, GroupRecord] = field(default_factory=dict)  # groups finished before an interruption
+    on_group_done: Callable[["SelectionContext", int], None] | None = None  # after each group (saves the state)
+    on_resume: Callable[["SelectionContext"], None] | None = None  # at the first group not in ``done``
     masker: Masker = field(init=False)
     scorer: BatchedScorer = field(init=False)
 
@@ -48,6 +66,30 @@ class SelectionContext:
         self.masker = Masker(self.model, self.groups)
         self.scorer = BatchedScorer(self.model, self.masker, self.max_batch, self.bn_batch_stats)
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.records: dict[int, GroupRecord] = {}
+        self._resumed = False
+
+    def resumed(self, gi: int) -> GroupRecord | None:
+        """Group ``gi``'s record if it was finished before an interruption (its mask is set again), else ``None``.
+
+        At the first group that is not finished, ``on_resume`` restores the state saved after the last one
+        (random generators, minibatch stream), so the rest runs as it would have without the interruption.
+        """
+        record = self.done.get(gi)
+        if record is not None:
+            self.masker.set_kept(gi, record.kept, record.rescale)
+            self.records[gi] = record
+            return record
+        if self.done and not self._resumed and self.on_resume is not None:
+            self._resumed = True
+            self.on_resume(self)
+        return None
+
+    def finish_group(self, gi: int, kept: Sequence[int], info: dict, rescale: bool = True) -> None:
+        """Record group ``gi`` as finished (``kept`` as the masker has it) and call ``on_group_done``."""
+        self.records[gi] = GroupRecord(sorted(int(i) for i in kept), rescale, dict(info))
+        if self.on_group_done is not None:
+            self.on_group_done(self, gi)
 
     def accuracy(self) -> float:
         """Held-out accuracy of the network with the masks set so far."""
@@ -113,6 +155,10 @@ def ranked_selection(ctx: SelectionContext, scores: list[Tensor], rescale: bool 
     """
     kept, info = {}, []
     for gi, g in enumerate(ctx.groups):
+        if (done := ctx.resumed(gi)) is not None:
+            kept[g.name] = done.kept
+            info.append(done.info)
+            continue
         order = torch.argsort(scores[gi].float(), descending=True, stable=True).tolist()
         if ctx.widths is not None:
             n = ctx.widths[gi]
@@ -134,6 +180,7 @@ def ranked_selection(ctx: SelectionContext, scores: list[Tensor], rescale: bool 
         if ctx.widths is None:
             row["acc_end"] = ctx.accuracy()
         info.append(row)
+        ctx.finish_group(gi, kept[g.name], row, rescale)
     return Selection(kept, rescale, info)
 
 
