@@ -239,6 +239,7 @@ class RunFolder:
         self.path, self.final, self.locks, self.replacing = path, final, locks, replacing
         self.created, self.fresh = created, fresh  # we made the folder / it was empty before this run
         self.committed = False
+        self.pending_config: dict | None = None  # a resumed run's settings, written when it finishes
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -440,7 +441,7 @@ def _resumable(run: RunFolder, config: dict, ignores: tuple[str, ...]) -> RunFol
     for stem, schema in RESUME_FILES.items():
         if (run.path / f"{stem}.json").is_file():
             read_json(run.path / f"{stem}.json", f"{stem} metadata", schema)
-    _write_config(run, config)
+    run.pending_config = config  # written when the run finishes: a resume that fails changes nothing
     return run
 
 
@@ -550,6 +551,8 @@ def write_result(run_dir: RunFolder | str | Path | None, result: dict) -> dict:
         final = run_dir.final if isinstance(run_dir, RunFolder) else run_dir
         result["run_dir"] = str(final)
         if is_main_process():
+            if isinstance(run_dir, RunFolder) and run_dir.pending_config is not None:
+                _write_config(run_dir, run_dir.pending_config)
             atomic_write_bytes(Path(run_dir) / RESULT, json_bytes(result))
         if isinstance(run_dir, RunFolder):
             run_dir.commit()

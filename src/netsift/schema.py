@@ -331,6 +331,13 @@ def check_manifest(manifest: Any, what: str = "model manifest") -> dict:
     return manifest
 
 
+def network_numel(manifest: dict) -> int | None:
+    """Parameters + buffers of a (validated) manifest's network, ``None`` when they cannot be counted."""
+    if str(manifest.get("model", "")).startswith("custom:"):
+        return None
+    return _meta_numel(manifest)
+
+
 def _meta_numel(manifest: dict) -> int | None:
     """Parameters + buffers of the manifest's network, counted on the meta device (``None``: cannot tell)."""
     import torch
@@ -338,10 +345,14 @@ def _meta_numel(manifest: dict) -> int | None:
     from .models import build_model
     from .surgery import apply_module_sizes
 
+    def numel(model) -> int:
+        return sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+
     try:
         with torch.device("meta"):
             model = build_model(manifest["model"], manifest["in_channels"], manifest["image_size"],
                                 manifest["num_classes"], manifest.get("width", 1.0), **manifest.get("kwargs", {}))
+            built = numel(model)  # the network is built at the zoo's sizes first, then resized
             if manifest.get("modules"):
                 apply_module_sizes(model, manifest["modules"])
     except NetsiftError:
@@ -353,7 +364,7 @@ def _meta_numel(manifest: dict) -> int | None:
         raise NetsiftError(f"model manifest of {manifest['model']} cannot be built: {str(e).splitlines()[0]}") from None
     except (RuntimeError, NotImplementedError, AttributeError):
         return None  # a builder that cannot run on the meta device: the bounds above still hold
-    return sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    return max(built, numel(model))
 
 
 # ---------------------------------------------------------------------------------------------------- run files
@@ -421,6 +432,8 @@ COMPACT_HEADER = Obj({
     "state_sha256": Opt(HEX64),
     "test_acc": Opt(Num(0, 1, nan=True)),
     "seed": Opt(SEED),
+    "method": Opt(Str(100)),
+    "data": Opt(OneOf(Str(100), Map(JSON, 100))),
     "data_config": Opt(DATA_SETTINGS),
 }, required=("manifest", "init", "layers", "extras", "codec", "raw_bytes", "payload_bytes"))
 """The JSON header of a compact ``.nsc`` file."""

@@ -50,7 +50,7 @@ def _source(model: Any, data: Any, data_seed: int | None, seed: int, width: floa
             raise NetsiftError("give the data to prune on")
         return model, data, seed if data_seed is None else data_seed, None
     net, manifest = rundir.load_model(model)
-    saved = rundir.read_json_if(Path(model) / rundir.CONFIG) or {}
+    saved = rundir.read_run_config(model) if (Path(model) / rundir.CONFIG).is_file() else {}
     saved_data, saved_seed = saved.get("data"), saved.get("data_seed", saved.get("seed", 0))
     if data is None:
         if not isinstance(saved_data, dict) or "data" not in saved_data or saved_data["data"] == "custom":
