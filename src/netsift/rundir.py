@@ -211,6 +211,16 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
+def _tidy(path: Path) -> None:
+    """Under ``path``'s lock: finish the clean-up of a replacement killed after its swap (a marker left in
+    ``path``, the earlier run left in ``.DIR.netsift-new`` without one)."""
+    if (path / REPLACING).is_file():
+        staged = _staging(path)
+        if staged.is_dir() and not staged.is_symlink() and not (staged / REPLACING).is_file():
+            _rmtree(staged)
+        (path / REPLACING).unlink(missing_ok=True)
+
+
 def recover(path: Path) -> None:
     """Finish or undo a replacement of ``path`` interrupted where atomic exchange was unavailable."""
     old, new = _old(path), _staging(path)
@@ -388,6 +398,7 @@ def _replace(path: Path, config: dict) -> RunFolder:
     staging = _staging(path)
     locks = [old_lock]
     try:
+        _tidy(path)
         if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
             raise NetsiftError(f"{staging} is in the way of the new run; remove it")
         if staging.exists():  # an abandoned replacement: ours to discard once nobody writes it
@@ -429,6 +440,7 @@ def _reopen(path: Path, config: dict, ignores: tuple[str, ...]) -> RunFolder:
     _writable(path)
     run = RunFolder(path, path, [RunLock(path)])
     try:
+        _tidy(path)
         return _resumable(run, config, ignores)
     except BaseException:
         run.close()
