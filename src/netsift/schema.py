@@ -388,8 +388,8 @@ RUN_CONFIG = Obj({
     "mask": Opt(Map(JSON, 1000)),
     "prune": Opt(Map(JSON, 1000)),
     "source": Opt(Str(4096)),
-}, required="all")
-"""``config.json`` of a run folder."""
+}, required=("command", "method", "seed", "data"))
+"""``config.json`` of a run folder (netsift writes every key; readers need the required ones)."""
 
 TRAIN_CHECKPOINT = Obj({
     "epoch": Int(0, 10**6),
