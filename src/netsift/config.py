@@ -257,7 +257,7 @@ def _add(group, name: str, default: Any, help_text: str, type_name: str, choices
     flag = "--" + name.replace("_", "-")
     shown = default_text if default_text is not None else ("" if default is None else str(default))
     suffix = f" (default: {shown})" if shown else ""
-    if type_name in ("bool", "<class 'bool'>"):
+    if type_name in ("bool", "bool | None", "<class 'bool'>"):
         on = {"True": "on", "False": "off"}.get(default_text or "", default_text) or ("on" if default else "off")
         group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                            help=f"{help_text} (default: {on})")

@@ -178,8 +178,9 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
     """CPU forward latency of each network, timed in interleaved rounds (inference mode).
 
     Every round times ``passes[bs]`` forward passes of each network at each batch size, one network after the
-    other, so a load from other processes hits all of them alike. Returns ``{name: {"b1_ms": median over
-    rounds, ..., "spread": largest (max - min) / median over the batch sizes}, "threads": ..., "rounds": ...}``.
+    other, so a load from other processes hits all of them alike; a round's figure is its fastest pass (other
+    processes only ever add time). Returns ``{name: {"b1_ms": median over rounds, ..., "spread": largest
+    (max - min) / median over rounds, of any batch size}, "threads": ..., "rounds": ...}``.
     """
     check_threads(threads, "latency threads")
     passes = passes or {bs: (10 if bs <= 8 else 3) for bs in batch_sizes}
@@ -203,7 +204,7 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
                             t0 = time.perf_counter()
                             m(inputs[bs])
                             t.append((time.perf_counter() - t0) * 1000)
-                        times[(name, bs)].append(statistics.median(t))
+                        times[(name, bs)].append(min(t))  # the least-disturbed pass of the round
     finally:
         for m, was_training in cpu.values():
             m.train(was_training)

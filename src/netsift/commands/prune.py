@@ -25,10 +25,23 @@ def add_parser(sub) -> None:
     p.add_argument("--width", type=float, default=1.0, help="width multiplier with --model (default: 1.0)")
     add_flags(p, PruneConfig, skip=("options",))
     add_method_options(p, METHODS, "method options")
-    add_flags(p, DataConfig, defaults={"data": None}, default_help={"data": "the checkpoint's, else digits"})
+    add_flags(p, DataConfig, defaults={f: None for f in ("data", "val_fraction", "train_subset", "download")},
+              default_help={"data": "the checkpoint's, else digits", "val_fraction": "the checkpoint's, else 0.1",
+                            "train_subset": "the checkpoint's, else all", "download": "off"})
     add_flags(p, TrainConfig, defaults=finetune_defaults(), skip=("epochs", "patience"))
     add_run_flags(p, data_seed_default="the checkpoint's, else --seed")
     p.set_defaults(run=run)
+
+
+def _run_data(run_dir: str, given: dict) -> DataConfig:
+    """The checkpoint run's data settings with the given flags on top (the pipeline refuses any that differ)."""
+    from ..rundir import CONFIG, read_json_if
+    from ..schema import RUN_CONFIG
+
+    saved = (read_json_if(f"{run_dir}/{CONFIG}", RUN_CONFIG) or {}).get("data")
+    base = {k: v for k, v in saved.items() if k in ("data", "data_dir", "val_fraction", "train_subset", "download")} \
+        if isinstance(saved, dict) and saved.get("data") not in (None, "custom") else {}
+    return DataConfig(**{**base, **given})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.width) and 0 < args.width <= 64):
         raise NetsiftError(f"--width must be in (0, 64], got {args.width}")
     cfg = from_args(PruneConfig, args, options=method_args(args, METHODS))
+    given = {k: getattr(args, k) for k in ("data", "data_dir", "val_fraction", "train_subset", "download")
+             if getattr(args, k) is not None}
     data = None
-    if args.data is not None or args.checkpoint is None:
-        data = from_args(DataConfig, args, data=args.data or "digits")
+    if args.checkpoint is None:
+        data = DataConfig(**{"data": "digits", **given})
+    elif given:
+        data = _run_data(args.checkpoint, given)
     source = args.checkpoint
     if source is not None and args.model is not None:
         _, manifest = load_model(source)

@@ -22,7 +22,7 @@ from ..results import Result
 from ..schema import SELECTION_STATE
 from ..selection import METHODS, PruneConfig, finetune_defaults
 from ..selection.pruner import plan_channels, prune_channels
-from ..training import distill_loss, fit, recalibrate_bn
+from ..training import distill_loss, fit, has_batch_norm, recalibrate_bn
 from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, check_width, data_config,
                      is_run_folder, network_for, split_options)
 
@@ -62,11 +62,24 @@ def _source(model: Any, data: Any, data_seed: int | None, seed: int, width: floa
         except TypeError as e:
             raise NetsiftError(f"{model}/config.json has malformed data settings: {e}") from None
     elif isinstance(saved_data, dict) and saved_data.get("data") not in (None, "custom"):
-        given = getattr(data, "data", data if isinstance(data, str) else None)
-        if given is not None and given != saved_data["data"]:
-            raise NetsiftError(f"{model} was trained on {saved_data['data']}, not {given}; leave the data out to "
-                               "use the run's")
+        _check_same_data(model, saved_data, data)
     return net, data, saved_seed if data_seed is None else data_seed, str(model)
+
+
+def _check_same_data(run: Any, saved: dict, data: Any) -> None:
+    """Refuse data that differs from what the source run trained on (its folder may move: ``data_dir`` may)."""
+    from ..config import DataConfig
+
+    given = {"data": data} if isinstance(data, str) else dataclasses.asdict(data) if isinstance(data, DataConfig) \
+        else None
+    if given is None:
+        return  # a bundle or your own loaders: your call
+    for key, value in given.items():
+        if key in ("data_dir", "download") or key not in saved:
+            continue
+        if value != saved[key]:
+            raise NetsiftError(f"{run} was trained with {key}={saved[key]!r}, not {value!r}; leave the data settings "
+                               "out to use the run's (only --data-dir may differ)")
 
 
 def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", macs: float | None = None, *,
@@ -124,6 +137,7 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
                                f"{bundle.name} has {want}")
     net = network_for(source_model, bundle, seed, width)
     check_classes(net, bundle)
+    cfg = cfg.resolved(has_batch_norm(net))
     shape = bundle.input_shape
     if example_input is not None and tuple(example_input.shape[1:]) != tuple(shape):
         raise NetsiftError(f"example_input has sample shape {tuple(example_input.shape[1:])}, the data {shape}")

@@ -38,17 +38,22 @@ class PruneConfig:
                                         "(used when --macs is not given; default 0.02)")
     round_to: int = opt(1, "with --macs: keep a multiple of N channels in every group (8 or 16 suits CPU vector "
                            "kernels; groups narrower than 2N round to single channels)")
+    published: bool = opt(False, "every published GFS setting at once: eval-mode BN scoring, no BN re-estimation, "
+                                 "--layer-finetune 0.1, 50 candidates, 128-image minibatches")
     candidates: int = opt(50, "candidates scored per greedy step (0: all)")
     epsilon: float | None = opt(None, "derive the candidates per step from epsilon: (N/k) log(1/eps)")
     select_batch: int = opt(128, "images in the fresh minibatch of each greedy step")
     holdout: int = opt(1000, "training images held out to check the tolerance")
-    layer_finetune: float = opt(0.0, "fine-tune this fraction of an epoch after each layer (published: 0.1)")
+    layer_finetune: float | None = opt(None, "fine-tune this fraction of an epoch after each layer "
+                                             "(default 0; --published: 0.1)")
     finetune_epochs: int = opt(1, "epochs of fine-tuning after removal (0: none)")
     distill: bool = opt(False, "fine-tune with distillation from the original network")
     reinit: bool = opt(False, "ablation: re-initialise the pruned architecture before fine-tuning")
-    bn_batch_stats: bool = opt(False, "greedy methods: score with each candidate's minibatch BN statistics "
-                                      "(as fine-tuning will see them) instead of the running ones")
-    recalibrate_bn: int = opt(0, "after removal, re-estimate BN running statistics on N training minibatches")
+    bn_batch_stats: bool | None = opt(None, "greedy methods: score with each candidate's minibatch BN statistics "
+                                            "(as fine-tuning will see them) instead of the running ones "
+                                            "(default: on for networks with batch norm; --published: off)")
+    recalibrate_bn: int | None = opt(None, "after removal, re-estimate BN running statistics on N training "
+                                           "minibatches (default: 20 for networks with batch norm; --published: 0)")
     rescale: str = opt("auto", "fold the N/n rescale into the weights at removal (auto: as the method selected)",
                        ("auto", "on", "off"))
     onnx: bool = opt(False, "also export the pruned network as model.onnx")
@@ -80,13 +85,27 @@ class PruneConfig:
             raise NetsiftError(f"--round-to must be at least 1, got {self.round_to}")
         if self.select_batch <= 0:
             raise NetsiftError(f"--select-batch must be positive, got {self.select_batch}")
-        if not 0.0 <= self.layer_finetune <= 10.0:
+        if self.layer_finetune is not None and not 0.0 <= self.layer_finetune <= 10.0:
             raise NetsiftError(f"--layer-finetune must be in [0, 10] epochs, got {self.layer_finetune}")
         check_threads(self.latency_threads, "--latency-threads")
         for name, hi in (("candidates", 10**6), ("holdout", 10**7), ("select_batch", 10**5), ("round_to", 4096),
                          ("finetune_epochs", 100_000), ("recalibrate_bn", 10**6)):
             check_range(self, name, 0, hi)
         self.options = method_options(self.method, self.options, METHODS)
+
+    def resolved(self, has_batch_norm: bool) -> "PruneConfig":
+        """A copy with the unset settings filled: netsift's defaults, or with ``published`` the paper's.
+
+        netsift's defaults on a network with batch norm score candidates with their own minibatch statistics
+        and re-estimate the statistics after removal (the variant that wins in ``benchmarks/structured.py``);
+        ``published`` is the paper's code: eval-mode BN, a 0.1-epoch fine-tune after each layer.
+        """
+        if self.published:
+            fill = {"bn_batch_stats": False, "recalibrate_bn": 0, "layer_finetune": 0.1}
+        else:
+            fill = {"bn_batch_stats": has_batch_norm, "recalibrate_bn": 20 if has_batch_norm else 0,
+                    "layer_finetune": 0.0}
+        return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
 
 
 def finetune_defaults() -> dict:
