@@ -232,7 +232,7 @@ CASES = [
     ("prune-width-nan-checkpoint", None, [*PRUNE, "--width", "nan", "--out", "new"], "--width"),
     ("prune-without-source", None, ["prune", "--out", "new"], "--checkpoint"),
     ("prune-model-mismatch", None, [*PRUNE, "--model", "conv4", "--out", "new"], "holds a lenet300"),
-    ("prune-data-mismatch", None, [*PRUNE, "--data", "synthetic", "--out", "new"], "trained on digits"),
+    ("prune-data-mismatch", None, [*PRUNE, "--data", "synthetic", "--out", "new"], "trained with data='digits'"),
 
     # --- 2/6: paths, overwrite, resume, locks
     ("out-symlink-overwrite", lambda w: os.symlink("train", w / "link"), [*TRAIN, "--out", "link", "--overwrite"],
@@ -313,6 +313,8 @@ CASES = [
      [*PRUNE, "--out", "new"], "data must be an object"),
     ("config-json-seed-string", lambda w: set_key(w / "train/config.json", "seed", "zero"),
      [*TRAIN, "--epochs", "2", "--out", "train", "--resume"], "seed must be an integer"),
+    ("config-json-list-read-for-data-flags", lambda w: (w / "train/config.json").write_text("[1]"),
+     [*PRUNE, "--data-dir", "elsewhere", "--out", "new"], "an object"),
     ("config-json-not-json", lambda w: (w / "train/config.json").write_text("{oops"), ["eval", "train"], "corrupt"),
     ("config-json-data-dir-int", lambda w: set_key(w / "train/config.json", "data.data_dir", 5), ["eval", "train"],
      "data_dir"),
