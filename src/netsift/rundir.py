@@ -331,7 +331,7 @@ def prepare(out: str | Path | None, config: dict, overwrite: bool = False, resum
     validate(config, RUN_CONFIG, "run config")
     path = Path(out) if out else Path("runs") / default_name(config["command"], config)
     precheck(path, overwrite, resume, force, sources, look=False)
-    if not is_main_process():  # other ranks only read: the folder the main process writes
+    if not is_main_process():  # other ranks write nothing; resuming, they read where the main process writes
         staged = _staging(path)
         where = staged if (overwrite or (resume and (staged / REPLACING).is_file())) else path
         return RunFolder(where, path, [], replacing=where != path)

@@ -163,9 +163,9 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
     callbacks = list(callbacks)
     cfg = cfg.resolved()
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    if run_dir is not None and accelerator.is_main_process:  # only the main process writes the run folder
+        run_dir.mkdir(parents=True, exist_ok=True)
     if groups is None:
         groups = [OptimGroup("all", [p for p in model.parameters() if p.requires_grad])]
     groups = [g for g in groups if g.params]
@@ -194,7 +194,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        if run_dir is not None:
+        if run_dir is not None and accelerator.is_main_process:
             (run_dir / METRICS).unlink(missing_ok=True)
 
     t_start = time.perf_counter()
@@ -330,7 +330,8 @@ def _restore(run_dir: Path, accelerator, model, optimizers, callbacks, result: F
     if result.best_val_acc is None:
         result.best_val_acc = float("nan")
     lines = [json.dumps(r) for r in result.history]
-    atomic_write_bytes(run_dir / METRICS, "".join(line + "\n" for line in lines).encode())
+    if accelerator.is_main_process:
+        atomic_write_bytes(run_dir / METRICS, "".join(line + "\n" for line in lines).encode())
     epoch = meta["epoch"]
     if meta.get("stopped"):
         epoch = 10**9  # the run had already stopped early: nothing left to train
