@@ -304,3 +304,26 @@ def test_guarantees_doc_cites_tests_that_exist_and_recorded_results():
     for name in ("train", "extract", "prune", "prune --layer-finetune", "train --overwrite"):
         row = results["summary"][name]
         assert row["instants"] >= 20 and row["identical"] and not row["problems"], name
+
+
+def test_overwrite_without_atomic_exchange_and_its_repair(tmp_path, monkeypatch):
+    """Where renameat2 is missing the swap is two renames; a run interrupted between them is repaired next time."""
+    import shutil
+
+    from netsift import rundir
+
+    monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)
+    out = tmp_path / "run"
+    kw = dict(epochs=1, max_steps=2, batch_size=64, out=out)
+    netsift.train("lenet300", "digits", **kw)
+    netsift.train("lenet300", "digits", seed=1, overwrite=True, **kw)
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # killed between the two renames: the earlier run aside, the finished new one still beside
+    shutil.copytree(out, tmp_path / ".run.netsift-new")
+    (tmp_path / ".run.netsift-new" / rundir.REPLACING).write_text("replaces run\n")
+    set_seed = json.loads((tmp_path / ".run.netsift-new" / "config.json").read_text())
+    out.rename(tmp_path / ".run.netsift-old")
+    netsift.train("lenet300", "digits", seed=1, resume=True, **kw)  # repairs first, then resumes the new run
+    assert json.loads((out / "config.json").read_text()) == set_seed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not (out / rundir.REPLACING).exists()
