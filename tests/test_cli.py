@@ -57,8 +57,14 @@ def test_existing_out_is_not_overwritten(run_cli, tmp_path):
     code, _, err = run_cli("train", *QUICK, "--out", out)
     assert code == 2 and "not empty" in err
     assert (out / "precious.txt").read_text() == "keep me"
-    code, _, err = run_cli("train", *QUICK, "--out", out, "--overwrite")
+    code, _, err = run_cli("train", *QUICK, "--out", out, "--overwrite")  # not a netsift run: needs --force
+    assert code == 2 and "not a netsift run ('precious.txt')" in err and "--force" in err
+    assert (out / "precious.txt").read_text() == "keep me"
+    code, _, err = run_cli("train", *QUICK, "--out", out, "--overwrite", "--force")
     assert code == 0 and not (out / "precious.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing left beside it
+    code, _, err = run_cli("train", *QUICK, "--out", out, "--overwrite")  # a netsift run: replaced
+    assert code == 0, err
 
 
 def test_corrupt_or_missing_checkpoint(run_cli, tmp_path):

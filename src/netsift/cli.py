@@ -65,3 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:  # a file system refusing a write or a read (full disk, permissions): one line too
+        where = f": {e.filename}" if e.filename else ""
+        print(f"netsift: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2

@@ -57,10 +57,18 @@ class Option:
             if not isinstance(value, bool):
                 raise NetsiftError(f"{flag} takes true or false, got {value!r}")
         else:
+            if isinstance(value, bool) or (self.type is int and isinstance(value, float)):
+                raise NetsiftError(f"{flag} must be a {self.type.__name__}, got {value!r}")
             try:
                 value = self.type(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise NetsiftError(f"{flag} must be a {self.type.__name__}, got {value!r}") from None
+            if self.type is float and not math.isfinite(value):
+                raise NetsiftError(f"{flag} must be a finite number, got {value}")
+            if self.type is int and not -MAX_INT <= value <= MAX_INT:
+                raise NetsiftError(f"{flag} must be between {-MAX_INT} and {MAX_INT}, got {value}")
+            if self.type is str and len(value) > 1000:
+                raise NetsiftError(f"{flag} is too long ({len(value)} characters)")
         if self.choices is not None:
             choose(value, self.choices, flag)
         if self.check is not None:
@@ -96,10 +104,14 @@ class DataConfig:
     download: bool = opt(False, "let torchvision download missing data where the network allows")
 
     def __post_init__(self):
+        check_types(self)
         choose(self.data, DATASETS, "data set")
         check_finite(self)
         if not 0.0 <= self.val_fraction < 1.0:
             raise NetsiftError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        check_range(self, "train_subset", 1, 10**9)
+        if self.data_dir is not None and (not self.data_dir or len(self.data_dir) > 4096 or "\0" in self.data_dir):
+            raise NetsiftError(f"--data-dir must be a folder path, got {self.data_dir!r}")
 
 
 @dataclass
@@ -113,11 +125,53 @@ class ModelConfig:
     def __post_init__(self):
         from .models import REGISTRY, model_names
 
+        check_types(self)
         if not self.model.startswith("tv:") and self.model not in REGISTRY:
             raise NetsiftError(f"unknown model {self.model!r}; choose from: {', '.join(model_names())}, or tv:<name>")
         check_finite(self)
         if not 0 < self.width <= 64:
             raise NetsiftError(f"--width must be in (0, 64], got {self.width}")
+
+
+MAX_INT = 10**12
+"""No integer option is meaningful beyond this (epochs, steps, sizes...): a sanity bound against typos."""
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def check_types(obj: Any) -> None:
+    """Raise a one-line error naming the first field of dataclass ``obj`` whose value has the wrong type.
+
+    Types come from the annotations (``int``, ``float``, ``str``, ``bool``, optionally ``| None``); an int is a
+    valid float and is converted; a bool is never a number.
+    """
+    for f in dataclasses.fields(obj):
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        value = getattr(obj, f.name)
+        if value is None and "None" in kinds:
+            continue
+        base = next((k for k in kinds if k in _TYPES), None)
+        if base is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        ok = isinstance(value, _TYPES[base]) and (base == "bool" or not isinstance(value, bool))
+        if not ok:
+            want = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}[base]
+            raise NetsiftError(f"{flag} must be {want}, got {value!r}")
+        if base == "float" and isinstance(value, int):
+            try:
+                setattr(obj, f.name, float(value))
+            except OverflowError:
+                raise NetsiftError(f"{flag} is out of range, got {value}") from None
+        if base == "int" and not -MAX_INT <= value <= MAX_INT:
+            raise NetsiftError(f"{flag} must be at most {MAX_INT:,}, got {value}")
+
+
+def check_range(obj: Any, name: str, lo: float, hi: float) -> None:
+    """Raise a one-line error unless field ``name`` of ``obj`` is ``None`` or in ``[lo, hi]``."""
+    value = getattr(obj, name)
+    if value is not None and not lo <= value <= hi:
+        raise NetsiftError(f"--{name.replace('_', '-')} must be between {lo:,} and {hi:,}, got {value}")
 
 
 def check_finite(obj: Any) -> None:
@@ -159,18 +213,19 @@ class TrainConfig:
     max_steps: int = opt(0, "at most N optimizer steps per epoch (0: the whole training set)")
 
     def __post_init__(self):
+        check_types(self)
         check_finite(self)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise NetsiftError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.epochs > 100_000 or self.batch_size > 1_000_000:
             raise NetsiftError("--epochs must be at most 100,000 and --batch-size at most 1,000,000")
-        if self.lr is not None and self.lr <= 0:
-            raise NetsiftError(f"--lr must be positive, got {self.lr}")
+        if self.lr is not None and not 0 < self.lr <= 1e6:
+            raise NetsiftError(f"--lr must be in (0, 1e6], got {self.lr}")
         if not 0.0 <= self.momentum < 1.0:
             raise NetsiftError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise NetsiftError(f"--weight-decay must be non-negative, got {self.weight_decay}")
+        if self.weight_decay is not None and not 0 <= self.weight_decay <= 10:
+            raise NetsiftError(f"--weight-decay must be in [0, 10], got {self.weight_decay}")
         if not 0.0 < self.gamma <= 1.0:
             raise NetsiftError(f"--gamma must be in (0, 1], got {self.gamma}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -181,6 +236,9 @@ class TrainConfig:
                 choose(value, f.metadata["choices"], f"--{f.name.replace('_', '-')}")
         if self.patience < 0 or self.max_steps < 0 or self.step_every < 0:
             raise NetsiftError("--patience, --max-steps and --step-every must be non-negative")
+        check_range(self, "patience", 0, 100_000)
+        check_range(self, "step_every", 0, 100_000)
+        check_range(self, "max_steps", 0, 10**9)
 
     def resolved(self, **defaults: Any) -> "TrainConfig":
         """A copy with unset settings taken from ``defaults``, then from :data:`TRAIN_FALLBACKS`."""

@@ -60,10 +60,13 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
 def run_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``model(x)``, turning a shape mismatch deep inside the model into a one-line error."""
     try:
-        return model(x)
-    except (RuntimeError, AssertionError, ValueError, IndexError) as e:
+        out = model(x)
+    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise NetsiftError(f"model cannot take inputs of shape {tuple(x.shape[1:])}: {why}") from None
+    if not isinstance(out, torch.Tensor):
+        raise NetsiftError(f"the model must return a tensor of (batch, classes) logits, got {type(out).__name__}")
+    return out
 
 
 def check_labels(y: torch.Tensor, logits: torch.Tensor) -> None:

@@ -1,31 +1,57 @@
-"""Run folders: the one module that creates them, names them, checks them for resuming, and writes into them.
+"""Run folders: the one module that creates them, names them, locks them, checks them for resuming, and writes
+into them.
 
 A run folder holds ``config.json`` (one shape for every command: everything needed to rebuild the run),
-``metrics.jsonl`` (one line per epoch), atomic checkpoints, ``model.safetensors`` + ``model.json`` (the final
-network and its architecture manifest) and ``result.json`` (the schema of :mod:`netsift.results`). Every
-pipeline writes through this module; nothing in ``masks/`` or ``selection/`` imports it.
+``metrics.jsonl`` (one line per epoch), crash-safe checkpoints (:mod:`netsift.checkpoint`), ``model.safetensors``
++ ``model.json`` (the final network and its architecture manifest) and ``result.json`` (the schema of
+:mod:`netsift.results`). Every pipeline writes through this module; nothing in ``masks/`` or ``selection/``
+imports it.
+
+* **One writer at a time.** :func:`prepare` takes an advisory lock (``fcntl.flock`` on ``DIR/.netsift.lock``)
+  for as long as the run is written; a second writer gets a one-line error.
+* **Nothing lost to ``--overwrite``.** A run that replaces an earlier one is built beside it, in
+  ``.DIR.netsift-new``, and swapped into place (one atomic ``renameat2(RENAME_EXCHANGE)``) only when it has
+  finished; until then ``DIR`` holds the earlier run, and an interrupted replacement continues with
+  ``--resume``. ``--overwrite`` refuses a folder holding files that are not a netsift run (unless ``force``),
+  an ``--out`` that is the run being read, and a symbolic link.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
+import os
 import platform
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import atomic_write_json, load_checkpoint, read_json, save_checkpoint
+from .checkpoint import atomic_write_bytes, fault_point, json_bytes, load_checkpoint, read_json, save_checkpoint
 from .errors import NetsiftError
 from .models import build_from_manifest, manifest_of
 from .results import RESULT_KEYS
+from .schema import (BEST_CHECKPOINT, MODEL_FILE, RESULT_FILE, RUN_CONFIG, SELECTION_STATE, TRAIN_CHECKPOINT,
+                     validate)
 from .surgery import apply_module_sizes, module_sizes
 
 CONFIG, RESULT = "config.json", "result.json"
+LOCK = ".netsift.lock"
+"""The lock file of a run folder (empty; locked with ``flock`` while a process writes the folder)."""
+REPLACING = ".netsift-replacing"
+"""Marker inside ``.DIR.netsift-new``: an unfinished run that will replace ``DIR``."""
+
+_PAIRS = ("checkpoint", "best", "model", "subnet", "selection", "dense")
+RUN_FILES = frozenset({CONFIG, RESULT, "metrics.jsonl", LOCK, REPLACING, "model.nsc", "model.onnx",
+                       *(f"{n}.{ext}" for n in _PAIRS for ext in ("json", "safetensors"))})
+"""Files netsift writes into a run folder (besides ``*.nsc``/``*.onnx`` exports and hidden temporary files)."""
+
+RESUME_FILES = {"checkpoint": TRAIN_CHECKPOINT, "best": BEST_CHECKPOINT, "selection": SELECTION_STATE}
 
 
 def default_name(command: str, config: dict) -> str:
@@ -41,35 +67,399 @@ def run_config(command: str, method: str, seed: int, data_seed: int, model: dict
             "data": data, "train": train, "mask": mask, "prune": prune, "source": source}
 
 
-def prepare(out: str | Path | None, config: dict, overwrite: bool = False, resume: bool = False,
-            resume_ignores: tuple[str, ...] = ("train.epochs",)) -> Path:
-    """Create (or reopen with ``resume``) the run folder for ``config`` and write its ``config.json``.
+def is_main_process() -> bool:
+    """Whether this is the process that writes run folders (rank 0 under ``torchrun``/``accelerate launch``)."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
-    Without ``out`` the folder is ``runs/<command>-<hash of config>``. A non-empty folder is refused unless
-    ``overwrite`` (it is emptied) or ``resume`` (it must hold a run with the same settings, except
-    ``resume_ignores``).
-    """
-    path = Path(out) if out else Path("runs") / default_name(config["command"], config)
+
+# ------------------------------------------------------------------------------------------- what a folder holds
+
+def _is_run_file(name: str) -> bool:
+    return (name in RUN_FILES or name.endswith((".nsc", ".onnx"))
+            or (name.startswith(".") and name.endswith((".tmp", ".prev"))))
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """Entries of folder ``path`` that netsift does not write into a run folder (sorted)."""
+    return sorted(e.name for e in path.iterdir() if e.is_symlink() or not e.is_file() or not _is_run_file(e.name))
+
+
+def is_run(path: str | Path) -> bool:
+    """Whether ``path`` is a folder netsift wrote a run into (a ``config.json`` naming a command, and only
+    files netsift writes)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir() or foreign_entries(path):
+        return False
+    try:
+        config = json.loads((path / CONFIG).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "command" in config
+
+
+def _is_empty(path: Path) -> bool:
+    """No entries, or only a lock file and temporary files left by an earlier netsift process."""
+    return all(e.is_file() and not e.is_symlink() and (e.name == LOCK or (e.name.startswith(".") and
+               e.name.endswith(".tmp"))) for e in path.iterdir())
+
+
+def _staging(path: Path) -> Path:
+    return path.parent / f".{path.name}.netsift-new"
+
+
+def _old(path: Path) -> Path:
+    return path.parent / f".{path.name}.netsift-old"
+
+
+def _same_or_nested(a: Path, b: Path) -> bool:
+    a, b = Path(os.path.realpath(a)), Path(os.path.realpath(b))
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_out(path: Path, sources: Iterable[str | Path] = (), flag: str = "--out") -> None:
+    """Refuse an output path that is a symbolic link, exists but is no folder, or is (inside) a source run."""
+    if path.is_symlink():
+        target = os.readlink(path)
+        state = "" if path.exists() else ", which points nowhere"
+        raise NetsiftError(f"{flag} {path} is a symbolic link (to {target}{state}); give the real folder")
     if path.exists() and not path.is_dir():
-        raise NetsiftError(f"--out {path} exists and is not a folder")
+        raise NetsiftError(f"{flag} {path} exists and is not a folder")
+    for src in sources:
+        if src is not None and Path(src).exists() and _same_or_nested(path, Path(src)):
+            raise NetsiftError(f"{flag} {path} is the run being read ({src}); write the new run to another folder")
+
+
+# ----------------------------------------------------------------------------------------------------- locking
+
+class RunLock:
+    """An exclusive advisory lock on a run folder (``flock`` on its ``.netsift.lock``), until :meth:`release`."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.fd = folder, None
+        path = folder / LOCK
+        for _ in range(10):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            except OSError as e:
+                raise NetsiftError(f"cannot write run folder {folder}: {e.strerror or e}") from None
+            try:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise NetsiftError(f"{folder} is being written by another netsift process; wait for it to finish "
+                                   "or choose another --out") from None
+            except OSError:
+                pass  # a file system without locks: go on unlocked
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return
+            os.close(fd)  # the folder was swapped or removed while we waited: lock the one there now
+        raise NetsiftError(f"{folder} keeps changing under us; is another netsift process replacing it?")
+
+    def release(self) -> None:
+        """Unlock (closing the file releases the lock)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _writable(path: Path) -> None:
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise NetsiftError(f"cannot write run folder {path}: permission denied")
+
+
+def _mkdir(path: Path) -> bool:
+    """Create ``path`` (and parents); returns whether it was created."""
+    try:
+        path.mkdir(parents=True)
+        return True
+    except FileExistsError:
+        if not path.is_dir() or path.is_symlink():
+            raise NetsiftError(f"--out {path} exists and is not a folder") from None
+        return False
+    except OSError as e:
+        raise NetsiftError(f"cannot create run folder {path}: {e.strerror or e}") from None
+
+
+def _rmtree(path: Path) -> None:
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap folders ``a`` and ``b`` in one atomic step (Linux ``renameat2``); ``False`` where unsupported."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def _tidy(path: Path) -> None:
+    """Under ``path``'s lock: finish the clean-up of a replacement killed after its swap (a marker left in
+    ``path``, the earlier run left in ``.DIR.netsift-new`` without one)."""
+    if (path / REPLACING).is_file():
+        staged = _staging(path)
+        if staged.is_dir() and not staged.is_symlink() and not (staged / REPLACING).is_file():
+            _rmtree(staged)
+        (path / REPLACING).unlink(missing_ok=True)
+
+
+def recover(path: Path) -> None:
+    """Finish or undo a replacement of ``path`` interrupted where atomic exchange was unavailable."""
+    old, new = _old(path), _staging(path)
+    if path.exists() or not old.is_dir():
+        return
+    if (new / RESULT).is_file() and (new / REPLACING).is_file():
+        os.rename(new, path)
+        (path / REPLACING).unlink(missing_ok=True)
+        _rmtree(old)
+    else:
+        os.rename(old, path)
+
+
+# ----------------------------------------------------------------------------------------------- run folders
+
+class RunFolder:
+    """A run folder being written: :attr:`path` is where to write now, :attr:`final` where the run lives.
+
+    They differ while a run replaces an earlier one (``--overwrite``, :attr:`replacing`): the new run is built in
+    ``.DIR.netsift-new`` and swapped into ``DIR`` by :meth:`commit`. Use it as a context manager: an exception
+    releases the locks (and removes a replacement that has no checkpoint yet).
+    """
+
+    def __init__(self, path: Path, final: Path, locks: list[RunLock], replacing: bool = False,
+                 created: bool = False, fresh: bool = False):
+        self.path, self.final, self.locks, self.replacing = path, final, locks, replacing
+        self.created, self.fresh = created, fresh  # we made the folder / it was empty before this run
+        self.committed = False
+        self.pending_config: dict | None = None  # a resumed run's settings, written when it finishes
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.final)!r}{', building in ' + str(self.path) if self.replacing else ''})"
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(cleanup=isinstance(exc, Exception))
+
+    def _has_progress(self) -> bool:
+        return any((self.path / f"{n}.json").is_file() for n in ("checkpoint", "selection", "model"))
+
+    def commit(self) -> None:
+        """The run is complete: swap a replacement into place, then release the locks."""
+        if self.replacing and not self.committed and self.locks:
+            fault_point("replacement complete")
+            try:
+                if _exchange(self.path, self.final):
+                    fault_point("replacement swapped in")
+                    (self.final / REPLACING).unlink(missing_ok=True)
+                    _rmtree(self.path)  # now the earlier run
+                else:
+                    old = _old(self.final)
+                    _rmtree(old)
+                    os.rename(self.final, old)
+                    fault_point("earlier run moved aside")
+                    os.rename(self.path, self.final)
+                    (self.final / REPLACING).unlink(missing_ok=True)
+                    _rmtree(old)
+            except OSError as e:
+                raise NetsiftError(f"cannot move the new run into {self.final}: {e.strerror or e}") from None
+        self.committed = True
+        self.close()
+
+    def abort(self, cleanup: bool = True) -> None:
+        """The run failed: release the locks; with ``cleanup``, remove what it wrote if it holds no progress."""
+        if cleanup and self.locks and not self.committed and not self._has_progress():
+            if self.replacing:
+                _rmtree(self.path)
+            elif self.created:
+                _rmtree(self.path)
+            elif self.fresh:  # a folder that was empty: leave it empty
+                for name in (CONFIG, "metrics.jsonl", LOCK):
+                    (self.path / name).unlink(missing_ok=True)
+        self.close()
+
+    def close(self) -> None:
+        """Release the locks (idempotent)."""
+        for lock in self.locks:
+            lock.release()
+        self.locks = []
+
+
+def prepare(out: str | Path | None, config: dict, overwrite: bool = False, resume: bool = False,
+            resume_ignores: tuple[str, ...] = ("train.epochs",), force: bool = False,
+            sources: Iterable[str | Path | None] = ()) -> RunFolder:
+    """Create (or reopen with ``resume``) the run folder for ``config``, lock it and write its ``config.json``.
+
+    Without ``out`` the folder is ``runs/<command>-<hash of config>``. A folder holding anything is refused unless
+    ``overwrite`` (the new run is built beside it and replaces it when it finishes; a folder with files that are
+    not a netsift run needs ``force`` too) or ``resume`` (it must hold a run with the same settings, except the
+    dotted keys ``resume_ignores``). ``sources`` are runs the command reads: ``out`` may not be one of them.
+
+    Nothing in an existing folder changes when this raises.
+
+    Raises:
+        NetsiftError: the folder is refused, locked by another writer, or cannot be written.
+    """
+    validate(config, RUN_CONFIG, "run config")
+    path = Path(out) if out else Path("runs") / default_name(config["command"], config)
+    precheck(path, overwrite, resume, force, sources, look=False)
+    if not is_main_process():  # other ranks write nothing; resuming, they read where the main process writes
+        staged = _staging(path)
+        where = staged if (overwrite or (resume and (staged / REPLACING).is_file())) else path
+        return RunFolder(where, path, [], replacing=where != path)
+    try:
+        recover(path)
+    except OSError as e:
+        raise NetsiftError(f"cannot repair {path} after an interrupted replacement: {e.strerror or e}") from None
     if resume:
-        if not (path / CONFIG).is_file():
+        return _reopen(path, config, resume_ignores)
+    if path.is_dir() and not _is_empty(path):
+        precheck(path, overwrite, resume, force, sources)
+        _writable(path)
+        return _replace(path, config)
+    created = _mkdir(path)
+    _writable(path)
+    lock = RunLock(path)
+    run = RunFolder(path, path, [lock], created=created, fresh=True)
+    try:
+        if not _is_empty(path):  # another process wrote here between our look and our lock
+            raise NetsiftError(f"--out {path} is not empty; pass --overwrite to replace it or --resume to continue it")
+        _write_config(run, config)
+    except BaseException:
+        run.abort()
+        raise
+    return run
+
+
+def precheck(out: str | Path, overwrite: bool = False, resume: bool = False, force: bool = False,
+             sources: Iterable[str | Path | None] = (), look: bool = True) -> None:
+    """The checks of :func:`prepare` that need no lock, to refuse a bad ``--out`` before any work; changes nothing.
+
+    ``look=False`` checks only the flags and the path itself, not what the folder holds.
+    """
+    if overwrite and resume:
+        raise NetsiftError("give --overwrite (start again) or --resume (continue), not both")
+    path = Path(out)
+    check_out(path, sources)
+    if not look:
+        return
+    if resume:
+        if not (path / CONFIG).is_file() and not (_staging(path) / REPLACING).is_file():
             raise NetsiftError(f"--resume: no run to resume in {path} ({CONFIG} missing)")
-        check_resume_config(path, config, resume_ignores)
-        atomic_write_json(path / CONFIG, config)
-        return path
-    if path.is_dir() and any(path.iterdir()):
+        return
+    if path.is_dir() and not _is_empty(path):
         if not overwrite:
             raise NetsiftError(f"--out {path} is not empty; pass --overwrite to replace it or --resume to continue it")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path / CONFIG, config)
-    return path
+        if not is_run(path) and not force:
+            foreign = foreign_entries(path)
+            what = f"{foreign[0]!r}" if foreign else "no config.json"
+            raise NetsiftError(f"--out {path} holds files that are not a netsift run ({what}); pass --force to "
+                               "replace it anyway")
+
+
+def _write_config(run: RunFolder, config: dict) -> None:
+    data = json_bytes(config)
+    target = run.path / CONFIG
+    if not (target.is_file() and target.read_bytes() == data):
+        atomic_write_bytes(target, data)
+
+
+def _replace(path: Path, config: dict) -> RunFolder:
+    """Lock the earlier run in ``path`` and start the new one beside it (in ``.DIR.netsift-new``)."""
+    old_lock = RunLock(path)
+    staging = _staging(path)
+    locks = [old_lock]
+    try:
+        _tidy(path)
+        if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
+            raise NetsiftError(f"{staging} is in the way of the new run; remove it")
+        if staging.exists():  # an abandoned replacement: ours to discard once nobody writes it
+            RunLock(staging).release()
+            _rmtree(staging)
+        _mkdir(staging)
+        locks.append(RunLock(staging))
+        atomic_write_bytes(staging / REPLACING, f"replaces {path.name}\n".encode())
+        run = RunFolder(staging, path, locks, replacing=True)
+        _write_config(run, config)
+        return run
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        if staging.is_dir() and not staging.is_symlink():
+            _rmtree(staging)
+        raise
+
+
+def _reopen(path: Path, config: dict, ignores: tuple[str, ...]) -> RunFolder:
+    """Reopen an interrupted run for ``--resume``: an unfinished replacement of ``path`` first, else ``path``."""
+    staging = _staging(path)
+    if (staging / REPLACING).is_file() and (staging / CONFIG).is_file() and not staging.is_symlink():
+        try:
+            check_resume_config(staging, config, ignores)
+        except NetsiftError:
+            pass  # not this command's replacement: resume the run in path itself
+        else:
+            locks = [RunLock(path)] if path.is_dir() else []
+            try:
+                locks.append(RunLock(staging))
+                return _resumable(RunFolder(staging, path, locks, replacing=True), config, ignores)
+            except BaseException:
+                for lock in locks:
+                    lock.release()
+                raise
+    if not (path / CONFIG).is_file():
+        raise NetsiftError(f"--resume: no run to resume in {path} ({CONFIG} missing)")
+    _writable(path)
+    run = RunFolder(path, path, [RunLock(path)])
+    try:
+        _tidy(path)
+        return _resumable(run, config, ignores)
+    except BaseException:
+        run.close()
+        raise
+
+
+def _resumable(run: RunFolder, config: dict, ignores: tuple[str, ...]) -> RunFolder:
+    """Check (under the lock) that ``run`` holds this run and readable resume state; update its config."""
+    check_resume_config(run.path, config, ignores)
+    for stem, schema in RESUME_FILES.items():
+        if (run.path / f"{stem}.json").is_file():
+            read_json(run.path / f"{stem}.json", f"{stem} metadata", schema)
+    run.pending_config = config  # written when the run finishes: a resume that fails changes nothing
+    return run
 
 
 def check_resume_config(run_dir: Path, config: dict, ignore: tuple[str, ...] = ("train.epochs",)) -> None:
     """Refuse to resume a run whose saved settings differ from ``config`` (except the dotted keys ``ignore``)."""
-    saved = read_json(run_dir / CONFIG, "run config")
+    saved = read_run_config(run_dir)
 
     def walk(a: Any, b: Any, path: str) -> None:
         if path in ignore:
@@ -83,6 +473,22 @@ def check_resume_config(run_dir: Path, config: dict, ignore: tuple[str, ...] = (
     walk(saved, json.loads(json.dumps(config, default=str)), "")
 
 
+def read_run_config(run_dir: str | Path) -> dict:
+    """``config.json`` of a run folder, checked against its schema."""
+    return read_json(Path(run_dir) / CONFIG, "run config", RUN_CONFIG)
+
+
+def open_run(out: str | Path | bool | None, config: dict, **kwargs: Any):
+    """:func:`prepare` when ``out`` names a folder (``True``: the default name), else a context yielding ``None``."""
+    import contextlib
+
+    if out is None or out is False:
+        return contextlib.nullcontext(None)
+    return prepare(None if out is True else out, config, **kwargs)
+
+
+# -------------------------------------------------------------------------------------------- models and results
+
 def describe_model(model: nn.Module) -> dict:
     """The manifest of a zoo network, or ``{"model": "custom:<class>"}`` for any other module."""
     return manifest_of(model) or {"model": f"custom:{type(model).__qualname__}"}
@@ -92,7 +498,8 @@ def save_model(run_dir: str | Path, model: nn.Module, manifest: dict | None = No
     """Save ``model``'s weights as ``<name>.safetensors`` and its manifest (with every layer's size) as ``<name>.json``.
 
     A zoo network's manifest rebuilds it (:func:`load_model`); for your own module the file records the layer
-    sizes, so :func:`load_weights` can resize a fresh instance of it and load the weights.
+    sizes, so :func:`load_weights` can resize a fresh instance of it and load the weights. Both files appear as
+    one unit (:func:`netsift.checkpoint.save_checkpoint`); NaN or infinite weights are refused.
     """
     manifest = dict(manifest or describe_model(model))
     manifest["modules"] = module_sizes(model)
@@ -102,9 +509,7 @@ def save_model(run_dir: str | Path, model: nn.Module, manifest: dict | None = No
 def _read_model(path: str | Path) -> tuple[dict, dict, Path]:
     path = Path(path)
     stem = path / "model" if path.is_dir() else path.with_suffix("")
-    tensors, meta = load_checkpoint(stem)
-    if not isinstance(meta.get("manifest"), dict):
-        raise NetsiftError(f"{stem}.json has no model manifest")
+    tensors, meta = load_checkpoint(stem, "model", MODEL_FILE)
     return tensors, meta["manifest"], stem
 
 
@@ -144,8 +549,11 @@ def _load_state(model: nn.Module, tensors: dict, stem: Path, what: Any) -> None:
         raise NetsiftError(f"{stem}.safetensors does not fit model {what}: {str(e).splitlines()[0]}") from None
 
 
-def write_result(run_dir: str | Path | None, result: dict) -> dict:
-    """Complete ``result`` with the versions and write it as ``result.json`` (atomically) when there is a folder."""
+def write_result(run_dir: RunFolder | str | Path | None, result: dict) -> dict:
+    """Complete ``result`` with the versions and write it as ``result.json`` (atomically) when there is a folder.
+
+    For a :class:`RunFolder` this finishes the run: a replacement is swapped into place and the locks released.
+    """
     unknown = set(result) - set(RESULT_KEYS)
     if unknown:
         raise ValueError(f"result has keys outside the schema: {sorted(unknown)}")
@@ -153,16 +561,22 @@ def write_result(run_dir: str | Path | None, result: dict) -> dict:
               "torch_version": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if run_dir is not None:
-        result["run_dir"] = str(run_dir)
-        atomic_write_json(Path(run_dir) / RESULT, result)
+        final = run_dir.final if isinstance(run_dir, RunFolder) else run_dir
+        result["run_dir"] = str(final)
+        if is_main_process():
+            if isinstance(run_dir, RunFolder) and run_dir.pending_config is not None:
+                _write_config(run_dir, run_dir.pending_config)
+            atomic_write_bytes(Path(run_dir) / RESULT, json_bytes(result))
+        if isinstance(run_dir, RunFolder):
+            run_dir.commit()
     return result
 
 
-def read_json_if(path: str | Path) -> Any:
+def read_json_if(path: str | Path, schema: Any = None) -> Any:
     """A JSON file's contents, ``None`` when it does not exist (corrupt files are a one-line error)."""
-    return read_json(path, "file") if Path(path).is_file() else None
+    return read_json(path, "file", schema) if Path(path).is_file() else None
 
 
 def read_result(run_dir: str | Path) -> dict:
     """``result.json`` of a run folder."""
-    return read_json(Path(run_dir) / RESULT, "result")
+    return read_json(Path(run_dir) / RESULT, "result", RESULT_FILE)

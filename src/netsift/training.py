@@ -22,12 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from . import progress as _progress
-from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from .checkpoint import atomic_write_bytes, flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .config import TrainConfig
 from .data import DataBundle
 from .errors import NetsiftError
 from .measure import check_labels, evaluate, run_model
 from .tracking import Trackers
+from .schema import BEST_CHECKPOINT, TRAIN_CHECKPOINT
 
 CHECKPOINT = "checkpoint"
 BEST = "best"
@@ -187,10 +188,10 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
     callbacks = list(callbacks)
     cfg = cfg.resolved()
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               **trackers.accelerator_kwargs())
+    if run_dir is not None and accelerator.is_main_process:  # only the main process writes the run folder
+        run_dir.mkdir(parents=True, exist_ok=True)
     if groups is None:
         groups = [OptimGroup("all", [p for p in model.parameters() if p.requires_grad])]
     groups = [g for g in groups if g.params]
@@ -200,6 +201,7 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
     for opt in optimizers:
         for pg in opt.param_groups:
             pg["peak_lr"] = pg["lr"]
+    trained = [p for g in groups for p in g.params]
     prepared = accelerator.prepare(model, *optimizers)
     model, optimizers = prepared[0], list(prepared[1:])
     loss_fn = loss_fn or default_loss(cfg.label_smoothing)
@@ -218,7 +220,7 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        if run_dir is not None:
+        if run_dir is not None and accelerator.is_main_process:
             (run_dir / METRICS).unlink(missing_ok=True)
 
     t_start = time.perf_counter()
@@ -255,6 +257,7 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
             accelerator.backward(loss)
             for opt in optimizers:
                 opt.step()
+            _check_step(trained, accelerator.unwrap_model(model), epoch, i)
             step += 1
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
@@ -263,9 +266,11 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
                 cb.on_step_end(step, loss.item())
             report.update(1, loss=loss_sum / seen)
         epoch_time = time.perf_counter() - t0
-        bad = [n for n, p in accelerator.unwrap_model(model).named_parameters() if not torch.isfinite(p).all()]
+        unwrapped = accelerator.unwrap_model(model)
+        bad = [n for n, t in [*unwrapped.named_parameters(), *unwrapped.named_buffers()]
+               if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
-            raise NetsiftError(f"parameter {bad[0]} became non-finite in epoch {epoch + 1}; lower the learning rate "
+            raise NetsiftError(f"{bad[0]} became non-finite in epoch {epoch + 1}; lower the learning rate "
                                "(the last good checkpoint is kept)")
         train_time += epoch_time
         images_seen += seen
@@ -305,6 +310,16 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
     return result
 
 
+def _check_step(params: list[nn.Parameter], model: nn.Module, epoch: int, i: int) -> None:
+    """Stop the run at the first optimizer step that leaves a trained parameter NaN or infinite."""
+    if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        return
+    names = {id(p): n for n, p in model.named_parameters()}
+    bad = next((names.get(id(p), "a parameter") for p in params if not torch.isfinite(p).all()), "a parameter")
+    raise NetsiftError(f"{bad} became non-finite at epoch {epoch + 1}, step {i + 1}; lower the learning rate "
+                       "(the last good checkpoint is kept)")
+
+
 def _save(run_dir: Path, accelerator, model, optimizers, callbacks, epoch, step, result, since_best, stopped):
     tensors = {f"model.{k}": v for k, v in accelerator.unwrap_model(model).state_dict().items()}
     opt_meta = [flatten_state(f"opt{i}", opt.state_dict(), tensors) for i, opt in enumerate(optimizers)]
@@ -318,26 +333,34 @@ def _save(run_dir: Path, accelerator, model, optimizers, callbacks, epoch, step,
 
 
 def _restore(run_dir: Path, accelerator, model, optimizers, callbacks, result: FitResult):
-    tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        accelerator.unwrap_model(model).load_state_dict(state)
-    except RuntimeError as e:
-        raise NetsiftError(f"checkpoint in {run_dir} does not fit this model: {str(e).splitlines()[0]}") from None
-    if len(meta["optimizers"]) != len(optimizers):
-        raise NetsiftError(f"checkpoint in {run_dir} has {len(meta['optimizers'])} optimizers, expected {len(optimizers)}")
-    for opt, m in zip(optimizers, meta["optimizers"]):
-        opt.load_state_dict(unflatten_state(m, tensors))
-    for cb, m in zip(callbacks, meta["callbacks"]):
-        cb.load_state_dict(unflatten_state(m, tensors))
-    _set_rng_state(tensors, meta["rng"])
-    result.history = meta["history"]
-    result.best_val_acc, result.best_epoch = meta["best_val_acc"], meta["best_epoch"]
-    lines = [json.dumps(r) for r in result.history]
-    (run_dir / METRICS).write_text("".join(line + "\n" for line in lines))
+    tensors, meta = load_checkpoint(run_dir / CHECKPOINT, "checkpoint", TRAIN_CHECKPOINT)
     best_state = None
     if (run_dir / f"{BEST}.json").exists():
-        best_state, _ = load_checkpoint(run_dir / BEST)
+        best_state, _ = load_checkpoint(run_dir / BEST, "best checkpoint", BEST_CHECKPOINT)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    unwrapped = accelerator.unwrap_model(model)
+    for what, saved in (("checkpoint", state), ("best checkpoint", best_state)):
+        if saved is not None and set(saved) != set(unwrapped.state_dict()):
+            raise NetsiftError(f"{what} in {run_dir} does not fit this model (its tensors have other names)")
+    if len(meta["optimizers"]) != len(optimizers):
+        raise NetsiftError(f"checkpoint in {run_dir} has {len(meta['optimizers'])} optimizers, expected {len(optimizers)}")
+    try:
+        unwrapped.load_state_dict(state)
+        for opt, m in zip(optimizers, meta["optimizers"]):
+            opt.load_state_dict(unflatten_state(m, tensors))
+        for cb, m in zip(callbacks, meta["callbacks"]):
+            cb.load_state_dict(unflatten_state(m, tensors))
+        _set_rng_state(tensors, meta["rng"])
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NetsiftError(f"checkpoint in {run_dir} does not fit this run: {why}") from None
+    result.history = meta["history"]
+    result.best_val_acc, result.best_epoch = meta["best_val_acc"], meta["best_epoch"]
+    if result.best_val_acc is None:
+        result.best_val_acc = float("nan")
+    lines = [json.dumps(r) for r in result.history]
+    if accelerator.is_main_process:
+        atomic_write_bytes(run_dir / METRICS, "".join(line + "\n" for line in lines).encode())
     epoch = meta["epoch"]
     if meta.get("stopped"):
         epoch = 10**9  # the run had already stopped early: nothing left to train

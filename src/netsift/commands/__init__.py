@@ -17,7 +17,10 @@ def add_run_flags(parser: argparse.ArgumentParser, resume: bool = True, data_see
                        help=f"seed of the train/validation split (default: {data_seed_default})")
     group.add_argument("--out", metavar="DIR", help="run folder for result.json and checkpoints "
                                                     "(default: runs/<command>-<hash of the settings>)")
-    group.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (the new run is built beside it and replaces it when it finishes)")
+    group.add_argument("--force", action="store_true",
+                       help="with --overwrite: replace --out even if it holds files that are not a netsift run")
     if resume:
         group.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     group.add_argument("--log-with", nargs="+", choices=TRACKERS, metavar="TRACKER",

@@ -29,10 +29,19 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import netsift
     from ..config import TrainConfig
+    from ..errors import NetsiftError
+    from ..rundir import check_out
     from ..selection import finetune_defaults
 
     t0 = time.perf_counter()
     out = Path(args.out)
+    check_out(out)
+    ours = ("dense", "gfs", "gumbel", "edge-popup")
+    for sub in ours:
+        check_out(out / sub)
+    if out.is_dir() and any(e.name not in ours and not (e.name.startswith(".") and ".netsift-" in e.name)
+                            for e in out.iterdir()):
+        raise NetsiftError(f"--out {out} holds other files than the demo's runs; give an empty or new folder")
     dense = netsift.train("lenet300", "digits", epochs=15, batch_size=64, lr=0.05, seed=args.seed, out=out / "dense",
                           overwrite=True)
     rows = [{"step": "dense lenet300", **dense.to_dict()}]

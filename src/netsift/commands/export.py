@@ -66,21 +66,53 @@ def export(src: str | Path, fmt: str, out: str | Path | None = None, overwrite: 
     targets = [out.with_suffix(".safetensors"), out.with_suffix(".json")] if fmt == "safetensors" else [out]
     if fmt == "safetensors" and "." in out.with_suffix("").name:
         raise NetsiftError(f"--out {out}: name the safetensors file without extra dots, e.g. dense.safetensors")
+    for t in {out, *targets}:
+        if t.is_symlink():
+            raise NetsiftError(f"--out {t} is a symbolic link; give the real file name")
+        if t.is_dir():
+            raise NetsiftError(f"--out {t} is a folder; give a file name (e.g. {t / default_out(src, fmt).name})")
+    if src.is_dir() and src.resolve() in {t.resolve() for t in targets}:
+        raise NetsiftError(f"--out {out} is a file of the run being exported")
+    if src.is_dir() and fmt == "safetensors" and out.with_suffix("").name in ("model", "checkpoint", "best", "subnet",
+                                                                             "selection"):
+        if out.parent.resolve() == src.resolve():
+            raise NetsiftError(f"--out {out} would replace the run's own {out.with_suffix('').name} files")
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
         raise NetsiftError(f"{existing[0]} exists; pass --overwrite to replace it")
-    if fmt == "compact":
-        if src.is_file():
-            raise NetsiftError(f"{src} is a file: compact export needs a run folder of `netsift extract`")
-        return write_compact(src, out)
-    model, manifest = load_source(src)
-    if fmt == "safetensors":
-        save_model(out.parent, model, manifest, name=out.with_suffix("").name)
-    else:
-        from ..onnx_export import export_onnx
+    if fmt == "compact" and src.is_file():
+        raise NetsiftError(f"{src} is a file: compact export needs a run folder of `netsift extract`")
+    with _lock_if_run(out.parent):
+        if fmt == "compact":
+            return write_compact(src, out)
+        model, manifest = load_source(src)
+        if fmt == "safetensors":
+            save_model(out.parent, model, manifest, name=out.with_suffix("").name)
+        else:
+            from ..onnx_export import export_onnx
 
-        export_onnx(model, (manifest["in_channels"], manifest["image_size"], manifest["image_size"]), out)
-    return {"path": str(targets[0]), "bytes": targets[0].stat().st_size, "dense_bytes": dense_bytes(model)}
+            export_onnx(model, (manifest["in_channels"], manifest["image_size"], manifest["image_size"]), out)
+        return {"path": str(targets[0]), "bytes": targets[0].stat().st_size, "dense_bytes": dense_bytes(model)}
+
+
+def _lock_if_run(folder: Path):
+    """The run folder's lock while an export writes into it (no other netsift process writes it meanwhile)."""
+    import contextlib
+
+    from ..rundir import RunLock, is_run
+
+    if not is_run(folder):
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def held():
+        lock = RunLock(folder)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    return held()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     result = extract(model_cfg.model, from_args(DataConfig, args), mask.method, mask.density, init=mask.init,
                      config=from_args(TrainConfig, args), seed=args.seed, data_seed=args.data_seed,
                      width=model_cfg.width, recalibrate_bn_batches=args.recalibrate_bn, out=out_arg(args),
-                     overwrite=args.overwrite, resume=args.resume, log_with=args.log_with, **shared, **mask.options)
+                     overwrite=args.overwrite, resume=args.resume, force=args.force, log_with=args.log_with,
+                     **shared, **mask.options)
     print(format_table([result], ["method", "model", "data", "test_acc", "val_acc", "density", "params", "wall_s"]))
     print(f"run saved in {result.run_dir}")
     return 0

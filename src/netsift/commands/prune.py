@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 
 from ..config import DataConfig, TrainConfig, add_flags, add_method_options, from_args, method_args
 from ..errors import NetsiftError
@@ -28,15 +29,16 @@ def add_parser(sub) -> None:
               default_help={"data": "the checkpoint's, else digits", "val_fraction": "the checkpoint's, else 0.1",
                             "train_subset": "the checkpoint's, else all", "download": "off"})
     add_flags(p, TrainConfig, defaults=finetune_defaults(), skip=("epochs", "patience"))
-    add_run_flags(p, resume=False, data_seed_default="the checkpoint's, else --seed")
+    add_run_flags(p, data_seed_default="the checkpoint's, else --seed")
     p.set_defaults(run=run)
 
 
 def _run_data(run_dir: str, given: dict) -> DataConfig:
     """The checkpoint run's data settings with the given flags on top (the pipeline refuses any that differ)."""
     from ..rundir import CONFIG, read_json_if
+    from ..schema import RUN_CONFIG
 
-    saved = (read_json_if(f"{run_dir}/{CONFIG}") or {}).get("data")
+    saved = (read_json_if(f"{run_dir}/{CONFIG}", RUN_CONFIG) or {}).get("data")
     base = {k: v for k, v in saved.items() if k in ("data", "data_dir", "val_fraction", "train_subset", "download")} \
         if isinstance(saved, dict) and saved.get("data") not in (None, "custom") else {}
     return DataConfig(**{**base, **given})
@@ -49,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None and args.model is None:
         raise NetsiftError("give --checkpoint RUN_DIR (a netsift train run) or --model NAME")
+    if not (math.isfinite(args.width) and 0 < args.width <= 64):
+        raise NetsiftError(f"--width must be in (0, 64], got {args.width}")
     cfg = from_args(PruneConfig, args, options=method_args(args, METHODS))
     given = {k: getattr(args, k) for k in ("data", "data_dir", "val_fraction", "train_subset", "download")
              if getattr(args, k) is not None}
@@ -68,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("method", "macs", "options")}
     finetune = from_args(TrainConfig, args, epochs=max(1, cfg.finetune_epochs))
     result = prune(source, data, cfg.method, cfg.macs, finetune=finetune, seed=args.seed, data_seed=args.data_seed,
-                   width=args.width, out=out_arg(args), overwrite=args.overwrite, log_with=args.log_with,
-                   **settings, **cfg.options)
+                   width=args.width, out=out_arg(args), overwrite=args.overwrite, resume=args.resume,
+                   force=args.force, log_with=args.log_with, **settings, **cfg.options)
     rows = [{"stage": "before", "test_acc": result.source_test_acc, "macs": result.source_macs,
              "params": result.source_params, "lat_b1_ms": result.source_latency_b1_ms,
              "lat_b64_ms": result.source_latency_b64_ms},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -39,7 +40,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise NetsiftError(f"{path} is truncated (header)")
     shape = struct.unpack(">" + "I" * ndim, raw[4:header])
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if len(raw) - header != expected:
         raise NetsiftError(f"{path} holds {len(raw) - header} data bytes, expected {expected} for shape {shape}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).copy()
@@ -59,7 +60,10 @@ def read_cifar_binary(files: Sequence[Path], label_bytes: int, label_index: int)
     record = label_bytes + 3072
     images, labels = [], []
     for f in files:
-        raw = np.fromfile(f, dtype=np.uint8)
+        try:
+            raw = np.fromfile(f, dtype=np.uint8)
+        except OSError as e:
+            raise NetsiftError(f"cannot read CIFAR file {f}: {e.strerror or e}") from None
         if raw.size % record:
             raise NetsiftError(f"{f} is not a CIFAR binary batch (size {raw.size} is not a multiple of {record})")
         raw = raw.reshape(-1, record)

@@ -202,21 +202,54 @@ class UserLoader:
             yield check_pair(batch, self.split)
 
 
-def batch_stream(make_loader: Callable[[], Any]) -> Callable[[], tuple[Tensor, Tensor]]:
-    """A function returning the next batch of ``make_loader()``'s loader at each call, epoch after epoch."""
-    loader = make_loader()
-    state = {"epoch": 0, "it": None}
+class BatchStream:
+    """Returns the next batch of a loader at each call, epoch after epoch; its position can be saved and restored.
 
-    def next_batch():
+    :meth:`state` is ``{"epoch": e, "taken": n}`` (n batches of epoch e handed out); :meth:`restore` continues
+    from such a state exactly (the skipped batches are drawn again and dropped), so an interrupted greedy
+    selection resumes with the same minibatches.
+    """
+
+    def __init__(self, make_loader: Callable[[], Any]):
+        self.loader = make_loader()
+        self.epoch, self.taken, self._it = 0, 0, None
+
+    def __call__(self) -> tuple[Tensor, Tensor]:
         for _ in range(2):
-            if state["it"] is None:
-                loader.set_epoch(state["epoch"])
-                state["it"] = iter(loader)
+            if self._it is None:
+                self._start()
             try:
-                return next(state["it"])
+                batch = next(self._it)
             except StopIteration:
-                state["epoch"] += 1
-                state["it"] = None
+                self.epoch, self.taken, self._it = self.epoch + 1, 0, None
+                continue
+            self.taken += 1
+            return batch
         raise NetsiftError("the training split yields no batches")
 
-    return next_batch
+    def _start(self, skip: int = 0) -> None:
+        self.loader.set_epoch(self.epoch)
+        self._it = iter(self.loader)
+        for _ in range(skip):
+            next(self._it)
+
+    def state(self) -> dict:
+        """Where the stream is: ``{"epoch": ..., "taken": ...}``."""
+        return {"epoch": self.epoch, "taken": self.taken}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a :meth:`state` of a stream over the same loader.
+
+        Raises:
+            NetsiftError: the state lies beyond the end of its epoch (it belongs to other data).
+        """
+        epoch, taken = int(state["epoch"]), int(state["taken"])
+        if taken > len(self.loader):
+            raise NetsiftError(f"saved position {taken} lies beyond the {len(self.loader)} batches of an epoch")
+        self.epoch, self.taken = epoch, taken
+        self._start(skip=taken)
+
+
+def batch_stream(make_loader: Callable[[], Any]) -> BatchStream:
+    """A function returning the next batch of ``make_loader()``'s loader at each call, epoch after epoch."""
+    return BatchStream(make_loader)

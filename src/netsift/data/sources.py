@@ -48,8 +48,13 @@ def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[TensorDatas
             f"{hint}put the four IDX files there, or pass --download"
         )
     xtr, ytr, xte, yte = (read_idx(f) for f in files)
-    if xtr.ndim != 3 or xte.ndim != 3 or xtr.shape[1:] != xte.shape[1:]:
+    if xtr.ndim != 3 or xte.ndim != 3 or xtr.shape[1:] != xte.shape[1:] or min(xtr.shape[1:], default=0) < 1:
         raise NetsiftError(f"{name}: image files have unexpected shapes {xtr.shape} and {xte.shape}")
+    for images, labels, f_img, f_lab in ((xtr, ytr, files[0], files[1]), (xte, yte, files[2], files[3])):
+        if images.dtype != np.uint8:
+            raise NetsiftError(f"{f_img} holds {images.dtype} values, not the 8-bit pixels of an image file")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise NetsiftError(f"{f_lab} holds labels of shape {labels.shape} for {len(images)} images in {f_img}")
     to = lambda x, y: TensorDataset(torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
     return to(xtr, ytr), to(xte, yte)
 
@@ -143,6 +148,9 @@ def load_data(name: str, data_dir: str | None = None, seed: int = 0, val_fractio
         train, test = _load_mnist_like(name, root, download)
     else:
         train, test = _load_cifar(name, root, download)
+    for split, ds in (("training", train), ("test", test)):
+        if not len(ds):
+            raise NetsiftError(f"{name}: the {split} files hold no images")
     classes = info.classes or int(max(train.labels.max(), test.labels.max())) + 1
     for split, ds in (("training", train), ("test", test)):
         if len(ds) and (int(ds.labels.min()) < 0 or int(ds.labels.max()) >= classes):

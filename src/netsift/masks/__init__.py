@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._lazy import lazy_exports
-from ..config import TrainConfig, check_finite, method_options, opt
+from ..config import TrainConfig, check_finite, check_types, method_options, opt
 from ..errors import NetsiftError, check_density, choose
 from .methods import INIT_SCHEMES, METHODS, RESCALES, MaskMethod, check_scheme
 
@@ -59,6 +59,7 @@ class MaskConfig:
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's own settings"})
 
     def __post_init__(self):
+        check_types(self)
         choose(self.method, METHODS, "method")
         check_scheme(self.init)
         check_finite(self)

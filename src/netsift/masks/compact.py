@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from ..errors import NetsiftError
 from ..models import prunable_layers
 from ..models import build_from_manifest
 from . import COMPACT_SUFFIX as SUFFIX
+from ..schema import (COMPACT_HEADER, MODEL_FILE, RESULT_FILE, RUN_CONFIG, SUBNET_FILE, check_manifest, max_params,
+                      network_numel, validate)
 from .frozen import bake_weight, check_scheme, frozen_network, weights_sha256
 
 MAGIC = b"\x89NSC\r\n\x1a\n"
@@ -173,12 +176,19 @@ def from_bytes(data: bytes, origin: str = "<bytes>") -> CompactSubnet:
     _, version, head_len = _PREFIX.unpack_from(data)
     if version != FORMAT_VERSION:
         raise NetsiftError(f"{origin} has compact format version {version}; this netsift reads version {FORMAT_VERSION}")
+    if _PREFIX.size + head_len > len(data) - _DIGEST:
+        raise NetsiftError(f"{origin} is a malformed compact file: its header runs past the end")
     try:
         header = json.loads(data[_PREFIX.size:_PREFIX.size + head_len])
+    except (ValueError, RecursionError) as e:
+        raise NetsiftError(f"{origin} is a malformed compact file: header is not JSON ({e})") from None
+    validate(header, COMPACT_HEADER, f"the header of {origin}")  # types and sizes before anything is built
+    _check_sizes(header, origin)
+    try:
         payload = data[_PREFIX.size + head_len:-_DIGEST]
         if len(payload) != header["payload_bytes"]:
             raise ValueError("payload length differs from the header's")
-        raw = _CODECS[header["codec"]][1](payload)
+        raw = _decompress(header["codec"], payload, header["raw_bytes"])
         if len(raw) != header["raw_bytes"]:
             raise ValueError("decompressed payload length differs from the header's")
         masks, scales, extras, pos = {}, {}, {}, 0
@@ -205,6 +215,33 @@ def from_bytes(data: bytes, origin: str = "<bytes>") -> CompactSubnet:
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError, zlib.error, lzma.LZMAError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise NetsiftError(f"{origin} is a malformed compact file: {why}") from None
+
+
+def _check_sizes(header: dict, origin: str) -> None:
+    """The payload the header promises must be what its layers and extras need, and of a plausible size."""
+    check_manifest(header["manifest"], f"the model manifest in {origin}")
+    numel = network_numel(header["manifest"]) or max_params()
+    weights = sum(math.prod(layer["shape"]) for layer in header["layers"])
+    extras = sum(math.prod(e["shape"]) for e in header["extras"])
+    if weights > numel or extras > numel:
+        raise NetsiftError(f"{origin} is a malformed compact file: its masks and extras hold more values than its "
+                           f"network has ({numel:,})")
+    need = sum((math.prod(layer["shape"]) + 7) // 8 for layer in header["layers"])
+    need += sum(math.prod(e["shape"]) * _DTYPES[e["dtype"]].itemsize for e in header["extras"])
+    if need != header["raw_bytes"]:
+        raise NetsiftError(f"{origin} is a malformed compact file: its layers need {need:,} payload bytes, the "
+                           f"header says {header['raw_bytes']:,}")
+
+
+def _decompress(codec: str, payload: bytes, expected: int) -> bytes:
+    """Decompress at most ``expected`` + 1 bytes (a compression bomb stops there)."""
+    if codec == "none":
+        return payload
+    if codec == "zlib":
+        d = zlib.decompressobj()
+        return d.decompress(payload, expected + 1)
+    d = lzma.LZMADecompressor()
+    return d.decompress(payload, max_length=expected + 1)
 
 
 def read_compact(path: str | Path) -> CompactSubnet:
@@ -262,7 +299,7 @@ def read_run_subnet(run_dir: str | Path) -> CompactSubnet:
     if not (run_dir / "subnet.json").is_file():
         raise NetsiftError(f"{run_dir} has no subnet.json: only runs made by `netsift extract` export as compact "
                            f"(use --format safetensors or onnx)")
-    tensors, meta = load_checkpoint(run_dir / "subnet")
+    tensors, meta = load_checkpoint(run_dir / "subnet", "subnet", SUBNET_FILE)
     try:
         manifest, init = meta["manifest"], meta["init"]
         check_scheme(init["scheme"]), int(init["seed"])
@@ -277,8 +314,8 @@ def read_run_subnet(run_dir: str | Path) -> CompactSubnet:
     bad = [n for n, m in masks.items() if m.dtype != torch.bool]
     if bad:
         raise NetsiftError(f"{run_dir}/subnet.safetensors: mask {bad[0]} is {masks[bad[0]].dtype}, not bool")
-    config = read_json(run_dir / "config.json", "run config") if (run_dir / "config.json").is_file() else {}
-    result = read_json(run_dir / "result.json", "result") if (run_dir / "result.json").is_file() else {}
+    config = read_json(run_dir / "config.json", "run config", RUN_CONFIG) if (run_dir / "config.json").is_file() else {}
+    result = read_json(run_dir / "result.json", "result", RESULT_FILE) if (run_dir / "result.json").is_file() else {}
     data_cfg = config.get("data") if isinstance(config.get("data"), dict) else None
     data = meta.get("data", config.get("data"))
     info = {"method": meta.get("method", config.get("method")),
@@ -291,7 +328,7 @@ def read_run_subnet(run_dir: str | Path) -> CompactSubnet:
         raise NetsiftError(f"regenerated weights do not match {run_dir}/subnet.json: the run was made with another "
                            f"netsift/torch version or was altered")
     if (run_dir / "model.safetensors").is_file():
-        saved, _ = load_checkpoint(run_dir / "model")
+        saved, _ = load_checkpoint(run_dir / "model", "model", MODEL_FILE)
         rebuilt = rebuild(subnet, str(run_dir)).state_dict()
         diff = [k for k in rebuilt if k not in saved or not torch.equal(saved[k], rebuilt[k])]
         diff += sorted(set(saved) - set(rebuilt))

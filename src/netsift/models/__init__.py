@@ -195,15 +195,16 @@ def build_from_manifest(manifest: dict) -> nn.Module:
     whose channels were removed). Those modules are rebuilt at the recorded sizes, so a pruned network loads
     with plain PyTorch modules and no pruning code. The network carries the manifest (:func:`manifest_of`).
     """
+    from ..schema import check_manifest
     from ..surgery import apply_module_sizes
 
-    if not isinstance(manifest, dict):
-        raise NetsiftError(f"a model manifest must be a JSON object, got {type(manifest).__name__}")
+    check_manifest(manifest)  # types, required keys, sizes and the parameter count, before anything is built
     try:
         model = build_model(manifest["model"], manifest["in_channels"], manifest["image_size"],
                             manifest["num_classes"], manifest.get("width", 1.0), **manifest.get("kwargs", {}))
-    except KeyError as e:
-        raise NetsiftError(f"model manifest lacks {e}") from None
+    except TypeError as e:
+        raise NetsiftError(f"model manifest of {manifest['model']} has arguments its builder does not take: "
+                           f"{str(e).splitlines()[0]}") from None
     if manifest.get("modules"):
         apply_module_sizes(model, manifest["modules"])
     setattr(model, MANIFEST_ATTR, dict(manifest))

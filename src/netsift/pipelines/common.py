@@ -24,6 +24,13 @@ def check_seed(seed: Any, what: str = "seed") -> int:
     return seed
 
 
+def check_width(width: Any) -> float:
+    """``width`` as a float in (0, 64], or a one-line error."""
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 64:
+        raise NetsiftError(f"width must be a number in (0, 64], got {width!r}")
+    return float(width)
+
+
 def bundle_for(data: Any, data_seed: int, val_fraction: float = 0.1) -> DataBundle:
     """The data as a :class:`DataBundle` (see :func:`netsift.data.as_bundle`)."""
     return as_bundle(data, seed=data_seed, val_fraction=val_fraction)

@@ -12,6 +12,7 @@ from ..errors import NetsiftError
 from ..masks.compact import read_compact, rebuild
 from ..measure import measure
 from ..progress import observed
+from ..schema import RESULT_FILE
 
 
 @observed
@@ -37,9 +38,9 @@ def evaluate(path: str | Path, data: str | None = None, data_dir: str | None = N
         saved = saved if isinstance(saved, dict) else {"data": saved or data}
         seed, saved_acc = subnet.info.get("seed", 0), subnet.info.get("test_acc")
     else:
-        config = rundir.read_json_if(path / rundir.CONFIG)
-        if not isinstance(config, dict):
+        if not (path / rundir.CONFIG).is_file():
             raise NetsiftError(f"{path} is not a run folder ({rundir.CONFIG} missing)")
+        config = rundir.read_run_config(path)
         model, manifest = rundir.load_model(path)
         saved = config.get("data")
         if not isinstance(saved, dict) or saved.get("data") in (None, "custom"):
@@ -47,7 +48,7 @@ def evaluate(path: str | Path, data: str | None = None, data_dir: str | None = N
                 raise NetsiftError(f"{path} does not record a built-in data set; pass --data")
             saved = {"data": data}
         seed = config.get("data_seed", config.get("seed", 0))
-        result = rundir.read_json_if(path / rundir.RESULT)
+        result = rundir.read_json_if(path / rundir.RESULT, RESULT_FILE)
         saved_acc = result.get("test_acc") if isinstance(result, dict) else None
     cfg = _data_config(saved, data, data_dir)
     bundle = load_bundle(cfg, seed)

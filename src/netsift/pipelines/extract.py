@@ -22,8 +22,8 @@ from ..progress import observed
 from ..models import manifest_of, model_manifest
 from ..results import Result
 from ..training import BNRecalibration, has_batch_norm, recalibrate_bn
-from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, data_config, network_for,
-                     split_options)
+from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, check_width, data_config,
+                     network_for, split_options)
 
 MASK_FIELDS = {f.name for f in dataclasses.fields(MaskConfig)} - {"options", "method", "density", "init"}
 METHOD_OPTIONS = {name for spec in METHODS.values() for name in spec.options}
@@ -34,7 +34,8 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
             init: str | None = "signed-constant", config: TrainConfig | None = None, seed: int = 0,
             data_seed: int | None = None, width: float = 1.0, recalibrate_bn_batches: int = 20,
             out: str | Path | bool | None = None, overwrite: bool = False, resume: bool = False,
-            progress: bool | None = None, log_with: str | list[str] | None = None, **options: Any) -> Result:
+            force: bool = False, progress: bool | None = None, log_with: str | list[str] | None = None,
+            **options: Any) -> Result:
     """Freeze ``model`` at random weights, learn a ``method`` mask over them, and extract the subnetwork.
 
     Args:
@@ -51,7 +52,7 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
         data_seed: seeds the train/validation split (default: ``seed``).
         recalibrate_bn_batches: batch-norm statistics are re-estimated on this many training minibatches under
             the extracted mask, before every validation and at the end (networks without batch norm: no-op).
-        out, overwrite, resume: the run folder (see :func:`netsift.train`).
+        out, overwrite, resume, force: the run folder (see :func:`netsift.train`).
         progress, log_with: progress on stderr and experiment trackers (see :func:`netsift.train`).
 
     Returns:
@@ -61,14 +62,18 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
     t0 = time.perf_counter()
     seed = check_seed(seed)
     data_seed = check_seed(seed if data_seed is None else data_seed, "data_seed")
+    check_width(width)
     loop, shared, own = split_options(options, TRAIN_FIELDS, MASK_FIELDS, METHOD_OPTIONS)
     if init is not None and init not in INIT_SCHEMES:
         raise NetsiftError(f"unknown --init {init!r}; choose from: {', '.join(INIT_SCHEMES)}")
     cfg = MaskConfig(method=method, density=density, init=init or "signed-constant", **shared, options=own).resolved()
     base = dataclasses.replace(config, **loop) if config else TrainConfig(**{**EXTRACT_DEFAULTS, **loop})
     train_cfg = train_config(cfg.method, base)
-    if recalibrate_bn_batches < 0:
-        raise NetsiftError(f"--recalibrate-bn must be non-negative, got {recalibrate_bn_batches}")
+    if isinstance(recalibrate_bn_batches, bool) or not isinstance(recalibrate_bn_batches, int) \
+            or not 0 <= recalibrate_bn_batches <= 10**6:
+        raise NetsiftError(f"--recalibrate-bn must be an integer in [0, 1,000,000], got {recalibrate_bn_batches!r}")
+    if out is not None and out is not False and out is not True:
+        rundir.precheck(out, overwrite=overwrite, resume=resume, force=force)
     bundle = bundle_for(data, data_seed)
     manifest = None
     if isinstance(model, str):
@@ -81,44 +86,44 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
             init_frozen(net, cfg.init, seed)
     check_classes(net, bundle)
     weights_hash = weights_sha256(net)
-    run_dir = None
-    if out is not None and out is not False:
-        config_json = rundir.run_config(
-            "extract", cfg.method, seed, data_seed, rundir.describe_model(net), data_config(bundle),
-            dataclasses.asdict(train_cfg), mask={**dataclasses.asdict(cfg), "init": init or "keep",
-                                                 "recalibrate_bn": recalibrate_bn_batches})
-        run_dir = rundir.prepare(None if out is True else out, config_json, overwrite, resume)
-
-    masked = apply_masks(net, cfg, seed=seed)
-    callbacks = []
-    if recalibrate_bn_batches and has_batch_norm(masked):
-        callbacks.append(BNRecalibration(bundle, recalibrate_bn_batches, train_cfg.batch_size, seed))
-    fitted = fit_masks(masked, bundle, train_cfg, run_dir, seed=seed, resume=resume, callbacks=callbacks,
-                       log_with=log_with)
-    extracted = extract_masks(masked).cpu()
-    recalibrated = recalibrate_bn(extracted, bundle.batches("train", train_cfg.batch_size, seed + 1),
-                                  recalibrate_bn_batches)
-    measured = measure(extracted, bundle)
-    scales = {k: float(v[1]) for k, v in masks_and_scales(masked).items()}
-    for row in measured["layers"]:
-        row["scale"] = scales.get(row["name"])
-    subnet = None
-    if run_dir is not None:
-        rundir.save_model(run_dir, extracted, manifest)
-        if manifest is not None and init is not None and not cfg.options.get("train_weights"):
-            # the subnet contract: frozen weights regenerated from (manifest, init, seed), one bit per weight
-            meta = {"manifest": manifest, "init": {"scheme": cfg.init, "seed": seed}, "weights_sha256": weights_hash,
-                    "method": cfg.method, "data": bundle.name, "test_acc": measured["test_acc"]}
-            save_checkpoint(run_dir / "subnet",
-                            subnet_tensors(masked, extracted, frozen_network(manifest, cfg.init, seed)), meta)
+    config_json = rundir.run_config(
+        "extract", cfg.method, seed, data_seed, rundir.describe_model(net), data_config(bundle),
+        dataclasses.asdict(train_cfg), mask={**dataclasses.asdict(cfg), "init": init or "keep",
+                                             "recalibrate_bn": recalibrate_bn_batches})
+    with rundir.open_run(out, config_json, overwrite=overwrite, resume=resume, force=force) as run:
+        run_dir = run.path if run is not None else None
+        masked = apply_masks(net, cfg, seed=seed)
+        callbacks = []
+        if recalibrate_bn_batches and has_batch_norm(masked):
+            callbacks.append(BNRecalibration(bundle, recalibrate_bn_batches, train_cfg.batch_size, seed))
+        fitted = fit_masks(masked, bundle, train_cfg, run_dir, seed=seed, resume=resume, callbacks=callbacks,
+                           log_with=log_with)
+        extracted = extract_masks(masked).cpu()
+        recalibrated = recalibrate_bn(extracted, bundle.batches("train", train_cfg.batch_size, seed + 1),
+                                      recalibrate_bn_batches)
+        measured = measure(extracted, bundle)
+        scales = {k: float(v[1]) for k, v in masks_and_scales(masked).items()}
+        for row in measured["layers"]:
+            row["scale"] = scales.get(row["name"])
+        subnet = None
+        if run_dir is not None and manifest is not None and init is not None and not cfg.options.get("train_weights"):
             subnet = "subnet.safetensors"
-    arch, w = arch_of(extracted if manifest is None else net)
-    result = {"command": "extract", "method": cfg.method, "model": manifest["model"] if manifest else arch,
-              "width": manifest.get("width") if manifest else w, "data": bundle.name, "seed": seed,
-              "data_seed": data_seed, **measured, "init": init or "keep", "rescale": cfg.rescale,
-              "density_target": cfg.density, "mask_lr": train_cfg.lr, "mask_weight_decay": train_cfg.weight_decay,
-              "mask_schedule": train_cfg.schedule, "recalibrated_bn": recalibrated,
-              "epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
-              "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
-              "weights_sha256": weights_hash, "subnet": subnet, "wall_s": time.perf_counter() - t0}
-    return Result.from_dict(rundir.write_result(run_dir, result), model=extracted)
+        if run_dir is not None and rundir.is_main_process():
+            if subnet is not None:
+                # the subnet contract: frozen weights regenerated from (manifest, init, seed), one bit per weight
+                meta = {"manifest": manifest, "init": {"scheme": cfg.init, "seed": seed},
+                        "weights_sha256": weights_hash, "method": cfg.method, "data": bundle.name,
+                        "test_acc": measured["test_acc"]}
+                save_checkpoint(run_dir / "subnet",
+                                subnet_tensors(masked, extracted, frozen_network(manifest, cfg.init, seed)), meta)
+            rundir.save_model(run_dir, extracted, manifest)
+        arch, w = arch_of(extracted if manifest is None else net)
+        result = {"command": "extract", "method": cfg.method, "model": manifest["model"] if manifest else arch,
+                  "width": manifest.get("width") if manifest else w, "data": bundle.name, "seed": seed,
+                  "data_seed": data_seed, **measured, "init": init or "keep", "rescale": cfg.rescale,
+                  "density_target": cfg.density, "mask_lr": train_cfg.lr,
+                  "mask_weight_decay": train_cfg.weight_decay, "mask_schedule": train_cfg.schedule,
+                  "recalibrated_bn": recalibrated, "epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
+                  "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
+                  "weights_sha256": weights_hash, "subnet": subnet, "wall_s": time.perf_counter() - t0}
+        return Result.from_dict(rundir.write_result(run, result), model=extracted)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import rundir
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data import DataBundle
 from ..errors import NetsiftError
@@ -19,11 +20,12 @@ from ..measure import count_macs, count_params, evaluate, measure
 from ..models import manifest_of, prunable_layers
 from ..progress import observed
 from ..results import Result
+from ..schema import SELECTION_STATE
 from ..selection import METHODS, PruneConfig, finetune_defaults
 from ..selection.pruner import plan_channels, prune_channels
 from ..training import distill_loss, fit, has_batch_norm, recalibrate_bn
-from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, data_config, is_run_folder,
-                     network_for, split_options)
+from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, check_width, data_config,
+                     is_run_folder, network_for, split_options)
 
 PRUNE_FIELDS = {f.name for f in dataclasses.fields(PruneConfig)} - {"options", "method", "macs"}
 METHOD_OPTIONS = {name for spec in METHODS.values() for name in spec.options}
@@ -49,7 +51,7 @@ def _source(model: Any, data: Any, data_seed: int | None, seed: int, width: floa
             raise NetsiftError("give the data to prune on")
         return model, data, seed if data_seed is None else data_seed, None
     net, manifest = rundir.load_model(model)
-    saved = rundir.read_json_if(Path(model) / rundir.CONFIG) or {}
+    saved = rundir.read_run_config(model) if (Path(model) / rundir.CONFIG).is_file() else {}
     saved_data, saved_seed = saved.get("data"), saved.get("data_seed", saved.get("seed", 0))
     if data is None:
         if not isinstance(saved_data, dict) or "data" not in saved_data or saved_data["data"] == "custom":
@@ -86,8 +88,8 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
           example_input: torch.Tensor | None = None, finetune: TrainConfig | None = None,
           ignored_layers: list | None = None, layer_density: dict | None = None, seed: int = 0,
           data_seed: int | None = None, width: float = 1.0, out: str | Path | bool | None = None,
-          overwrite: bool = False, progress: bool | None = None, source_measure: dict | None = None,
-          log_with: str | list[str] | None = None, **options: Any) -> Result:
+          overwrite: bool = False, resume: bool = False, force: bool = False, progress: bool | None = None,
+          source_measure: dict | None = None, log_with: str | list[str] | None = None, **options: Any) -> Result:
     """Select channels of a trained network, remove the others for real, fine-tune, and measure.
 
     Args:
@@ -103,7 +105,9 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
         layer_density: ``{layer: kept fraction of its channels}``; the MACs budget is shared by the other groups.
         seed: seeds the greedy minibatches, candidate subsets, random rankings and the fine-tune.
         data_seed: seeds the train/validation split (default: the source run's, else ``seed``).
-        out, overwrite: the run folder (see :func:`netsift.train`).
+        out, overwrite, force: the run folder (see :func:`netsift.train`); ``out`` may not be the source run.
+        resume: continue the interrupted run in ``out``: the channel groups it finished are not selected again,
+            and the fine-tune continues from its last epoch, ending with the same network as an uninterrupted run.
         progress: report progress on stderr: the selection (one line per channel group in a log file, bars in a
             terminal) and the fine-tune (see :func:`netsift.train`); ``None``: on unless the caller turned it off.
         source_measure: a measurement of the unpruned network to reuse (``measure(model, bundle)``).
@@ -117,10 +121,14 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     """
     t0 = time.perf_counter()
     seed = check_seed(seed)
+    check_width(width)
     shared, loop, own = split_options(options, PRUNE_FIELDS, TRAIN_FIELDS, METHOD_OPTIONS)
     cfg = PruneConfig(method=method, macs=macs, **shared, options=own)
     ft = dataclasses.replace(finetune or TrainConfig(**{k: v for k, v in finetune_defaults().items()}), **loop)
     ft = dataclasses.replace(ft, epochs=max(1, cfg.finetune_epochs)).resolved(**finetune_defaults())
+    if out is not None and out is not False and out is not True:
+        rundir.precheck(out, overwrite=overwrite, resume=resume, force=force,
+                        sources=[model] if isinstance(model, (str, Path)) else [])
     source_model, data, data_seed, source = _source(model, data, data_seed, seed, width)
     data_seed = check_seed(data_seed, "data_seed")
     bundle = bundle_for(data, data_seed)
@@ -139,55 +147,133 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
         raise NetsiftError(f"example_input has sample shape {tuple(example_input.shape[1:])}, the data {shape}")
     net.eval()
     plan = plan_channels(net, shape, cfg, ignored_layers, layer_density)
-    before = source_measure or measure(net, bundle)
-    select_bundle, holdout = split_holdout(bundle, cfg.holdout)
-    run_dir = None
-    if out is not None and out is not False:
-        config_json = rundir.run_config("prune", cfg.method, seed, data_seed, rundir.describe_model(net),
-                                        data_config(bundle), dataclasses.asdict(ft),
-                                        prune=dataclasses.asdict(cfg), source=source)
-        run_dir = rundir.prepare(None if out is True else out, config_json, overwrite)
-    layer_ft = None
-    if cfg.layer_finetune > 0:
-        steps = max(1, int(cfg.layer_finetune * select_bundle.size("train") / ft.batch_size))
-        ft_layer = dataclasses.replace(ft, epochs=1, max_steps=steps)
-        layer_ft = lambda m: fit(m, select_bundle, ft_layer, None, seed=seed, desc="layer fine-tune")  # noqa: E731
-    teacher = copy.deepcopy(net) if cfg.distill else None
-    pruned_out = prune_channels(plan, select_bundle.batches("train", cfg.select_batch, seed), holdout, seed=seed,
-                                progress=progress is not False, layer_finetune=layer_ft)
-    pruned = pruned_out.model
-    recalibrated = recalibrate_bn(pruned, select_bundle.batches("train", cfg.select_batch, seed + 1),
-                                  cfg.recalibrate_bn)
-    if cfg.reinit:
-        _reinit(pruned, seed)
-    selected = evaluate(pruned, bundle.loader("test", 512))
-    finetune_s, fitted = 0.0, None
-    if cfg.finetune_epochs > 0:
-        loss_fn = distill_loss(teacher, ft.label_smoothing) if teacher is not None else None
-        t_ft = time.perf_counter()
-        fitted = fit(pruned, bundle, ft, run_dir, seed=seed, desc=f"fine-tune {cfg.method}", loss_fn=loss_fn,
-                     log_with=log_with)
-        finetune_s = time.perf_counter() - t_ft
-    pruned.eval()
-    after = measure(pruned, bundle, latency_threads=cfg.latency_threads, source=net, source_macs=before["macs"])
-    after["density"] = _prunable_weights(pruned) / _prunable_weights(net)
-    if run_dir is not None:
-        rundir.save_model(run_dir, pruned)
-        if cfg.onnx:
-            from ..onnx_export import export_onnx
+    config_json = rundir.run_config("prune", cfg.method, seed, data_seed, rundir.describe_model(net),
+                                    data_config(bundle), dataclasses.asdict(ft), prune=dataclasses.asdict(cfg),
+                                    source=source)
+    with rundir.open_run(out, config_json, overwrite=overwrite, resume=resume, force=force, sources=[source],
+                         resume_ignores=("train.epochs", "prune.finetune_epochs")) as run:
+        run_dir = run.path if run is not None else None
+        before = source_measure or measure(net, bundle)
+        select_bundle, holdout = split_holdout(bundle, cfg.holdout)
+        layer_ft = None
+        if cfg.layer_finetune > 0:
+            steps = max(1, int(cfg.layer_finetune * select_bundle.size("train") / ft.batch_size))
+            ft_layer = dataclasses.replace(ft, epochs=1, max_steps=steps)
+            layer_ft = lambda m: fit(m, select_bundle, ft_layer, None, seed=seed, desc="layer fine-tune")  # noqa: E731
+        teacher = copy.deepcopy(net) if cfg.distill else None
+        stream = select_bundle.batches("train", cfg.select_batch, seed)
+        state = SelectionState(run_dir, cfg.method, stream, keep_model=layer_ft is not None)
+        hooks = state.hooks(plan, net) if run_dir is not None else {}
+        if run_dir is not None and resume:
+            hooks["done"] = state.load(plan, net)
+        pruned_out = prune_channels(plan, stream, holdout, seed=seed, progress=progress is not False,
+                                    layer_finetune=layer_ft,
+                                    **hooks)
+        pruned = pruned_out.model
+        recalibrated = recalibrate_bn(pruned, select_bundle.batches("train", cfg.select_batch, seed + 1),
+                                      cfg.recalibrate_bn)
+        if cfg.reinit:
+            _reinit(pruned, seed)
+        selected = evaluate(pruned, bundle.loader("test", 512))
+        finetune_s, fitted = 0.0, None
+        if cfg.finetune_epochs > 0:
+            loss_fn = distill_loss(teacher, ft.label_smoothing) if teacher is not None else None
+            t_ft = time.perf_counter()
+            fitted = fit(pruned, bundle, ft, run_dir, seed=seed, resume=resume, desc=f"fine-tune {cfg.method}",
+                         loss_fn=loss_fn, log_with=log_with)
+            finetune_s = time.perf_counter() - t_ft
+        pruned.eval()
+        after = measure(pruned, bundle, latency_threads=cfg.latency_threads, source=net, source_macs=before["macs"])
+        after["density"] = _prunable_weights(pruned) / _prunable_weights(net)
+        if run_dir is not None and rundir.is_main_process():
+            rundir.save_model(run_dir, pruned)
+            if cfg.onnx:
+                from ..onnx_export import export_onnx
 
-            export_onnx(pruned, shape, run_dir / "model.onnx")
-    arch, w = arch_of(net)
-    result = {"command": "prune", "method": cfg.method, "model": arch, "width": w, "data": bundle.name,
-              "seed": seed, "data_seed": data_seed, **after, "source": source, "macs_target": cfg.macs,
-              "tolerance": cfg.tolerance, "source_test_acc": before["test_acc"], "source_macs": before["macs"],
-              "source_params": before["params"], "test_acc_selected": selected["acc"],
-              "finetuned": fitted is not None, "finetune_epochs": cfg.finetune_epochs,
-              "epochs_run": len(fitted.history) if fitted else 0, "best_epoch": fitted.best_epoch if fitted else None,
-              "train_images_per_s": fitted.images_per_s if fitted else None,
-              "recalibrated_bn": recalibrated, "selection_s": pruned_out.selection_s, "finetune_s": finetune_s,
-              "groups": pruned_out.selection.info, "wall_s": time.perf_counter() - t0}
-    return Result.from_dict(rundir.write_result(run_dir, result), model=pruned)
+                export_onnx(pruned, shape, run_dir / "model.onnx")
+        arch, w = arch_of(net)
+        result = {"command": "prune", "method": cfg.method, "model": arch, "width": w, "data": bundle.name,
+                  "seed": seed, "data_seed": data_seed, **after, "source": source, "macs_target": cfg.macs,
+                  "tolerance": cfg.tolerance, "source_test_acc": before["test_acc"], "source_macs": before["macs"],
+                  "source_params": before["params"], "test_acc_selected": selected["acc"],
+                  "finetuned": fitted is not None, "finetune_epochs": cfg.finetune_epochs,
+                  "epochs_run": len(fitted.history) if fitted else 0,
+                  "best_epoch": fitted.best_epoch if fitted else None,
+                  "train_images_per_s": fitted.images_per_s if fitted else None,
+                  "recalibrated_bn": recalibrated, "selection_s": pruned_out.selection_s, "finetune_s": finetune_s,
+                  "groups": pruned_out.selection.info, "wall_s": time.perf_counter() - t0}
+        return Result.from_dict(rundir.write_result(run, result), model=pruned)
+
+
+class SelectionState:
+    """``selection.safetensors`` + ``selection.json``: the channel groups finished so far, saved after each one.
+
+    With them, ``--resume`` skips the finished groups and continues the selection exactly where it stopped: the
+    state after the last finished group (the candidate generator, the global RNG, the minibatch stream and, with
+    a per-layer fine-tune, the network's weights) is restored before the next group starts.
+    """
+
+    STEM = "selection"
+
+    def __init__(self, run_dir: Path | None, method: str, stream, keep_model: bool):
+        self.run_dir, self.method, self.stream, self.keep_model = run_dir, method, stream, keep_model
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.meta: dict = {}
+
+    def hooks(self, plan, net: nn.Module) -> dict:
+        """``on_group_done`` / ``on_resume`` for :func:`~netsift.selection.pruner.prune_channels`."""
+        return {"on_group_done": lambda ctx, gi: self.save(ctx, plan, net), "on_resume": self.restore}
+
+    def save(self, ctx, plan, net: nn.Module) -> None:
+        if not rundir.is_main_process():
+            return
+        groups = [{"group": plan.groups[gi].name, "kept": r.kept, "rescale": r.rescale, "info": r.info}
+                  for gi, r in sorted(ctx.records.items())]
+        tensors = {"generator": ctx.generator.get_state(), "rng.torch": torch.get_rng_state()}
+        if self.keep_model:
+            tensors.update({f"model.{k}": v for k, v in net.state_dict().items()})
+        meta = {"method": self.method, "groups": groups, "stream": self.stream.state(), "model_state": self.keep_model}
+        save_checkpoint(self.run_dir / self.STEM, tensors, meta)
+
+    def load(self, plan, net: nn.Module) -> dict:
+        """The groups a resumed run finished (by index); the network gets their weights back when they changed."""
+        from ..selection.base import GroupRecord
+
+        if not (self.run_dir / f"{self.STEM}.json").is_file():
+            return {}
+        self.tensors, self.meta = load_checkpoint(self.run_dir / self.STEM, "selection state", SELECTION_STATE)
+        where = self.run_dir / f"{self.STEM}.json"
+        names = [g.name for g in plan.groups]
+        saved = self.meta["groups"]
+        if self.meta["method"] != self.method or len(saved) > len(names) or \
+                [g["group"] for g in saved] != names[:len(saved)]:
+            raise NetsiftError(f"{where} belongs to another selection (method or channel groups differ)")
+        if "generator" not in self.tensors or "rng.torch" not in self.tensors:
+            raise NetsiftError(f"{where}: its tensors lack the random generator states")
+        done = {}
+        for gi, g in enumerate(saved):
+            size = plan.groups[gi].size
+            if not g["kept"] or any(i >= size for i in g["kept"]):
+                raise NetsiftError(f"{where}: group {g['group']} keeps channels outside its {size}")
+            done[gi] = GroupRecord(g["kept"], g["rescale"], g["info"])
+        if self.meta["model_state"] != self.keep_model:
+            raise NetsiftError(f"{where} was saved with another --layer-finetune setting")
+        if self.keep_model:
+            state = {k[len("model."):]: v for k, v in self.tensors.items() if k.startswith("model.")}
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as e:
+                raise NetsiftError(f"{where}: its weights do not fit the network: {str(e).splitlines()[0]}") from None
+        return done
+
+    def restore(self, ctx) -> None:
+        """Continue from the state saved after the last finished group."""
+        try:
+            ctx.generator.set_state(self.tensors["generator"])
+            torch.set_rng_state(self.tensors["rng.torch"])
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise NetsiftError(f"selection state in {self.run_dir} is corrupt: {e}") from None
+        self.stream.restore(self.meta["stream"])
 
 
 def _prunable_weights(model: nn.Module) -> int:

@@ -11,19 +11,19 @@ from torch import nn
 
 from .. import rundir
 from ..config import TrainConfig
-from ..measure import measure
+from ..measure import check_threads, measure
 from ..progress import observed
 from ..results import Result
 from ..training import fit
-from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, data_config, network_for,
-                     split_options)
+from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, check_width, data_config,
+                     network_for, split_options)
 
 
 @observed
 def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, *, seed: int = 0,
           data_seed: int | None = None, width: float = 1.0, out: str | Path | None = None, overwrite: bool = False,
-          resume: bool = False, latency_threads: int | None = 1, progress: bool | None = None,
-          log_with: str | list[str] | None = None, **options: Any) -> Result:
+          resume: bool = False, force: bool = False, latency_threads: int | None = 1,
+          progress: bool | None = None, log_with: str | list[str] | None = None, **options: Any) -> Result:
     """Train ``model`` on ``data`` with the shared loop; keep the best validation epoch.
 
     Args:
@@ -36,7 +36,9 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
         width: width multiplier of a zoo model.
         out: run folder to write (config, metrics, checkpoints, model, result.json); ``True``: a folder under
             ``runs/`` named by a hash of the settings; ``None`` writes nothing.
-        overwrite, resume: replace a non-empty ``out``, or continue the interrupted run in it.
+        overwrite, resume: replace a non-empty ``out`` (the new run is built beside it and replaces it when it
+            finishes), or continue the interrupted run in it.
+        force: with ``overwrite``, replace a folder even when it holds files that are not a netsift run.
         latency_threads: threads for the latency measurement (``None``: skip it; 0: torch's default).
         progress: report progress on stderr (bars in a terminal, one line per epoch in a log file; ``None``:
             on unless the caller turned it off, see :mod:`netsift.progress`).
@@ -49,23 +51,26 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
     t0 = time.perf_counter()
     seed = check_seed(seed)
     data_seed = check_seed(seed if data_seed is None else data_seed, "data_seed")
+    check_width(width)
+    check_threads(latency_threads, "latency_threads")
     (loop,) = split_options(options, TRAIN_FIELDS)
     cfg = (dataclasses.replace(config, **loop) if config else TrainConfig(**loop)).resolved()
+    if out is not None and out is not False and out is not True:
+        rundir.precheck(out, overwrite=overwrite, resume=resume, force=force)
     bundle = bundle_for(data, data_seed)
     net = network_for(model, bundle, seed, width)
     check_classes(net, bundle)
-    run_dir = None
-    if out is not None and out is not False:
-        config_json = rundir.run_config("train", "dense", seed, data_seed, rundir.describe_model(net),
-                                       data_config(bundle), dataclasses.asdict(cfg))
-        run_dir = rundir.prepare(None if out is True else out, config_json, overwrite, resume)
-    arch, w = arch_of(net)
-    fitted = fit(net, bundle, cfg, run_dir, seed=seed, resume=resume, desc=f"train {arch}", log_with=log_with)
-    if run_dir is not None:
-        rundir.save_model(run_dir, net)
-    result = {"command": "train", "method": "dense", "model": arch, "width": w, "data": bundle.name, "seed": seed,
-              "data_seed": data_seed, **measure(net, bundle, latency_threads=latency_threads),
-              "epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
-              "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
-              "wall_s": time.perf_counter() - t0}
-    return Result.from_dict(rundir.write_result(run_dir, result), model=net)
+    config_json = rundir.run_config("train", "dense", seed, data_seed, rundir.describe_model(net),
+                                    data_config(bundle), dataclasses.asdict(cfg))
+    with rundir.open_run(out, config_json, overwrite=overwrite, resume=resume, force=force) as run:
+        arch, w = arch_of(net)
+        fitted = fit(net, bundle, cfg, run and run.path, seed=seed, resume=resume, desc=f"train {arch}",
+                     log_with=log_with)
+        if run is not None and rundir.is_main_process():
+            rundir.save_model(run.path, net)
+        result = {"command": "train", "method": "dense", "model": arch, "width": w, "data": bundle.name,
+                  "seed": seed, "data_seed": data_seed, **measure(net, bundle, latency_threads=latency_threads),
+                  "epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
+                  "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
+                  "wall_s": time.perf_counter() - t0}
+        return Result.from_dict(rundir.write_result(run, result), model=net)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._lazy import lazy_exports
-from ..config import check_finite, method_options, opt
+from ..config import check_finite, check_range, check_types, method_options, opt
 from ..errors import NetsiftError, check_density, choose
 from .methods import METHODS, SelectionMethod
 
@@ -56,6 +56,7 @@ class PruneConfig:
     def __post_init__(self):
         from ..measure import check_threads
 
+        check_types(self)
         choose(self.method, METHODS, "method")
         choose(self.rescale, ("auto", "on", "off"), "--rescale")
         check_finite(self)
@@ -79,6 +80,9 @@ class PruneConfig:
         if self.layer_finetune is not None and not 0.0 <= self.layer_finetune <= 10.0:
             raise NetsiftError(f"--layer-finetune must be in [0, 10] epochs, got {self.layer_finetune}")
         check_threads(self.latency_threads, "--latency-threads")
+        for name, hi in (("candidates", 10**6), ("holdout", 10**7), ("select_batch", 10**5), ("round_to", 4096),
+                         ("finetune_epochs", 100_000), ("recalibrate_bn", 10**6)):
+            check_range(self, name, 0, hi)
         self.options = method_options(self.method, self.options, METHODS)
 
     def resolved(self, has_batch_norm: bool) -> "PruneConfig":

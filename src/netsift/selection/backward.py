@@ -17,6 +17,10 @@ def select(ctx: SelectionContext) -> Selection:
     """Greedy backward elimination of every group, input to output."""
     kept, info = {}, []
     for gi, g in enumerate(ctx.groups):
+        if (done := ctx.resumed(gi)) is not None:  # finished before an interruption (prune --resume)
+            kept[g.name] = done.kept
+            info.append(done.info)
+            continue
         n = g.size
         start_acc = ctx.accuracy() if ctx.widths is None else None
         target = ctx.widths[gi] if ctx.widths is not None else 1
@@ -45,4 +49,5 @@ def select(ctx: SelectionContext) -> Selection:
         ctx.group_done(gi, info[-1])
         if ctx.layer_finetune is not None:
             ctx.layer_finetune(ctx.model)
+        ctx.finish_group(gi, current, info[-1])
     return Selection(kept, rescale=True, info=info)

@@ -23,8 +23,23 @@ from .scoring import BatchedScorer, Masker, masked_accuracy
 
 
 @dataclass
+class GroupRecord:
+    """What a finished channel group leaves: the kept channels (a multiset for GFS with replacement), whether
+    they are rescaled by N/n, and the method's info row."""
+
+    kept: list[int]
+    rescale: bool
+    info: dict
+
+
+@dataclass
 class SelectionContext:
-    """Everything a selection method may use."""
+    """Everything a selection method may use.
+
+    Methods that go group by group call :meth:`resumed` at the start of each group (a group finished before an
+    interruption comes back from ``done`` without work) and :meth:`finish_group` at its end (``on_group_done``
+    saves the state there, for ``netsift prune --resume``).
+    """
 
     model: nn.Module
     groups: list[ChannelGroup]
@@ -43,6 +58,9 @@ class SelectionContext:
     bn_batch_stats: bool = False  # score with batch-norm statistics of the minibatch (per candidate), not running
     progress: bool = True  # report each group's steps and one line per finished group (netsift.progress)
     label: str = "selection"  # how progress lines name the selection (the method's name)
+    done: dict[int, GroupRecord] = field(default_factory=dict)  # groups finished before an interruption
+    on_group_done: Callable[["SelectionContext", int], None] | None = None  # after each group (saves the state)
+    on_resume: Callable[["SelectionContext"], None] | None = None  # at the first group not in ``done``
     masker: Masker = field(init=False)
     scorer: BatchedScorer = field(init=False)
 
@@ -51,6 +69,30 @@ class SelectionContext:
         self.scorer = BatchedScorer(self.model, self.masker, self.max_batch, self.bn_batch_stats)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.report: _progress.Task | None = None  # the whole selection's progress (see start_report)
+        self.records: dict[int, GroupRecord] = {}
+        self._resumed = False
+
+    def resumed(self, gi: int) -> GroupRecord | None:
+        """Group ``gi``'s record if it was finished before an interruption (its mask is set again), else ``None``.
+
+        At the first group that is not finished, ``on_resume`` restores the state saved after the last one
+        (random generators, minibatch stream), so the rest runs as it would have without the interruption.
+        """
+        record = self.done.get(gi)
+        if record is not None:
+            self.masker.set_kept(gi, record.kept, record.rescale)
+            self.records[gi] = record
+            return record
+        if self.done and not self._resumed and self.on_resume is not None:
+            self._resumed = True
+            self.on_resume(self)
+        return None
+
+    def finish_group(self, gi: int, kept: Sequence[int], info: dict, rescale: bool = True) -> None:
+        """Record group ``gi`` as finished (``kept`` as the masker has it) and call ``on_group_done``."""
+        self.records[gi] = GroupRecord(sorted(int(i) for i in kept), rescale, dict(info))
+        if self.on_group_done is not None:
+            self.on_group_done(self, gi)
 
     def accuracy(self) -> float:
         """Held-out accuracy of the network with the masks set so far."""
@@ -82,7 +124,7 @@ class SelectionContext:
         return max(1, self.widths[gi] if self.widths is not None else self.groups[gi].size)
 
     def start_report(self) -> None:
-        """Begin the selection's progress report (:func:`~.pruner.prune_channels` does; end it with :meth:`done`).
+        """Begin the selection's progress report (:func:`~.pruner.prune_channels` does; end it with :meth:`end_report`).
         Its units are channels (kept widths, or group sizes in tolerance mode), so the ETA weighs wide groups."""
         total = sum(self._weight(gi) for gi in range(len(self.groups)))
         self.report = _progress.begin(f"{self.label} selection", total, "channel",
@@ -100,7 +142,7 @@ class SelectionContext:
         self.report.log(f"{self.label} group {gi + 1}/{len(self.groups)} ({row['group']}): kept {row['kept']}/"
                         f"{row['size']} channels{acc_text}, {self.report.timing()}")
 
-    def done(self) -> None:
+    def end_report(self) -> None:
         """End the selection's progress report."""
         if self.report is not None:
             self.report.end()
@@ -125,6 +167,10 @@ def ranked_selection(ctx: SelectionContext, scores: list[Tensor], rescale: bool 
     """
     kept, info = {}, []
     for gi, g in enumerate(ctx.groups):
+        if (done := ctx.resumed(gi)) is not None:
+            kept[g.name] = done.kept
+            info.append(done.info)
+            continue
         order = torch.argsort(scores[gi].float(), descending=True, stable=True).tolist()
         if ctx.widths is not None:
             n = ctx.widths[gi]
@@ -147,6 +193,7 @@ def ranked_selection(ctx: SelectionContext, scores: list[Tensor], rescale: bool 
             row["acc_end"] = ctx.accuracy()
             ctx.group_done(gi, row)  # tolerance mode searches per group: report each; budget mode is instant
         info.append(row)
+        ctx.finish_group(gi, kept[g.name], row, rescale)
     return Selection(kept, rescale, info)
 
 

@@ -36,6 +36,10 @@ def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
     ctx.replacement = ctx.replacement or replacement
     kept, info = {}, []
     for gi, g in enumerate(ctx.groups):
+        if (done := ctx.resumed(gi)) is not None:  # finished before an interruption (prune --resume)
+            kept[g.name] = done.kept
+            info.append(done.info)
+            continue
         n = g.size
         start_acc = ctx.accuracy() if ctx.widths is None else None
         chosen: list[int] = []
@@ -66,4 +70,5 @@ def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
         ctx.group_done(gi, info[-1])
         if ctx.layer_finetune is not None:
             ctx.layer_finetune(ctx.model)
+        ctx.finish_group(gi, chosen, info[-1])
     return Selection(kept, rescale=True, info=info)

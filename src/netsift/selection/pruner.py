@@ -12,7 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from torch import Tensor, nn
 
@@ -145,17 +145,18 @@ def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConf
     return plan
 
 
-def _context(plan: Plan, next_batch, holdout, seed: int, progress: bool, layer_finetune) -> SelectionContext:
+def _context(plan: Plan, next_batch, holdout, seed: int, progress: bool, layer_finetune,
+             **resume: Any) -> SelectionContext:
     cfg = plan.cfg
     return SelectionContext(plan.model, plan.groups, plan.graph, plan.input_shape, next_batch, holdout,
                             widths=plan.widths, tolerance=cfg.tolerance if plan.widths is None else None,
                             candidates=cfg.candidates, epsilon=cfg.epsilon, seed=seed, layer_finetune=layer_finetune,
-                            progress=progress, bn_batch_stats=cfg.bn_batch_stats, label=cfg.method)
+                            progress=progress, bn_batch_stats=cfg.bn_batch_stats, label=cfg.method, **resume)
 
 
 def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], holdout: tuple[Tensor, Tensor],
                    seed: int = 0, progress: bool = True,
-                   layer_finetune: Callable[[nn.Module], None] | None = None) -> Pruned:
+                   layer_finetune: Callable[[nn.Module], None] | None = None, **resume: Any) -> Pruned:
     """Select channels of ``plan.model`` with the plan's method and return a physically smaller copy.
 
     Args:
@@ -164,11 +165,13 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
         holdout: held-out training tensors for the tolerance check.
         layer_finetune: called on the model after each group (the published 0.1-epoch fine-tune); the
             input model's weights then change.
+        resume: ``done``, ``on_group_done``, ``on_resume`` of :class:`~.base.SelectionContext` (resuming an
+            interrupted selection group by group).
     """
     model, cfg = plan.model, plan.cfg
     was_training = model.training
     model.eval()
-    ctx = _context(plan, next_batch, holdout, seed, progress, layer_finetune)
+    ctx = _context(plan, next_batch, holdout, seed, progress, layer_finetune, **resume)
     try:
         t0 = time.perf_counter()
         ctx.start_report()
@@ -176,7 +179,7 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
             selection = METHODS[cfg.method].select(ctx, **cfg.options)
         selection_s = time.perf_counter() - t0
     finally:
-        ctx.done()
+        ctx.end_report()
         ctx.masker.remove()
         model.train(was_training)
     rescale = selection.rescale if cfg.rescale == "auto" else cfg.rescale == "on"
