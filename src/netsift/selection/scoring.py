@@ -735,16 +735,23 @@ def _run_simple(n: fx.Node, args, kwargs, model: nn.Module) -> Any:
 
 
 def _bn_blocks(m: nn.modules.batchnorm._BatchNorm, x: Tensor, blocks: int) -> Tensor:
-    """Batch norm of ``x`` with the statistics of each of ``blocks`` equal slices of its batch."""
-    xs = x.view(blocks, x.shape[0] // blocks, *x.shape[1:])
-    var, mean = torch.var_mean(xs, [1] + list(range(3, xs.dim())), keepdim=True, correction=0)
+    """Batch norm of ``x`` with the statistics of each of ``blocks`` equal slices of its batch.
+
+    Two-pass sums (mean, then the mean square of the centred values): exact to float rounding, and on a CPU
+    many times faster than ``torch.var_mean`` over the strided batch and spatial axes.
+    """
+    xs = x.reshape(blocks, x.shape[0] // blocks, x.shape[1], -1)  # (blocks, B, C, positions)
+    n = xs.shape[1] * xs.shape[3]
+    mean = xs.sum(3, keepdim=True).sum(1, keepdim=True) / n
+    d = xs - mean
+    var = (d * d).sum(3, keepdim=True).sum(1, keepdim=True) / n
     scale = torch.rsqrt(var + m.eps)
     if m.affine:
-        scale = scale * m.weight.view([1, 1, -1] + [1] * (xs.dim() - 3))
-    shift = -mean * scale
+        scale = scale * m.weight.view(1, 1, -1, 1)
+    d.mul_(scale)
     if m.affine:
-        shift = shift + m.bias.view([1, 1, -1] + [1] * (xs.dim() - 3))
-    return torch.addcmul(shift, xs, scale).view_as(x)
+        d.add_(m.bias.view(1, 1, -1, 1))
+    return d.view(x.shape)
 
 
 @contextmanager
