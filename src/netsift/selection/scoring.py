@@ -212,18 +212,20 @@ class BatchedScorer:
     modules finished by then, and then the whole network on the stacked candidates with those modules
     replaced by their cached outputs (tiled once per call, not per chunk).
 
-    ``max_batch`` caps the images of one stacked pass where the suffix has the network's largest activation
-    (on a CPU passes much larger than the caches are slower per image: 128–256 images at 28×28 beat 1024+);
-    a suffix whose largest activation per image is smaller stacks proportionally more images (the same
-    memory per pass). ``stats`` (a :class:`ScoringStats`) accumulates the work done, ``group_stats[gi]`` per
-    group. ``mode``: "auto" (graph path where it applies), "graph" (raise where it does not) or "hooks".
+    Stacked passes: on a CPU, passes much larger than the caches are slower per image (measured: 128–256
+    images at 28×28 beat 1024+; MobileNetV2's 28×28 layers run 1.3–1.8× faster per image at 128 than at 256),
+    so a pass holds as many candidates as keep the suffix's largest activation within ``max_elements`` floats
+    (at least one candidate), and at most ``max_batch`` images times the ratio of the network's largest
+    activation per image to the suffix's (late groups, whose suffix runs on small feature maps, stack many).
+    ``stats`` (a :class:`ScoringStats`) accumulates the work done, ``group_stats[gi]`` per group. ``mode``:
+    "auto" (graph path where it applies), "graph" (raise where it does not) or "hooks".
     """
 
     def __init__(self, model: nn.Module, masker: Masker, max_batch: int = 256, bn_batch_stats: bool = False,
-                 mode: str = "auto"):
+                 mode: str = "auto", max_elements: int = 1 << 21):
         if mode not in ("auto", "graph", "hooks"):
             raise ValueError(f"unknown scoring mode {mode!r}")
-        self.model, self.masker, self.max_batch = model, masker, max_batch
+        self.model, self.masker, self.max_batch, self.max_elements = model, masker, max_batch, max_elements
         self.bn_batch_stats = bn_batch_stats
         self.mode = mode
         self.stats = ScoringStats()
@@ -327,13 +329,12 @@ class BatchedScorer:
                 warnings.warn(f"netsift: graph scoring does not apply to group {gi} ({reason}); "
                               "scoring it with the hook path")
         if plan is not None:
-            plan.scale = self._stack_scale(plan, x[:1])
+            plan.scale, plan.act = self._stack_scale(plan, x[:1])
         self._plans[gi] = plan
         return plan
 
-    def _stack_scale(self, plan: "_Plan", x: Tensor) -> int:
-        """How many times more images a stacked pass of this suffix may hold than ``max_batch``: the ratio of
-        the network's largest activation per image to the suffix's."""
+    def _stack_scale(self, plan: "_Plan", x: Tensor) -> tuple[int, int]:
+        """The ratio of the network's largest activation per image to the suffix's, and the suffix's."""
         if self._act_sizes is None:
             sizes: dict[fx.Node, int] = {}
             env: dict[fx.Node, Any] = {}
@@ -350,8 +351,8 @@ class BatchedScorer:
                         sizes[n] = env[n].numel()
             self._act_sizes = sizes
         largest = max(self._act_sizes.values(), default=1)
-        suffix = max((self._act_sizes.get(n, 0) for n in plan.suffix), default=0)
-        return max(1, largest // max(1, suffix))
+        suffix = max(1, max((self._act_sizes.get(n, 0) for n in plan.suffix), default=0))
+        return max(1, largest // suffix), suffix
 
     def _call(self, mod: nn.Module, args, kwargs, blocks: int) -> Any:
         if self.bn_batch_stats and isinstance(mod, nn.modules.batchnorm._BatchNorm):
@@ -383,8 +384,11 @@ class BatchedScorer:
             mod = modules[n.target]
             direct[n] = self._prepare_direct(gi, mod, env[n.args[0]], masks, st)
         # the suffix on stacked candidates, in chunks
-        k_max = max(1, self.max_batch * plan.scale // b) if self.max_batch else masks.shape[0]
-        k_max = min(k_max, masks.shape[0])
+        k_max = masks.shape[0]
+        if self.max_elements:
+            k_max = min(k_max, max(1, self.max_elements // (plan.act * b)))
+        if self.max_batch:
+            k_max = min(k_max, max(1, self.max_batch * plan.scale // b))
         expanded: dict[fx.Node, Tensor] = {}
 
         def versions():  # of every value kept across chunks: an in-place change would leak into later chunks
@@ -633,7 +637,8 @@ class _Plan:
     inplace: set[fx.Node]  # suffix nodes that may modify an input in place
     free_after: dict[fx.Node, list[fx.Node]]
     output_depends: bool
-    scale: int  # how many more images a stacked pass may hold than max_batch (activation size ratio)
+    scale: int = 1  # the network's largest activation per image / the suffix's
+    act: int = 1  # the suffix's largest activation per image
 
 
 _ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul,
@@ -717,7 +722,7 @@ def _make_plan(graph: fx.Graph, model: nn.Module, group: ChannelGroup) -> tuple[
             return f"{n.name} modifies a candidate-independent value in place", None
     return "", _Plan(modules, placeholders[0], prefix, suffix, consumers, direct, batched, broadcast, inplace,
                      free_after,
-                     out_node in dep or any(a in dep for a in out_node.all_input_nodes), 1)
+                     out_node in dep or any(a in dep for a in out_node.all_input_nodes))
 
 
 def _run_simple(n: fx.Node, args, kwargs, model: nn.Module) -> Any:
@@ -737,14 +742,14 @@ def _run_simple(n: fx.Node, args, kwargs, model: nn.Module) -> Any:
 def _bn_blocks(m: nn.modules.batchnorm._BatchNorm, x: Tensor, blocks: int) -> Tensor:
     """Batch norm of ``x`` with the statistics of each of ``blocks`` equal slices of its batch.
 
-    Two-pass sums (mean, then the mean square of the centred values): exact to float rounding, and on a CPU
-    many times faster than ``torch.var_mean`` over the strided batch and spatial axes.
+    Two passes (the mean, then the norm of the centred values, which become the output in place): exact to
+    float rounding, and on a CPU many times faster than ``torch.var_mean`` over the batch and spatial axes.
     """
     xs = x.reshape(blocks, x.shape[0] // blocks, x.shape[1], -1)  # (blocks, B, C, positions)
     n = xs.shape[1] * xs.shape[3]
     mean = xs.sum(3, keepdim=True).sum(1, keepdim=True) / n
     d = xs - mean
-    var = (d * d).sum(3, keepdim=True).sum(1, keepdim=True) / n
+    var = torch.linalg.vector_norm(d, dim=3, keepdim=True).square_().sum(1, keepdim=True) / n
     scale = torch.rsqrt(var + m.eps)
     if m.affine:
         scale = scale * m.weight.view(1, 1, -1, 1)
