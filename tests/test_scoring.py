@@ -343,3 +343,16 @@ def test_in_place_change_of_a_cached_value_is_caught():
         fast = scorer.score(0, masks, x, y)
     assert scorer.stats.path == "hooks"
     assert _close(fast, reference_scores(model, masker, 0, masks, x, y))
+
+
+def test_candidate_masks_equal_kept_masks_bit_for_bit():
+    from netsift.selection.scoring import candidate_masks
+
+    for size, kept, cands in [(10, [1, 4, 7], [0, 2, 9]), (7, [], [3, 5]), (6, [2, 2, 5], [2, 0])]:
+        want = torch.stack([kept_mask(size, kept + [j]) for j in cands])
+        assert torch.equal(candidate_masks(size, kept, add=cands), want)
+    current = [0, 2, 3, 5, 8]
+    want = torch.stack([kept_mask(9, [i for i in current if i != j]) for j in (2, 8)])
+    assert torch.equal(candidate_masks(9, current, drop=[2, 8]), want)
+    assert torch.equal(candidate_masks(9, current, drop=[2], rescale=False),
+                       kept_mask(9, [0, 3, 5, 8], rescale=False).unsqueeze(0))

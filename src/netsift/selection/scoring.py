@@ -188,6 +188,22 @@ def layer_macs(module: nn.Module, out: Tensor) -> int:
     return 0
 
 
+def candidate_masks(size: int, kept: Sequence[int], add: Sequence[int] = (), drop: Sequence[int] = (),
+                    rescale: bool = True) -> Tensor:
+    """The (K, size) stack of :func:`kept_mask` (bit for bit) of ``kept`` plus one candidate each (``add``: a
+    greedy forward step) or of ``kept`` less one candidate each (``drop``: a backward-elimination step)."""
+    base = torch.zeros(size)
+    if len(kept):
+        base.index_put_((torch.as_tensor(list(kept)),), torch.ones(len(kept)), accumulate=True)
+    cands, sign = (add, 1.0) if len(add) else (drop, -1.0)
+    masks = base.repeat(len(cands), 1)
+    masks[torch.arange(len(cands)), torch.as_tensor(list(cands), dtype=torch.long)] += sign
+    n = len(kept) + (1 if len(add) else -1)
+    if rescale and n > 0:
+        masks *= size / n
+    return masks
+
+
 class BatchedScorer:
     """Scores K candidate masks of one group on one minibatch, with each candidate's own work only.
 
