@@ -14,12 +14,14 @@ per step: either a few greedy steps per channel group (``--steps``), or a full s
   dense forward of an unmasked copy of the network before every greedy step; median);
 - **efficiency** = (suffix MACs / scoring seconds) / (dense MACs/s): the share of the machine's real
   throughput that scoring achieves; and the compute bound suffix MACs / dense MACs/s next to the wall time;
-- whether the selected channels equal those of the scorer before this change (``--before FILE``: selections
-  recorded by ``--record`` with the old code on the same networks, minibatches and candidate subsets).
+- the scorer before this change (``src/netsift/selection/scoring.py`` at ``--before-commit``, loaded from git)
+  on the same network, minibatches and candidate subsets, in the same process right after: its wall time (with
+  its own interleaved dense timings) and whether it selects the same channels. ``--before-file`` instead takes
+  selections recorded by ``--record`` (runs with the old code checked out) for runs too long to repeat.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/gfs_speed.py                       # the table, ~10 min
-    PYTHONPATH=src .venv/bin/python benchmarks/gfs_speed.py --models vgg11:0.25 --macs 0.5 \\
-        --out benchmarks/results/gfs_speed_vgg11_full.json                        # a full selection
+    PYTHONPATH=src .venv/bin/python benchmarks/gfs_speed.py           # the table
+    PYTHONPATH=src .venv/bin/python benchmarks/gfs_speed.py --models vgg11:0.25 --macs 0.5 --before-file F \\
+        --out benchmarks/results/gfs_speed_vgg11_full.json            # a full selection
 
 Timings come from one process on 1 thread; on a shared machine they are noisy (the dense baseline is
 interleaved so that both see the same load).
@@ -29,9 +31,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,6 +99,40 @@ class Interleaved:
         out = self.inner.score(gi, masks, x, y)
         self.scoring_s += time.perf_counter() - t
         return out
+
+
+def before_scorer_class(commit: str):
+    """``BatchedScorer`` of ``src/netsift/selection/scoring.py`` at ``commit`` (a module of its own)."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:src/netsift/selection/scoring.py"],
+                         check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "scoring_before.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("netsift.selection.scoring_before", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod.BatchedScorer
+
+
+def run_before(name, width, shape, args, scorer_cls):
+    """GFS with the scorer before this change on the same network, minibatches and candidates."""
+    model = make_model(name, width, shape, args.seed)
+    dense = copy.deepcopy(model)
+    graph = build_graph(model, shape)
+    groups = find_groups(model, shape, graph)
+    widths = widths_for(model, groups, shape, args)
+    batches = make_batches(sum(widths) + 1, args.batch, shape, args.seed)
+    it = iter(batches)
+    ctx = SelectionContext(model, groups, graph, shape, lambda: next(it), batches[0], widths=widths,
+                           candidates=args.candidates, seed=args.seed, progress=False,
+                           bn_batch_stats=args.bn_batch_stats)
+    ctx.scorer = Interleaved(scorer_cls(model, ctx.masker, ctx.max_batch, args.bn_batch_stats), dense)
+    t = time.perf_counter()
+    sel = gfs.select(ctx)
+    wall = time.perf_counter() - t - sum(ctx.scorer.dense_s)
+    ctx.masker.remove()
+    return {"kept": [sel.kept[g.name] for g in groups], "wall_s": wall,
+            "dense_forward_s_median": statistics.median(ctx.scorer.dense_s)}
 
 
 def run_gfs(name, width, shape, args, record_only=False):
@@ -179,8 +218,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", default=None, help="only run GFS and add the selections to this JSON file "
                                                   "(runs with the scorer before this change too)")
-    p.add_argument("--before", default=str(ROOT / "benchmarks" / "results" / "gfs_speed_before.json"),
-                   help="selections recorded with --record by the scorer before this change")
+    p.add_argument("--before-commit", default="230915b",
+                   help="run the scorer of this commit too (the last one before the graph path); '' to skip")
+    p.add_argument("--before-file", default=None,
+                   help="instead: selections recorded with --record by the scorer before this change")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gfs_speed.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -195,15 +236,19 @@ def main(argv=None) -> int:
             print(f"{key_of(name, width, args)}: {r['wall_s']:.1f} s", flush=True)
             path.write_text(json.dumps(rec, indent=1) + "\n")
         return 0
-    before = json.loads(Path(args.before).read_text()) if Path(args.before).exists() else {}
+    recorded = json.loads(Path(args.before_file).read_text()) if args.before_file else {}
+    scorer_cls = before_scorer_class(args.before_commit) if args.before_commit and not args.before_file else None
     rows = []
     for name, width in models:
         row = run_gfs(name, width, shape, args)
-        b = before.get(key_of(name, width, args))
+        b = run_before(name, width, shape, args, scorer_cls) if scorer_cls else recorded.get(key_of(name, width, args))
         row["same_as_before"] = None if b is None else b["kept"] == row["kept"]
-        row["before_wall_s"] = None if b is None else b["wall_s"]
+        row["before"] = None if b is None else {
+            "source": f"scorer at {args.before_commit}, same process" if scorer_cls else f"recorded in {args.before_file}",
+            "wall_s": b["wall_s"], "dense_forward_s_median": b.get("dense_forward_s_median")}
         rows.append(row)
-        print(f"{name} x{width}: selection {row['selection_wall_s']:.1f} s, efficiency {row['efficiency']:.2f}, "
+        print(f"{name} x{width}: selection {row['selection_wall_s']:.1f} s (before: "
+              f"{'-' if b is None else round(b['wall_s'], 1)} s), efficiency {row['efficiency']:.2f}, "
               f"same as before: {row['same_as_before']}", flush=True)
     result = {"input_shape": list(shape), "batch": args.batch, "candidates_per_step": args.candidates,
               "steps_per_group": None if args.macs else args.steps, "macs": args.macs,
@@ -223,7 +268,7 @@ def table(rows) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         st = r["stats"]
-        before = f" ({r['before_wall_s']:.1f})" if r["before_wall_s"] is not None else ""
+        before = f" ({r['before']['wall_s']:.1f})" if r["before"] is not None else ""
         lines.append(
             f"| {r['model']} ×{r['width']} | {r['steps']} | {r['candidates_scored']} | "
             f"{r['selection_wall_s']:.1f}{before} | {r['taylor_wall_s']:.1f} | "
