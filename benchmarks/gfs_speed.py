@@ -221,7 +221,8 @@ def main(argv=None) -> int:
     p.add_argument("--before-commit", default="230915b",
                    help="run the scorer of this commit too (the last one before the graph path); '' to skip")
     p.add_argument("--before-file", default=None,
-                   help="instead: selections recorded with --record by the scorer before this change")
+                   help="selections recorded with --record by the scorer before this change (used where present, "
+                        "instead of running it)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gfs_speed.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -237,15 +238,16 @@ def main(argv=None) -> int:
             path.write_text(json.dumps(rec, indent=1) + "\n")
         return 0
     recorded = json.loads(Path(args.before_file).read_text()) if args.before_file else {}
-    scorer_cls = before_scorer_class(args.before_commit) if args.before_commit and not args.before_file else None
+    scorer_cls = before_scorer_class(args.before_commit) if args.before_commit else None
     rows = []
     for name, width in models:
         row = run_gfs(name, width, shape, args)
-        b = run_before(name, width, shape, args, scorer_cls) if scorer_cls else recorded.get(key_of(name, width, args))
+        b, source = recorded.get(key_of(name, width, args)), f"recorded in {args.before_file}"
+        if b is None and scorer_cls is not None:
+            b, source = run_before(name, width, shape, args, scorer_cls), f"scorer at {args.before_commit}, same process"
         row["same_as_before"] = None if b is None else b["kept"] == row["kept"]
-        row["before"] = None if b is None else {
-            "source": f"scorer at {args.before_commit}, same process" if scorer_cls else f"recorded in {args.before_file}",
-            "wall_s": b["wall_s"], "dense_forward_s_median": b.get("dense_forward_s_median")}
+        row["before"] = None if b is None else {"source": source, "wall_s": b["wall_s"],
+                                                "dense_forward_s_median": b.get("dense_forward_s_median")}
         rows.append(row)
         print(f"{name} x{width}: selection {row['selection_wall_s']:.1f} s (before: "
               f"{'-' if b is None else round(b['wall_s'], 1)} s), efficiency {row['efficiency']:.2f}, "
