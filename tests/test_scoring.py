@@ -204,6 +204,10 @@ def test_stats_count_the_macs_executed():
     assert st.check_macs == prefix + consumer + rest  # the one-off check of the group's first call
     scorer.score(gi, masks, x, y)
     assert scorer.stats.check_macs == st.check_macs and scorer.stats.calls == 2
+    hooks = BatchedScorer(model, masker, mode="hooks")
+    hooks.score(gi, masks, x, y)
+    assert hooks.stats.prefix_macs == prefix and hooks.stats.shared_macs == 0
+    assert hooks.stats.candidate_macs == hooks.stats.plain_suffix_macs == k * (consumer + rest)
 
 
 # --------------------------------------------------------------------------------- fall-backs stay exact

@@ -265,6 +265,8 @@ class BatchedScorer:
         self.model.eval()
         t = time.perf_counter()
         st = ScoringStats(calls=1, candidates=masks.shape[0], path="graph")
+        if masks.shape[0] == 0:
+            return torch.zeros(0)
         try:
             plan = self._plan(gi, x) if self.mode != "hooks" else None
             out = self._score_checked(plan, gi, masks, x, y, st) if plan is not None else None
@@ -536,7 +538,7 @@ class BatchedScorer:
 
     # ------------------------------------------------------------------------------------------ hook path
 
-    def _record(self, gi: int, x: Tensor) -> dict[nn.Module, list[Tensor]]:
+    def _record(self, gi: int, x: Tensor, st: ScoringStats | None = None) -> dict[nn.Module, list[Tensor]]:
         """Run ``x`` up to group ``gi``'s first consumer; return the outputs of the modules finished by then.
 
         A module qualifies when every call it makes in the forward pass has finished before that point; only
@@ -555,6 +557,8 @@ class BatchedScorer:
         def post(mod, args, out):
             if isinstance(out, Tensor):
                 before.setdefault(mod, []).append(out.detach().clone())
+                if st is not None:
+                    st.prefix_macs += layer_macs(mod, out)
 
         handles = []
         for m in names:
@@ -574,8 +578,7 @@ class BatchedScorer:
                 if not ((parent := names[m].rpartition(".")[0]) and modules[parent] in qualified)}
 
     def _score_hooks(self, gi: int, masks: Tensor, x: Tensor, y: Tensor, st: ScoringStats) -> Tensor:
-        cached = self._record(gi, x)
-        st.prefix_macs += self._dense_macs(x)  # an upper bound: the record pass stops at the first consumer
+        cached = self._record(gi, x, st)
         b = x.shape[0]
         per_chunk = min(max(1, self.max_batch // b), masks.shape[0])
 
