@@ -180,7 +180,8 @@ def run_gfs(name, width, shape, args, record_only=False):
     # timed during that group's own steps
     local = bound_local = 0.0
     for gi, gst in scorer.group_stats.items():
-        rate = dense_macs / statistics.median([d for d, g in zip(ctx.scorer.dense_s, ctx.scorer.dense_group) if g == gi])
+        times = [d for d, g in zip(ctx.scorer.dense_s, ctx.scorer.dense_group) if g == gi]
+        rate = dense_macs / statistics.median(times)
         local += gst.seconds * rate
         bound_local += gst.suffix_macs / rate
     row = {
@@ -204,7 +205,8 @@ def run_gfs(name, width, shape, args, record_only=False):
         "kept": [sel.kept[g.name] for g in groups],
         "per_group": [{"group": g.name, "size": g.size, "kept": widths[gi],
                        "dense_forward_s_median": statistics.median(
-                           [d for d, k in zip(ctx.scorer.dense_s, ctx.scorer.dense_group) if k == gi] or [float("nan")]),
+                           [d for d, k in zip(ctx.scorer.dense_s, ctx.scorer.dense_group) if k == gi]
+                           or [float("nan")]),
                        **{k: v for k, v in scorer.group_stats.get(gi, type(st)()).as_dict().items()
                           if k in ("candidates", "seconds", "suffix_macs", "plain_suffix_macs", "path")}}
                       for gi, g in enumerate(groups)],
@@ -259,7 +261,8 @@ def main(argv=None) -> int:
         row = run_gfs(name, width, shape, args)
         b, source = recorded.get(key_of(name, width, args)), f"recorded in {args.before_file}"
         if b is None and scorer_cls is not None:
-            b, source = run_before(name, width, shape, args, scorer_cls), f"scorer at {args.before_commit}, same process"
+            b = run_before(name, width, shape, args, scorer_cls)
+            source = f"scorer at {args.before_commit}, same process"
         row["same_as_before"] = None if b is None else b["kept"] == row["kept"]
         row["before"] = None if b is None else {"source": source, "wall_s": b["wall_s"],
                                                 "dense_forward_s_median": b.get("dense_forward_s_median")}
@@ -290,7 +293,8 @@ def table(rows) -> str:
         lines.append(
             f"| {r['model']} ×{r['width']} | {r['steps']} | {r['candidates_scored']} | "
             f"{r['selection_wall_s']:.1f}{before} | {r['taylor_wall_s']:.1f} | "
-            f"{st['suffix_macs'] / 1e9:.1f} ({st['plain_suffix_macs'] / 1e9:.1f}) | {r['dense_macs_per_s'] / 1e9:.1f} | "
+            f"{st['suffix_macs'] / 1e9:.1f} ({st['plain_suffix_macs'] / 1e9:.1f}) | "
+            f"{r['dense_macs_per_s'] / 1e9:.1f} | "
             f"{r['suffix_macs_per_s'] / 1e9:.1f} | **{r['efficiency']:.2f}** ({r['efficiency_group_local']:.2f}) | "
             f"{r['compute_bound_s']:.1f} | {r['wall_over_bound']:.2f} ({r['wall_over_bound_group_local']:.2f}) | "
             f"{r['same_as_before']} |")
