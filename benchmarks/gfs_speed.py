@@ -282,10 +282,22 @@ def main(argv=None) -> int:
     return 0 if all(r["same_as_before"] is not False for r in rows) else 1
 
 
+def speedup(r) -> str:
+    """Wall-time speed-up over the scorer before this change; normalised by the dense forward's time in each run
+    (the load of a shared machine differs between runs) where the earlier run timed it."""
+    b = r["before"]
+    if b is None:
+        return "–"
+    raw = b["wall_s"] / r["selection_wall_s"]
+    if b.get("dense_forward_s_median"):
+        return f"×{raw:.1f} (×{raw * r['dense_forward_s_median'] / b['dense_forward_s_median']:.1f})"
+    return f"×{raw:.1f} (not timed)"
+
+
 def table(rows) -> str:
     head = ("| network | steps | candidates | GFS selection s (before) | Taylor s | suffix GMACs (plain) | "
             "dense GMAC/s | scoring suffix GMAC/s | efficiency (group-local) | bound s | wall / bound (group-local) | "
-            "same channels |")
+            "same channels | speed-up vs before (dense-normalised) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         st = r["stats"]
@@ -297,7 +309,7 @@ def table(rows) -> str:
             f"{r['dense_macs_per_s'] / 1e9:.1f} | "
             f"{r['suffix_macs_per_s'] / 1e9:.1f} | **{r['efficiency']:.2f}** ({r['efficiency_group_local']:.2f}) | "
             f"{r['compute_bound_s']:.1f} | {r['wall_over_bound']:.2f} ({r['wall_over_bound_group_local']:.2f}) | "
-            f"{r['same_as_before']} |")
+            f"{r['same_as_before']} | {speedup(r)} |")
     return "\n".join(lines)
 
 
