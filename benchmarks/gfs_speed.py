@@ -1,173 +1,316 @@
-"""GFS scoring speed: batched prefix-cached scoring against the plain one-forward-per-candidate reference.
+"""GFS scoring speed: how close candidate scoring runs to the machine's dense-forward throughput.
 
-Both run the same greedy selection (``netsift.selection.gfs.select``) on the same network, the same minibatch
-sequence and the same candidate subsets; only the scorer differs. The reference (kept here) runs the whole
-network once per candidate. The batched scorer runs the prefix below the group's consumers once per step and
-the rest of the network once on K stacked copies of the minibatch. The benchmark checks that both pick the
-same channels and reports candidates scored per second.
+For each network (zoo models on 1×28×28, batch-norm statistics calibrated on random images, affine parameters
+randomised), GFS runs on a fixed sequence of random 128-image minibatches with the published 50 candidates
+per step: either a few greedy steps per channel group (``--steps``), or a full selection to a MACs budget
+(``--macs``). Reported per network:
 
-    PYTHONPATH=src .venv/bin/python benchmarks/gfs_speed.py
+- selection wall time (minus the interleaved dense timings), the scorer's own time, and Taylor's wall time on
+  the same network and budget (``taylor.select``, 8 minibatches);
+- the MACs the scorer executed (``BatchedScorer.stats``): the suffix passes (the first consumers' shared
+  products plus every candidate's own work), the candidate-independent prefix, and what plain suffix passes
+  would have executed;
+- the dense forward's MACs/s at the same batch, timed in the same process, interleaved with the scoring (one
+  dense forward of an unmasked copy of the network before every greedy step; median);
+- **efficiency** = (suffix MACs / scoring seconds) / (dense MACs/s): the share of the machine's real
+  throughput that scoring achieves (also with each group's scoring time weighed against the dense forwards
+  timed during that group's steps: the load of a shared machine drifts during a long run); and the compute
+  bound suffix MACs / dense MACs/s next to the wall time;
+- the scorer before this change (``src/netsift/selection/scoring.py`` at ``--before-commit``, loaded from git)
+  on the same network, minibatches and candidate subsets, in the same process right after: its wall time (with
+  its own interleaved dense timings) and whether it selects the same channels. ``--before-file`` instead takes
+  selections recorded by ``--record`` (runs with the old code checked out) for runs too long to repeat.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/gfs_speed.py           # the table
+    PYTHONPATH=src .venv/bin/python benchmarks/gfs_speed.py --models vgg11:0.25 --macs 0.5 --before-file F \\
+        --out benchmarks/results/gfs_speed_vgg11_full.json            # a full selection
+
+Timings come from one process on 1 thread; on a shared machine they are noisy (the dense baseline is
+interleaved so that both see the same load).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import json
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from netsift.models import build_model  # noqa: E402
-from netsift.selection import gfs  # noqa: E402
+from netsift.selection import gfs, taylor  # noqa: E402
 from netsift.selection.base import SelectionContext  # noqa: E402
+from netsift.selection.budget import MacsModel, allocate  # noqa: E402
 from netsift.selection.groups import build_graph, find_groups  # noqa: E402
 
-
-class ReferenceScorer:
-    """One whole forward pass of the masked network per candidate (what the published code does)."""
-
-    def __init__(self, model: nn.Module, masker):
-        self.model, self.masker = model, masker
-
-    @torch.no_grad()
-    def score(self, gi: int, masks: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        old = self.masker.masks[gi]
-        losses = []
-        for mask in masks:
-            self.masker.set(gi, mask)
-            losses.append(F.cross_entropy(self.model(x), y))
-        self.masker.set(gi, old)
-        return torch.stack(losses)
+DEFAULT_MODELS = "resnet20:0.5,vgg11:0.5,mobilenetv2:0.5"
 
 
-class Counting:
-    """Wraps a scorer; counts candidates and time spent per group."""
+def make_model(name: str, width: float, shape, seed: int) -> nn.Module:
+    """A zoo network with trained-looking batch norms: statistics of random images, random affine parameters."""
+    torch.manual_seed(seed)
+    model = build_model(name, shape[0], shape[1], 10, width)
+    g = torch.Generator().manual_seed(seed + 100)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.uniform_(-0.2, 0.2, generator=g)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(64, *shape, generator=g))
+    return model.eval()
 
-    def __init__(self, inner):
-        self.inner, self.candidates, self.seconds = inner, {}, {}
+
+def make_batches(n: int, batch: int, shape, seed: int):
+    g = torch.Generator().manual_seed(seed + 1)
+    return [(torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g)) for _ in range(n)]
+
+
+def widths_for(model, groups, shape, args) -> list[int]:
+    if args.macs:
+        return allocate(MacsModel(model, groups, shape), args.macs)
+    return [min(args.steps, g.size) for g in groups]
+
+
+class Interleaved:
+    """Wraps the scorer: before each greedy step, times one forward pass of the dense (unmasked) copy."""
+
+    def __init__(self, inner, dense: nn.Module | None):
+        self.inner, self.dense, self.dense_s, self.dense_group, self.scoring_s = inner, dense, [], [], 0.0
 
     def score(self, gi, masks, x, y):
+        if self.dense is not None:
+            with torch.no_grad():
+                t = time.perf_counter()
+                self.dense(x)
+                self.dense_s.append(time.perf_counter() - t)
+                self.dense_group.append(gi)
         t = time.perf_counter()
         out = self.inner.score(gi, masks, x, y)
-        self.seconds[gi] = self.seconds.get(gi, 0.0) + time.perf_counter() - t
-        self.candidates[gi] = self.candidates.get(gi, 0) + len(masks)
+        self.scoring_s += time.perf_counter() - t
         return out
 
 
-def suffix_fractions(model: nn.Module, groups, shape) -> list[float]:
-    """Per group: the share of the network's MACs from its first consumer on (what each candidate must run)."""
-    layers = []
-
-    def hook(mod, inp, out):
-        if isinstance(mod, nn.Conv2d):
-            macs = out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
-        else:
-            macs = out.numel() * mod.in_features
-        layers.append((mod, macs))
-
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(torch.zeros(1, *shape))
-    for h in hs:
-        h.remove()
-    total = sum(m for _, m in layers)
-    fractions = []
-    for g in groups:
-        consumers = {c.module for c in g.consumers}
-        first = min(i for i, (mod, _) in enumerate(layers) if mod in consumers)
-        fractions.append(sum(m for _, m in layers[first:]) / total)
-    return fractions
+def before_scorer_class(commit: str):
+    """``BatchedScorer`` of ``src/netsift/selection/scoring.py`` at ``commit`` (a module of its own)."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:src/netsift/selection/scoring.py"],
+                         check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "scoring_before.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("netsift.selection.scoring_before", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod.BatchedScorer
 
 
-def run(model: nn.Module, shape, batches, steps: int, candidates: int, reference: bool, seed: int,
-        max_batch: int | None = None):
+def run_before(name, width, shape, args, scorer_cls):
+    """GFS with the scorer before this change on the same network, minibatches and candidates."""
+    model = make_model(name, width, shape, args.seed)
+    dense = copy.deepcopy(model)
     graph = build_graph(model, shape)
     groups = find_groups(model, shape, graph)
+    widths = widths_for(model, groups, shape, args)
+    batches = make_batches(sum(widths) + 1, args.batch, shape, args.seed)
     it = iter(batches)
-    ctx = SelectionContext(model, groups, graph, shape, lambda: next(it), batches[0], widths=[steps] * len(groups),
-                           candidates=candidates, seed=seed, progress=False)
-    if max_batch:
-        ctx.scorer.max_batch = max_batch
-    scorer = Counting(ReferenceScorer(model, ctx.masker) if reference else ctx.scorer)
-    ctx.scorer = scorer
+    ctx = SelectionContext(model, groups, graph, shape, lambda: next(it), batches[0], widths=widths,
+                           candidates=args.candidates, seed=args.seed, progress=False,
+                           bn_batch_stats=args.bn_batch_stats)
+    ctx.scorer = Interleaved(scorer_cls(model, ctx.masker, ctx.max_batch, args.bn_batch_stats), dense)
     t = time.perf_counter()
     sel = gfs.select(ctx)
-    wall = time.perf_counter() - t
+    wall = time.perf_counter() - t - sum(ctx.scorer.dense_s)
     ctx.masker.remove()
-    return sel, wall, scorer, groups
+    return {"kept": [sel.kept[g.name] for g in groups], "wall_s": wall,
+            "dense_forward_s_median": statistics.median(ctx.scorer.dense_s)}
 
 
-def ctx_default_max_batch() -> int:
-    import dataclasses
+def run_gfs(name, width, shape, args, record_only=False):
+    model = make_model(name, width, shape, args.seed)
+    dense = copy.deepcopy(model)
+    graph = build_graph(model, shape)
+    groups = find_groups(model, shape, graph)
+    widths = widths_for(model, groups, shape, args)
+    batches = make_batches(sum(widths) + 1, args.batch, shape, args.seed)
+    it = iter(batches)
+    kwargs = dict(widths=widths, candidates=args.candidates, seed=args.seed, progress=False,
+                  bn_batch_stats=args.bn_batch_stats)
+    ctx = SelectionContext(model, groups, graph, shape, lambda: next(it), batches[0], **kwargs)
+    if record_only:  # works with the scorer before this change too
+        t = time.perf_counter()
+        sel = gfs.select(ctx)
+        return {"kept": [sel.kept[g.name] for g in groups], "wall_s": time.perf_counter() - t}
+    scorer = ctx.scorer
+    if args.mode:
+        scorer.mode = args.mode
+    ctx.scorer = Interleaved(scorer, dense)
+    t = time.perf_counter()
+    sel = gfs.select(ctx)
+    wall = time.perf_counter() - t - sum(ctx.scorer.dense_s)
+    ctx.masker.remove()
+    # Taylor on the same network (unmasked), same budget and minibatches
+    model_t = copy.deepcopy(dense)
+    it_t = iter(batches)
+    ctx_t = SelectionContext(model_t, find_groups(model_t, shape, build_graph(model_t, shape)),
+                             build_graph(model_t, shape), shape, lambda: next(it_t), batches[0], **kwargs)
+    t = time.perf_counter()
+    taylor.select(ctx_t)
+    taylor_s = time.perf_counter() - t
+    ctx_t.masker.remove()
+    from netsift.measure import count_macs
 
-    return next(f.default for f in dataclasses.fields(SelectionContext) if f.name == "max_batch")
+    dense_macs = count_macs(dense, shape) * args.batch
+    dense_s = statistics.median(ctx.scorer.dense_s)
+    st = scorer.stats
+    dense_rate = dense_macs / dense_s
+    # the load of a shared machine drifts during a long run: also compare each group with the dense forwards
+    # timed during that group's own steps
+    local = bound_local = 0.0
+    for gi, gst in scorer.group_stats.items():
+        times = [d for d, g in zip(ctx.scorer.dense_s, ctx.scorer.dense_group) if g == gi]
+        rate = dense_macs / statistics.median(times)
+        local += gst.seconds * rate
+        bound_local += gst.suffix_macs / rate
+    row = {
+        "model": name, "width": width, "groups": len(groups), "widths": widths,
+        "steps": sum(widths), "candidates_scored": st.candidates,
+        "selection_wall_s": wall, "scoring_s": ctx.scorer.scoring_s, "taylor_wall_s": taylor_s,
+        "dense_macs_per_batch": dense_macs, "dense_forward_s_median": dense_s,
+        "dense_forward_s_quartiles": statistics.quantiles(ctx.scorer.dense_s, n=4) if len(ctx.scorer.dense_s) > 1
+        else [dense_s] * 3,
+        "dense_macs_per_s": dense_rate,
+        "stats": st.as_dict(),
+        "suffix_macs_per_s": st.suffix_macs / ctx.scorer.scoring_s,
+        "efficiency": st.suffix_macs / ctx.scorer.scoring_s / dense_rate,
+        "efficiency_group_local": st.suffix_macs / local,
+        "efficiency_all_macs_wall": (st.total_macs) / wall / dense_rate,
+        "compute_bound_s": st.suffix_macs / dense_rate,
+        "wall_over_bound": wall / (st.suffix_macs / dense_rate),
+        "compute_bound_group_local_s": bound_local,
+        "wall_over_bound_group_local": wall / bound_local,
+        "plain_compute_bound_s": st.plain_suffix_macs / dense_rate,
+        "kept": [sel.kept[g.name] for g in groups],
+        "per_group": [{"group": g.name, "size": g.size, "kept": widths[gi],
+                       "dense_forward_s_median": statistics.median(
+                           [d for d, k in zip(ctx.scorer.dense_s, ctx.scorer.dense_group) if k == gi]
+                           or [float("nan")]),
+                       **{k: v for k, v in scorer.group_stats.get(gi, type(st)()).as_dict().items()
+                          if k in ("candidates", "seconds", "suffix_macs", "plain_suffix_macs", "path")}}
+                      for gi, g in enumerate(groups)],
+    }
+    return row
+
+
+def key_of(name, width, args) -> str:
+    budget = f"macs{args.macs}" if args.macs else f"steps{args.steps}"
+    return (f"{name}:{width}/{args.image_size}/{budget}/b{args.batch}/c{args.candidates}/s{args.seed}/"
+            f"{'bnstats' if args.bn_batch_stats else 'running'}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--models", default=DEFAULT_MODELS, help="name:width,... (zoo models)")
     p.add_argument("--image-size", type=int, default=28)
-    p.add_argument("--channels", type=int, default=1)
     p.add_argument("--batch", type=int, default=128, help="greedy minibatch (published 128)")
     p.add_argument("--candidates", type=int, default=50, help="candidates per step (published 50)")
-    p.add_argument("--steps", type=int, default=2, help="greedy steps per group (both implementations)")
-    p.add_argument("--max-batch", type=int, default=None, help="images per stacked pass (default: the scorer's)")
+    p.add_argument("--steps", type=int, default=3, help="greedy steps per group (without --macs)")
+    p.add_argument("--macs", type=float, default=None, help="full selection to this MACs fraction instead")
+    p.add_argument("--bn-batch-stats", action=argparse.BooleanOptionalAction, default=True,
+                   help="score with per-candidate batch statistics (default on: the better variant)")
+    p.add_argument("--mode", choices=["auto", "graph", "hooks"], default=None, help="scorer path")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--record", default=None, help="only run GFS and add the selections to this JSON file "
+                                                  "(runs with the scorer before this change too)")
+    p.add_argument("--before-commit", default="230915b",
+                   help="run the scorer of this commit too (the last one before the graph path); '' to skip")
+    p.add_argument("--before-file", default=None,
+                   help="selections recorded with --record by the scorer before this change (used where present, "
+                        "instead of running it)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gfs_speed.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    shape = (args.channels, args.image_size, args.image_size)
-    model = build_model(args.model, args.channels, args.image_size, 10, args.width).eval()
-    for m in model.modules():  # trained-looking batch-norm statistics
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    n_groups = len(find_groups(model, shape))
-    g = torch.Generator().manual_seed(args.seed)
-    batches = [(torch.randn(args.batch, *shape, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
-               for _ in range(args.steps * n_groups + 1)]
-    fast_sel, fast_wall, fast, groups = run(model, shape, batches, args.steps, args.candidates, False, args.seed,
-                                            args.max_batch)
-    ref_sel, ref_wall, ref, _ = run(model, shape, batches, args.steps, args.candidates, True, args.seed)
-    same = fast_sel.kept == ref_sel.kept
-    n = sum(fast.candidates.values())
-    fractions = suffix_fractions(model, groups, shape)
-    # exact scoring must run the suffix once per candidate: the best speed-up that skipping the prefix can give
-    bound = n / sum(fast.candidates.get(gi, 0) * f for gi, f in enumerate(fractions))
+    shape = (1, args.image_size, args.image_size)
+    models = [(m.split(":")[0], float(m.split(":")[1]) if ":" in m else 0.5) for m in args.models.split(",")]
+    if args.record:
+        path = Path(args.record)
+        rec = json.loads(path.read_text()) if path.exists() else {}
+        for name, width in models:
+            r = run_gfs(name, width, shape, args, record_only=True)
+            rec[key_of(name, width, args)] = r
+            print(f"{key_of(name, width, args)}: {r['wall_s']:.1f} s", flush=True)
+            path.write_text(json.dumps(rec, indent=1) + "\n")
+        return 0
+    recorded = json.loads(Path(args.before_file).read_text()) if args.before_file else {}
+    scorer_cls = before_scorer_class(args.before_commit) if args.before_commit else None
     rows = []
-    for gi, grp in enumerate(groups):
-        rows.append({"group": grp.name, "channels": grp.size, "candidates": fast.candidates.get(gi, 0),
-                     "suffix_macs_fraction": fractions[gi],
-                     "batched_s": fast.seconds.get(gi, 0.0), "reference_s": ref.seconds.get(gi, 0.0),
-                     "speedup": ref.seconds.get(gi, 0.0) / max(fast.seconds.get(gi, 1e-9), 1e-9)})
-    result = {"model": args.model, "max_batch": args.max_batch or ctx_default_max_batch(), "width": args.width, "input_shape": list(shape), "batch": args.batch,
-              "candidates_per_step": args.candidates, "steps_per_group": args.steps, "threads": args.threads,
-              "candidates_scored": n, "batched_wall_s": fast_wall, "reference_wall_s": ref_wall,
-              "batched_candidates_per_s": n / fast_wall, "reference_candidates_per_s": n / ref_wall,
-              "speedup": ref_wall / fast_wall, "prefix_skip_macs_bound": bound, "same_selection": same,
-              "groups": rows}
+    for name, width in models:
+        row = run_gfs(name, width, shape, args)
+        b, source = recorded.get(key_of(name, width, args)), f"recorded in {args.before_file}"
+        if b is None and scorer_cls is not None:
+            b = run_before(name, width, shape, args, scorer_cls)
+            source = f"scorer at {args.before_commit}, same process"
+        row["same_as_before"] = None if b is None else b["kept"] == row["kept"]
+        row["before"] = None if b is None else {"source": source, "wall_s": b["wall_s"],
+                                                "dense_forward_s_median": b.get("dense_forward_s_median")}
+        rows.append(row)
+        print(f"{name} x{width}: selection {row['selection_wall_s']:.1f} s (before: "
+              f"{'-' if b is None else round(b['wall_s'], 1)} s), efficiency {row['efficiency']:.2f}, "
+              f"same as before: {row['same_as_before']}", flush=True)
+    result = {"input_shape": list(shape), "batch": args.batch, "candidates_per_step": args.candidates,
+              "steps_per_group": None if args.macs else args.steps, "macs": args.macs,
+              "bn_batch_stats": args.bn_batch_stats, "threads": args.threads, "seed": args.seed,
+              "command": "benchmarks/gfs_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "torch": torch.__version__, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'group':28} {'N':>4} {'cands':>6} {'suffix':>6} {'batched s':>9} {'ref s':>8} {'speed-up':>8}")
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print()
+    print(table(rows))
+    return 0 if all(r["same_as_before"] is not False for r in rows) else 1
+
+
+def speedup(r) -> str:
+    """Wall-time speed-up over the scorer before this change; normalised by the dense forward's time in each run
+    (the load of a shared machine differs between runs) where the earlier run timed it."""
+    b = r["before"]
+    if b is None:
+        return "–"
+    raw = b["wall_s"] / r["selection_wall_s"]
+    if b.get("dense_forward_s_median"):
+        return f"×{raw:.1f} (×{raw * r['dense_forward_s_median'] / b['dense_forward_s_median']:.1f})"
+    return f"×{raw:.1f} (not timed)"
+
+
+def table(rows) -> str:
+    head = ("| network | steps | candidates | GFS selection s (before) | Taylor s | suffix GMACs (plain) | "
+            "dense GMAC/s | scoring suffix GMAC/s | efficiency (group-local) | bound s | wall / bound (group-local) | "
+            "same channels | speed-up vs before (dense-normalised) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        print(f"{r['group']:28} {r['channels']:4d} {r['candidates']:6d} {r['suffix_macs_fraction']:6.2f} "
-              f"{r['batched_s']:9.2f} {r['reference_s']:8.2f} {r['speedup']:8.2f}")
-    print(f"{args.model} x{args.width} {shape}, batch {args.batch}, {args.threads} thread(s): {n} candidates; "
-          f"batched {n / fast_wall:.1f}/s, reference {n / ref_wall:.1f}/s, speed-up x{ref_wall / fast_wall:.2f}; "
-          f"same channels selected: {same}; MACs bound of exact prefix skipping x{bound:.2f}")
-    return 0 if same else 1
+        st = r["stats"]
+        before = f" ({r['before']['wall_s']:.1f})" if r["before"] is not None else ""
+        lines.append(
+            f"| {r['model']} ×{r['width']} | {r['steps']} | {r['candidates_scored']} | "
+            f"{r['selection_wall_s']:.1f}{before} | {r['taylor_wall_s']:.1f} | "
+            f"{st['suffix_macs'] / 1e9:.1f} ({st['plain_suffix_macs'] / 1e9:.1f}) | "
+            f"{r['dense_macs_per_s'] / 1e9:.1f} | "
+            f"{r['suffix_macs_per_s'] / 1e9:.1f} | **{r['efficiency']:.2f}** ({r['efficiency_group_local']:.2f}) | "
+            f"{r['compute_bound_s']:.1f} | {r['wall_over_bound']:.2f} ({r['wall_over_bound_group_local']:.2f}) | "
+            f"{r['same_as_before']} | {speedup(r)} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .base import Selection, SelectionContext
-from .scoring import kept_mask
+from .scoring import candidate_masks
 
 
 def select(ctx: SelectionContext) -> Selection:
@@ -30,7 +30,7 @@ def select(ctx: SelectionContext) -> Selection:
         while len(current) > target:
             x, y = ctx.next_batch()
             cands = ctx.sample(current, ctx.n_candidates(gi, len(current)))
-            masks = torch.stack([kept_mask(n, [i for i in current if i != j]) for j in cands])
+            masks = candidate_masks(n, current, drop=cands)  # row k: current without cands[k]
             scores = ctx.scorer.score(gi, masks, x, y)
             drop = cands[int(torch.argmin(scores))]
             trial = [i for i in current if i != drop]

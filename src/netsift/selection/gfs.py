@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .base import Selection, SelectionContext
-from .scoring import kept_mask
+from .scoring import candidate_masks
 
 
 def _stop(ctx: SelectionContext, gi: int, chosen: list[int], start_acc: float | None) -> tuple[bool, float | None]:
@@ -52,7 +52,7 @@ def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
             x, y = ctx.next_batch()
             pool = range(n) if ctx.replacement else sorted(set(range(n)) - set(chosen))
             cands = ctx.sample(pool, ctx.n_candidates(gi, len(pool)))
-            masks = torch.stack([kept_mask(n, chosen + [j]) for j in cands])
+            masks = candidate_masks(n, chosen, add=cands)  # row k: kept_mask(n, chosen + [cands[k]])
             scores = ctx.scorer.score(gi, masks, x, y)
             best = int(torch.argmin(scores))
             before = len(set(chosen))

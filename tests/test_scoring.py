@@ -1,0 +1,362 @@
+"""Fast candidate scoring (``BatchedScorer``): exactly the plain one-forward-per-candidate losses, on every path.
+
+Hermetic: random weights, random images, batch norms calibrated on random images (so the networks' outputs
+depend on their inputs and candidates are not tied).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netsift.models import build_model
+from netsift.selection import backward, gfs
+from netsift.selection.base import SelectionContext
+from netsift.selection.groups import ChannelGroup, Consumer, build_graph, find_groups
+from netsift.selection.scoring import BatchedScorer, Masker, kept_mask, layer_macs, reference_scores
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHAPE = (1, 16, 16)
+
+
+def _model(name: str, width: float = 0.25, seed: int = 0, shape=SHAPE) -> nn.Module:
+    """A zoo network with trained-looking batch norms: statistics of random images, random affine parameters."""
+    torch.manual_seed(seed)
+    model = build_model(name, shape[0], shape[1], 10, width)
+    g = torch.Generator().manual_seed(seed + 100)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.uniform_(-0.2, 0.2, generator=g)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(64, *shape, generator=g))
+    return model.eval()
+
+
+def _data(n: int = 16, shape=SHAPE, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _close(fast, slow):
+    return torch.allclose(fast, slow, rtol=2e-5, atol=2e-5)
+
+
+# ------------------------------------------------------------------------------- scores equal the reference
+
+
+@pytest.mark.parametrize("mode", ["graph", "hooks"])
+@pytest.mark.parametrize("bn_batch_stats", [False, True])
+@pytest.mark.parametrize("name", ["resnet20", "vgg11", "mobilenetv2", "conv2", "lenet300"])
+def test_scores_equal_reference(name, bn_batch_stats, mode):
+    """GFS-, backward- and with-replacement-style masks, other groups masked, several chunks per call."""
+    model = _model(name)
+    groups = find_groups(model, SHAPE)
+    masker = Masker(model, groups)
+    for gi in range(0, len(groups), 2):
+        masker.set_kept(gi, list(range(0, groups[gi].size, 3)))
+    x, y = _data()
+    scorer = BatchedScorer(model, masker, max_batch=32, bn_batch_stats=bn_batch_stats, mode=mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fall-back from the graph path
+        for gi in range(0, len(groups), max(1, len(groups) // 8)):  # at most ~8 groups (MobileNetV2 has 25)
+            n = groups[gi].size
+            s = [0, 1] if n > 3 else [0]
+            rest = [j for j in range(n) if j not in s][:7]
+            masks = torch.stack([kept_mask(n, s + [j]) for j in rest]  # forward: S ∪ {j}
+                                + [kept_mask(n, [i for i in range(n) if i != j]) for j in rest[:3]]  # backward
+                                + [kept_mask(n, s + [s[0]])])  # with replacement: a repeat
+            fast = scorer.score(gi, masks, x, y)
+            slow = reference_scores(model, masker, gi, masks, x, y, bn_batch_stats=bn_batch_stats)
+            assert _close(fast, slow), (gi, (fast - slow).abs().max())
+    assert scorer.stats.path == mode
+    assert scorer.stats.candidates == sum(s.candidates for s in scorer.group_stats.values())
+
+
+def test_single_candidate_and_empty_shared_part():
+    model = _model("vgg11")
+    groups = find_groups(model, SHAPE)
+    masker = Masker(model, groups)
+    x, y = _data()
+    scorer = BatchedScorer(model, masker, mode="graph")
+    for gi in (0, 3):
+        n = groups[gi].size
+        for masks in (kept_mask(n, [2]).unsqueeze(0), torch.stack([kept_mask(n, [j]) for j in range(4)])):
+            assert _close(scorer.score(gi, masks, x, y), reference_scores(model, masker, gi, masks, x, y))
+
+
+# ---------------------------------------------------------------- GFS selects what it selected before the change
+
+# GFS on the networks of _model at width 0.25 (16×16 inputs), 4 greedy steps per group, 8 candidates per step,
+# 32-image minibatches from Generator(1), selection seed 0: the channels the scorer picked before this change
+# (hook path, one plain suffix per candidate). They also equal what reference_scores-driven selection picks.
+BEFORE = {
+    "resnet20/running": [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3], [1, 3, 4, 6], [0, 4, 6, 7],
+                         [0, 2, 4, 7], [1, 2, 3, 5], [0, 1, 6, 13], [0, 2, 7, 9], [5, 12, 14, 15], [2, 3, 4, 11]],
+    "resnet20/bnstats": [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3], [2, 3, 4, 6], [0, 2, 3, 7],
+                         [0, 3, 4, 5], [0, 5, 6, 7], [0, 4, 11, 12], [3, 8, 10, 15], [1, 2, 12, 15], [2, 3, 12, 15]],
+    "vgg11/running": [[2, 3, 8, 9], [11, 14, 25, 28], [9, 22, 46, 53], [6, 25, 44, 59], [50, 60, 65, 102],
+                      [22, 76, 99, 125], [37, 51, 57, 72], [33, 70, 93, 124]],
+    "vgg11/bnstats": [[4, 5, 8, 13], [7, 18, 27, 30], [3, 4, 54, 58], [6, 29, 31, 50], [43, 70, 73, 102],
+                      [65, 80, 81, 85], [24, 48, 83, 111], [30, 82, 105, 116]],
+    "mobilenetv2/running": [[1, 3, 6, 7], [0, 1, 2, 3], [6, 11, 13, 21], [0, 1, 3, 5], [1, 8, 29, 32],
+                            [13, 16, 17, 24], [2, 5, 6, 7], [11, 16, 37, 47], [0, 9, 11, 37], [5, 11, 30, 34],
+                            [1, 6, 9, 12], [8, 30, 45, 85], [41, 71, 73, 89], [10, 15, 62, 77], [9, 13, 17, 25],
+                            [14, 16, 17, 20], [18, 55, 112, 143], [55, 77, 97, 108], [30, 50, 76, 135],
+                            [14, 23, 27, 31], [51, 71, 108, 227], [19, 58, 146, 209], [47, 60, 78, 169],
+                            [26, 30, 42, 73], [15, 18, 737, 1004]],
+    "mobilenetv2/bnstats": [[1, 3, 4, 7], [0, 1, 2, 3], [13, 14, 16, 21], [0, 1, 3, 5], [12, 21, 22, 25],
+                            [4, 26, 28, 29], [1, 3, 5, 6], [16, 20, 21, 38], [0, 10, 36, 45], [0, 33, 34, 44],
+                            [2, 6, 8, 14], [14, 48, 51, 67], [9, 19, 62, 65], [34, 38, 77, 94], [11, 48, 82, 95],
+                            [7, 8, 14, 18], [54, 112, 125, 139], [23, 46, 66, 74], [0, 8, 97, 139], [0, 2, 20, 27],
+                            [17, 19, 129, 229], [19, 49, 58, 72], [111, 150, 159, 160], [3, 30, 46, 55],
+                            [15, 27, 317, 900]],
+}
+
+
+def _select(name: str, bn_batch_stats: bool, steps: int = 4, candidates: int = 8, method=gfs.select,
+            widths=None):
+    model = _model(name)
+    graph = build_graph(model, SHAPE)
+    groups = find_groups(model, SHAPE, graph)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(32, *SHAPE, generator=g), torch.randint(0, 10, (32,), generator=g))
+               for _ in range(steps * len(groups) + 1)]
+    it = itertools.cycle(batches)
+    widths = widths(groups) if widths else [min(steps, gr.size) for gr in groups]
+    ctx = SelectionContext(model, groups, graph, SHAPE, lambda: next(it), batches[0],
+                           widths=widths, candidates=candidates, seed=0,
+                           progress=False, max_batch=64, bn_batch_stats=bn_batch_stats)
+    sel = method(ctx)
+    return [sel.kept[gr.name] for gr in groups], ctx.scorer
+
+
+@pytest.mark.parametrize("bn", ["running", "bnstats"])
+@pytest.mark.parametrize("name", ["resnet20", "vgg11", "mobilenetv2"])
+def test_gfs_selects_the_same_channels_as_before(name, bn):
+    kept, scorer = _select(name, bn == "bnstats")
+    assert scorer.stats.path == "graph"
+    assert kept == BEFORE[f"{name}/{bn}"]
+
+
+def test_backward_elimination_selects_what_reference_scoring_selects():
+    class Ref:
+        def __init__(self, ctx):
+            self.ctx = ctx
+
+        def score(self, gi, masks, x, y):
+            return reference_scores(self.ctx.model, self.ctx.masker, gi, masks, x, y)
+
+    def with_reference(ctx):
+        ctx.scorer = Ref(ctx)
+        return backward.select(ctx)
+
+    def widths(groups):
+        return [gr.size - 3 for gr in groups]  # three eliminations per group
+
+    fast, _ = _select("vgg11", False, method=backward.select, widths=widths)
+    slow, _ = _select("vgg11", False, method=with_reference, widths=widths)
+    assert fast == slow
+
+
+# ------------------------------------------------------------------------------------------ counting the work
+
+
+def test_stats_count_the_macs_executed():
+    """On a plain chain: the suffix MACs are the layers from the first consumer on, once per candidate, less what
+    the first consumer's shared product saves; the prefix runs once per call."""
+    model = _model("vgg11")
+    groups = find_groups(model, SHAPE)
+    masker = Masker(model, groups)
+    x, y = _data()
+    per_layer = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: per_layer.append((mod, layer_macs(mod, o))))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    gi = 2
+    first = [i for i, (mod, _) in enumerate(per_layer) if mod is groups[gi].consumers[0].module][0]
+    consumer = per_layer[first][1]
+    rest = sum(m for _, m in per_layer[first + 1:])
+    prefix = sum(m for _, m in per_layer[:first])
+    n = groups[gi].size
+    k = 10
+    masks = torch.stack([kept_mask(n, [0, 1, j]) for j in range(2, 2 + k)])
+    scorer = BatchedScorer(model, masker, mode="graph")
+    scorer.score(gi, masks, x, y)
+    st = scorer.stats
+    assert st.prefix_macs == prefix
+    assert st.plain_suffix_macs == k * (consumer + rest)
+    assert st.shared_macs == consumer
+    assert st.candidate_macs == k * (rest + consumer // groups[gi].consumers[0].module.in_channels)
+    assert st.suffix_macs == st.shared_macs + st.candidate_macs < st.plain_suffix_macs
+    assert st.check_macs == prefix + consumer + rest  # the one-off check of the group's first call
+    scorer.score(gi, masks, x, y)
+    assert scorer.stats.check_macs == st.check_macs and scorer.stats.calls == 2
+    hooks = BatchedScorer(model, masker, mode="hooks")
+    hooks.score(gi, masks, x, y)
+    assert hooks.stats.prefix_macs == prefix and hooks.stats.shared_macs == 0
+    assert hooks.stats.candidate_macs == hooks.stats.plain_suffix_macs == k * (consumer + rest)
+
+
+# --------------------------------------------------------------------------------- fall-backs stay exact
+
+
+class _Untraceable(nn.Module):
+    """Control flow on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.a(x)))
+        if h.sum() > -1e9:
+            h = self.b(h)
+        return self.fc(h.mean((2, 3)))
+
+
+class _Mixing(nn.Module):
+    """A grouped consumer (no per-channel shortcut), an in-place op on a candidate-dependent value, a
+    concatenation of a masked and an unmasked path (no broadcast: expanded copies), a residual add (broadcast);
+    ``inplace_independent``: an in-place add onto a candidate-independent value (the graph path declines)."""
+
+    def __init__(self, inplace_independent: bool = False):
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.c = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 3)
+        self.inplace_independent = inplace_independent
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        g = self.b(h)
+        g.relu_()
+        u = torch.cat([g, h], 1)
+        if self.inplace_independent:
+            v = h * 1.0
+            v.add_(self.c(u))
+        else:
+            v = h + self.c(u)
+        return self.fc(v.mean((2, 3)))
+
+
+def _hand_groups(model: nn.Module, spec) -> list[ChannelGroup]:
+    names = {m: n for n, m in model.named_modules()}
+    groups = []
+    for root, size, consumers in spec:
+        cons = []
+        for mod, root_of in consumers:
+            cons.append(Consumer(names[mod], mod, torch.tensor(root_of)))
+        groups.append(ChannelGroup(names[root], root, size, cons))
+    return groups
+
+
+@pytest.mark.parametrize("bn_batch_stats", [False, True])
+def test_untraceable_model_falls_back_to_hooks(bn_batch_stats):
+    torch.manual_seed(0)
+    model = _Untraceable().eval()
+    groups = _hand_groups(model, [(model.a, 6, [(model.b, list(range(6)))])])
+    masker = Masker(model, groups)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    scorer = BatchedScorer(model, masker, max_batch=16, bn_batch_stats=bn_batch_stats)
+    masks = torch.stack([kept_mask(6, [0, j]) for j in range(1, 6)])
+    with pytest.warns(UserWarning, match="cannot trace"):
+        fast = scorer.score(0, masks, x, y)
+    assert scorer.stats.path == "hooks"
+    assert _close(fast, reference_scores(model, masker, 0, masks, x, y, bn_batch_stats))
+
+
+def test_mixed_paths_grouped_consumer_and_in_place_ops_stay_exact():
+    torch.manual_seed(0)
+    model = _Mixing().eval()
+    # group 0: a's channels, read by b (grouped) and c (through the concatenation: inputs 8..15)
+    groups = _hand_groups(model, [(model.a, 8, [(model.b, list(range(8))), (model.c, [-1] * 8 + list(range(8)))])])
+    masker = Masker(model, groups)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    masks = torch.stack([kept_mask(8, [0, 3, j]) for j in (1, 2, 4, 5, 6, 7)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for max_batch in (8, 16, 1000):  # one candidate per chunk, two, all
+            scorer = BatchedScorer(model, masker, max_batch=max_batch, mode="graph")
+            fast = scorer.score(0, masks, x, y)
+            assert _close(fast, reference_scores(model, masker, 0, masks, x, y)), max_batch
+            assert torch.equal(fast, scorer.score(0, masks, x, y))  # nothing cached was modified
+    assert scorer.stats.shared_macs == 0  # grouped consumer: plain masked products
+
+    model.inplace_independent = True
+    masker.remove()
+    masker = Masker(model, groups)
+    scorer = BatchedScorer(model, masker, max_batch=16)
+    with pytest.warns(UserWarning, match="in place"):
+        fast = scorer.score(0, masks, x, y)
+    assert scorer.stats.path == "hooks"
+    assert _close(fast, reference_scores(model, masker, 0, masks, x, y))
+
+
+def test_graph_scoring_that_disagrees_with_plain_passes_falls_back(monkeypatch):
+    model = _model("conv2")
+    groups = find_groups(model, SHAPE)
+    masker = Masker(model, groups)
+    x, y = _data()
+    scorer = BatchedScorer(model, masker)
+    monkeypatch.setattr(BatchedScorer, "_score_graph", lambda self, *a: torch.zeros(a[2].shape[0]))
+    masks = torch.stack([kept_mask(groups[0].size, [0, j]) for j in range(1, 6)])
+    with pytest.warns(UserWarning, match="differ from plain forward passes"):
+        fast = scorer.score(0, masks, x, y)
+    assert _close(fast, reference_scores(model, masker, 0, masks, x, y))
+    assert scorer.stats.path == "hooks"
+
+
+class _HiddenInPlace(nn.Module):
+    """Writes a candidate-dependent sum into a candidate-independent tensor through ``out=`` (not visible as an
+    in-place op in the traced graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        s = torch.add(h, self.c(h), out=h)
+        return self.fc(s.mean((2, 3)))
+
+
+def test_in_place_change_of_a_cached_value_is_caught():
+    torch.manual_seed(0)
+    model = _HiddenInPlace().eval()
+    groups = _hand_groups(model, [(model.a, 8, [(model.c, list(range(8)))])])
+    masker = Masker(model, groups)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    masks = torch.stack([kept_mask(8, [0, 3, j]) for j in (1, 2, 4, 5, 6, 7)])
+    scorer = BatchedScorer(model, masker, max_batch=16)
+    with pytest.warns(UserWarning, match="in place"):
+        fast = scorer.score(0, masks, x, y)
+    assert scorer.stats.path == "hooks"
+    assert _close(fast, reference_scores(model, masker, 0, masks, x, y))
+
+
+def test_candidate_masks_equal_kept_masks_bit_for_bit():
+    from netsift.selection.scoring import candidate_masks
+
+    for size, kept, cands in [(10, [1, 4, 7], [0, 2, 9]), (7, [], [3, 5]), (6, [2, 2, 5], [2, 0])]:
+        want = torch.stack([kept_mask(size, kept + [j]) for j in cands])
+        assert torch.equal(candidate_masks(size, kept, add=cands), want)
+    current = [0, 2, 3, 5, 8]
+    want = torch.stack([kept_mask(9, [i for i in current if i != j]) for j in (2, 8)])
+    assert torch.equal(candidate_masks(9, current, drop=[2, 8]), want)
+    assert torch.equal(candidate_masks(9, current, drop=[2], rescale=False),
+                       kept_mask(9, [0, 3, 5, 8], rescale=False).unsqueeze(0))
