@@ -83,8 +83,9 @@ def check_input(model: nn.Module, shape: tuple[int, ...]) -> None:
     try:
         with torch.no_grad():
             model(torch.zeros(1, *shape))
-    except RuntimeError as e:
-        raise NetsiftError(f"model cannot take inputs of shape {shape}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # shape errors come as RuntimeError, AssertionError (torch._assert), ValueError...
+        raise NetsiftError(f"model cannot take inputs of shape {shape}: "
+                           f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     finally:
         model.train(was_training)
 

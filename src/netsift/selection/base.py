@@ -120,7 +120,7 @@ def tp_group(ctx: SelectionContext, gi: int):
     """Torch-Pruning's group of every channel of ``ctx.groups[gi]`` (for its importance criteria)."""
     g = ctx.groups[gi]
     pruner = ctx.graph.get_pruner_of_module(g.root)
-    return ctx.graph.get_pruning_group(g.root, pruner.prune_out_channels, list(range(g.size)))
+    return ctx.graph.get_pruning_group(g.root, pruner.prune_out_channels, list(range(g.channels)))
 
 
 def tp_importance_scores(ctx: SelectionContext, importance: tp.importance.Importance) -> list[Tensor]:
@@ -134,6 +134,8 @@ def tp_importance_scores(ctx: SelectionContext, importance: tp.importance.Import
     scores = []
     for gi, g in enumerate(ctx.groups):
         s = importance(tp_group(ctx, gi))
+        if s is not None and len(s) == g.channels:
+            s = g.unit_scores(s)  # grouped convolutions: a unit's channels go together
         if s is None or len(s) != g.size:
             raise NetsiftError(f"{type(importance).__name__} cannot score channel group {g.name} "
                                "(the criterion does not apply to this layer type)")

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .groups import ChannelGroup
 
@@ -26,6 +27,7 @@ class _Layer:
     in_per_group: int  # in_channels / groups (Linear: in_features)
     positions: int  # k² · H_out · W_out (Linear: rows per sample)
     depthwise: bool
+    groups: int = 1  # a grouped convolution's groups (its inputs lost per group are 1/groups of those lost)
 
 
 class MacsModel:
@@ -40,7 +42,7 @@ class MacsModel:
             if isinstance(mod, nn.Conv2d):
                 pos = mod.kernel_size[0] * mod.kernel_size[1] * out.shape[2] * out.shape[3]
                 self.layers.append(_Layer(mod, mod.out_channels, mod.in_channels // mod.groups, pos,
-                                          mod.groups > 1 and mod.groups == mod.in_channels))
+                                          mod.groups > 1 and mod.groups == mod.in_channels, mod.groups))
             else:
                 self.layers.append(_Layer(mod, mod.out_features, mod.in_features, out.numel() // out.shape[-1], False))
 
@@ -49,11 +51,14 @@ class MacsModel:
                 hooks.append(m.register_forward_hook(hook))
         was_training = model.training
         model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+        counter = FlopCounterMode(display=False)
+        try:
+            with torch.no_grad(), counter:
+                model(torch.zeros(1, *input_shape))
+        finally:
+            model.train(was_training)
+            for h in hooks:
+                h.remove()
         names = {m: n for n, m in model.named_modules()}
         self._out_group: dict[nn.Module, int] = {}
         self._in_reads: dict[nn.Module, list[tuple[int, torch.Tensor]]] = {}
@@ -64,15 +69,20 @@ class MacsModel:
                 counts = torch.bincount(c.root_of[c.root_of >= 0], minlength=g.size).float()
                 self._in_reads.setdefault(c.module, []).append((gi, counts))
         self._names = names
+        # MACs no group changes (attention products, layers outside every group...): counted once
+        self.fixed = counter.get_total_flops() // 2 - self._layer_macs(None, None)
 
     def macs(self, kept: dict[int, Sequence[int]] | None = None, widths: Sequence[int] | None = None) -> int:
-        """MACs per sample keeping channels ``kept[gi]`` (exact), or ``widths[gi]`` channels of each group."""
+        """MACs per sample keeping units ``kept[gi]`` (exact), or ``widths[gi]`` units of each group."""
+        return int(round(self.fixed + self._layer_macs(kept, widths)))
+
+    def _layer_macs(self, kept, widths) -> float:
         total = 0.0
         for layer in self.layers:
             out = layer.out
             gi = self._out_group.get(layer.module)
             if gi is not None:
-                out = self._width(gi, kept, widths)
+                out = self._width(gi, kept, widths) * self.groups[gi].unit
             if layer.depthwise:
                 total += out * layer.positions
                 continue
@@ -84,9 +94,9 @@ class MacsModel:
                     lost = counts.sum() - counts[list(sorted(set(kept[gj])))].sum()
                 else:
                     lost = counts.sum() * (full - n) / full
-                inp -= float(lost)
+                inp -= float(lost) / layer.groups
             total += out * inp * layer.positions
-        return int(round(total))
+        return total
 
     def _width(self, gi: int, kept, widths) -> int:
         if kept is not None and gi in kept:

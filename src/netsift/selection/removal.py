@@ -13,7 +13,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .groups import ChannelGroup, build_graph, find_groups
+from ..errors import NetsiftError
+from .groups import ChannelGroup, build_graph, find_groups, prune_groups
 from .scoring import kept_mask
 
 
@@ -44,7 +45,7 @@ def remove_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[s
     was_training = pruned.training
     pruned.eval()
     dg = build_graph(pruned, input_shape)
-    groups: list[ChannelGroup] = find_groups(pruned, input_shape, dg)
+    groups: list[ChannelGroup] = find_groups(pruned, input_shape, dg, verify=False)
     by_name = {g.name: g for g in groups}
     unknown = set(kept) - set(by_name)
     if unknown:
@@ -52,16 +53,20 @@ def remove_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[s
     plans = []
     for name, idxs in kept.items():
         g = by_name[name]
+        if any(not 0 <= int(i) < g.size for i in idxs):
+            raise ValueError(f"group {name} has {g.size} units; kept {sorted(set(int(i) for i in idxs))}")
         scale = rescale.get(name, True) if isinstance(rescale, dict) else rescale
         mask = kept_mask(g.size, list(idxs), scale)
         if scale or len(set(idxs)) != len(idxs):
             for c in g.consumers:
                 _fold(c.module, c.root_of, mask)
-        drop = sorted(set(range(g.size)) - set(int(i) for i in idxs))
-        if drop:
-            plans.append((g, drop))
-    for g, drop in plans:
-        pruner = dg.get_pruner_of_module(g.root)
-        dg.get_pruning_group(g.root, pruner.prune_out_channels, drop).prune()
+        plans.append((g, sorted(set(range(g.size)) - set(int(i) for i in idxs))))
+    prune_groups(pruned, dg, plans)
+    try:
+        with torch.no_grad():
+            pruned(torch.zeros(1, *input_shape))
+    except Exception as e:
+        raise NetsiftError(f"the network with channels removed does not run: {type(e).__name__}: "
+                           f"{(str(e).strip().splitlines() or [''])[0]}") from None
     pruned.train(was_training)
     return pruned

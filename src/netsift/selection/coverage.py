@@ -1,0 +1,97 @@
+"""One model end to end: find groups, allocate a MACs budget, select, remove, save, load back, run.
+
+:func:`round_trip` is what the torchvision coverage test and benchmark call for each model; it uses random
+data (the point is that every step works and the reloaded network computes what the pruned one computed).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import NetsiftError
+from .base import SelectionContext
+from .budget import MacsModel, allocate
+from .groups import build_graph, find_groups
+from .removal import remove_channels
+
+
+def _macs(model: nn.Module, shape: tuple[int, ...]) -> int:
+    from ..measure import count_macs
+
+    return count_macs(model, shape)
+
+
+def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
+               method: str = "l1", macs: float = 0.5, candidates: int = 4, batch: int = 8, seed: int = 0,
+               out_dir: str | Path | None = None, model: nn.Module | None = None) -> dict:
+    """Prune ``model_name`` (built by :func:`netsift.models.build_model`) to ``macs`` of its MACs with
+    ``method``, save it with its manifest, load it back without the pruning code and run it.
+
+    Returns a dict of facts (groups, MACs before/after, selection seconds, max output difference between
+    the pruned and the reloaded network). Raises :class:`NetsiftError` (one line) for anything refused.
+    """
+    from ..models import build_model
+    from ..runs import load_model, save_model
+    from ..surgery import module_sizes
+    from . import METHODS
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    if model is None:
+        model = build_model(model_name, in_channels, image_size, num_classes)
+    model.eval()
+    shape = (in_channels, image_size, image_size)
+    graph = build_graph(model, shape)
+    groups = find_groups(model, shape, graph)
+    if method == "bn-scale":
+        from .bn_scale import check
+
+        check(graph, groups)
+    widths = allocate(MacsModel(model, groups, shape), macs)
+    gen = torch.Generator().manual_seed(seed)
+
+    def next_batch():
+        return torch.randn(batch, *shape, generator=gen), torch.randint(0, num_classes, (batch,), generator=gen)
+
+    holdout = next_batch()
+    ctx = SelectionContext(model, groups, graph, shape, next_batch, holdout, widths=widths, candidates=candidates,
+                           seed=seed, progress=False)
+    t_sel = time.perf_counter()
+    try:
+        selection = METHODS[method](ctx)
+    finally:
+        ctx.masker.remove()
+    selection_s = time.perf_counter() - t_sel
+    pruned = remove_channels(model, shape, selection.kept, selection.rescale).eval()
+    before, after = _macs(model, shape), _macs(pruned, shape)
+    manifest = {"model": model_name, "width": 1.0, "in_channels": in_channels, "image_size": image_size,
+                "num_classes": num_classes, "modules": module_sizes(pruned)}
+    x = torch.randn(2, *shape, generator=gen)
+    with tempfile.TemporaryDirectory() if out_dir is None else _nullcontext(out_dir) as d:
+        save_model(Path(d), pruned, manifest)
+        loaded, _ = load_model(Path(d))
+    loaded.eval()
+    with torch.no_grad():
+        want, got = pruned(x), loaded(x)
+    if got.shape != (2, num_classes):
+        raise NetsiftError(f"{model_name}: reloaded network gives outputs of shape {tuple(got.shape)}")
+    return {"model": model_name, "method": method, "image_size": image_size, "groups": len(groups),
+            "macs_before": before, "macs_after": after, "macs_fraction": after / before, "target": macs,
+            "selection_s": selection_s, "wall_s": time.perf_counter() - t0,
+            "reload_max_diff": float((want - got).abs().max())}
+
+
+class _nullcontext:
+    def __init__(self, value):
+        self.value = value
+
+    def __enter__(self):
+        return self.value
+
+    def __exit__(self, *exc):
+        return False
