@@ -130,10 +130,13 @@ def tp_importance_scores(ctx: SelectionContext, importance: tp.importance.Import
         NetsiftError: the criterion cannot score some group (e.g. BN scale on a group without batch norm).
     """
     from ..errors import NetsiftError
+    from .groups import static_index_mapping
 
     scores = []
-    for gi, g in enumerate(ctx.groups):
-        s = importance(tp_group(ctx, gi))
+    with static_index_mapping():  # nothing is removed while scoring
+        groups = [tp_group(ctx, gi) for gi in range(len(ctx.groups))]
+    for g, group in zip(ctx.groups, groups):
+        s = importance(group)
         if s is not None and len(s) == g.channels:
             s = g.unit_scores(s)  # grouped convolutions: a unit's channels go together
         if s is None or len(s) != g.size:
