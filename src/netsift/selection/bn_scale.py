@@ -18,8 +18,11 @@ def select(ctx: SelectionContext) -> Selection:
 
 def check(ctx_graph: tp.DependencyGraph, groups) -> None:
     """Raise a one-line error unless every group has a batch norm to read γ from."""
-    for g in groups:
-        pruner = ctx_graph.get_pruner_of_module(g.root)
-        tp_group = ctx_graph.get_pruning_group(g.root, pruner.prune_out_channels, [0])
+    from .groups import static_index_mapping
+
+    with static_index_mapping():  # nothing is removed while checking
+        tp_groups = [ctx_graph.get_pruning_group(g.root, ctx_graph.get_pruner_of_module(g.root).prune_out_channels,
+                                                 [0]) for g in groups]
+    for g, tp_group in zip(groups, tp_groups):
         if not any(isinstance(it.dep.target.module, nn.modules.batchnorm._BatchNorm) for it in tp_group.items):
             raise NetsiftError(f"--method bn-scale needs batch norm, but channel group {g.name} has none")

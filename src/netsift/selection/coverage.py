@@ -32,8 +32,8 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
     """Prune ``model_name`` (built by :func:`netsift.models.build_model`) to ``macs`` of its MACs with
     ``method``, save it with its manifest, load it back without the pruning code and run it.
 
-    Returns a dict of facts (groups, MACs before/after, selection seconds, max output difference between
-    the pruned and the reloaded network). Raises :class:`NetsiftError` (one line) for anything refused.
+    Returns a dict of facts (groups, groups left out with why, MACs before/after, selection seconds, max output
+    difference between the pruned and the reloaded network). Raises :class:`NetsiftError` (one line) for anything refused.
     """
     from ..models import build_model
     from ..runs import load_model, save_model
@@ -47,7 +47,8 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
     model.eval()
     shape = (in_channels, image_size, image_size)
     graph = build_graph(model, shape)
-    groups = find_groups(model, shape, graph)
+    skipped: list[tuple[str, str]] = []
+    groups = find_groups(model, shape, graph, skipped=skipped)
     if method == "bn-scale":
         from .bn_scale import check
 
@@ -81,9 +82,9 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
     if got.shape != (2, num_classes):
         raise NetsiftError(f"{model_name}: reloaded network gives outputs of shape {tuple(got.shape)}")
     return {"model": model_name, "method": method, "image_size": image_size, "groups": len(groups),
-            "macs_before": before, "macs_after": after, "macs_fraction": after / before, "target": macs,
-            "selection_s": selection_s, "wall_s": time.perf_counter() - t0,
-            "reload_max_diff": float((want - got).abs().max())}
+            "groups_skipped": skipped, "macs_before": before, "macs_after": after, "macs_fraction": after / before,
+            "target": macs, "selection_s": selection_s, "wall_s": time.perf_counter() - t0,
+            "reload_max_diff": float((want - got).abs().max()), "out_scale": float(want.abs().max())}
 
 
 class _nullcontext:
