@@ -255,6 +255,19 @@ def test_weights_file_errors_are_one_line(tmp_path, rgb_resnet_state):
         assert words in str(e.value) and "\n" not in str(e.value), (name, str(e.value))
 
 
+def test_published_layouts_load_into_the_adapted_architectures():
+    """GoogLeNet's published state has auxiliary heads (switched off here); SqueezeNet's classifier is a conv."""
+    from netsift.models.torchvision_models import load_state
+
+    torch.manual_seed(0)
+    published = torchvision.models.googlenet(aux_logits=True, init_weights=True).state_dict()
+    assert load_state(build_model("tv:googlenet", 3, 32, 10), published) == ["fc: classifier re-initialised (1000 -> 10 classes)"]
+    published = torchvision.models.squeezenet1_1().state_dict()
+    notes = load_state(build_model("tv:squeezenet1_1", 1, 32, 10), published)
+    assert sorted(notes) == ["classifier.1: classifier re-initialised (1000 -> 10 classes)",
+                             "features.0: 3-channel filters averaged for 1 channels"]
+
+
 def test_vit_position_embedding_is_interpolated(tmp_path):
     torch.manual_seed(0)
     kw = dict(patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3)

@@ -261,11 +261,12 @@ def load_state(model: nn.Module, state, origin: str = "state dict") -> list[str]
     own = model.state_dict()
     notes: list[str] = []
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    # the classifier: the last Linear, or the last convolution where there is none (SqueezeNet)
+    heads = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)] or convs
     stem = f"{convs[0]}." if convs else None
-    head = f"{linears[-1]}." if linears else None
-    dropped = {n for n, m in model.named_children() if m is None}  # e.g. auxiliary heads switched off
-    extra = [k for k in state if k not in own and k.split(".", 1)[0] not in dropped]
+    head = f"{heads[-1]}." if heads else None
+    # tensors of parts this model switched off (auxiliary heads set to None) are ignored
+    extra = [k for k in state if k not in own and getattr(model, k.split(".", 1)[0], 0) is not None]
     missing = [k for k in own if k not in state]
     if extra or missing:
         what = f"lacks {_few(missing)}" if missing else f"has tensors the model does not: {_few(extra)}"
@@ -278,7 +279,7 @@ def load_state(model: nn.Module, state, origin: str = "state dict") -> list[str]
         elif head and key.startswith(head) and key.count(".") == head.count(".") and got.shape[1:] == want.shape[1:]:
             fixed[key] = want
             if key.endswith("weight"):
-                notes.append(f"{linears[-1]}: classifier re-initialised ({got.shape[0]} -> {want.shape[0]} classes)")
+                notes.append(f"{heads[-1]}: classifier re-initialised ({got.shape[0]} -> {want.shape[0]} classes)")
         elif stem and key == stem + "weight" and got.dim() == 4 and got.shape[0] == want.shape[0] \
                 and got.shape[2:] == want.shape[2:]:
             fixed[key] = _adapt_channels(got.float(), want.shape[1]).to(got.dtype)

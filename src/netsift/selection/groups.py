@@ -133,7 +133,7 @@ def _opaque_tracing(model: nn.Module) -> Iterator[dict]:
     patched = []
     for name, m in model.named_modules():
         kind = next((k for cls, k in OPAQUE.items() if isinstance(m, cls)), None)
-        if kind is None or any(name.startswith(p + ".") for p, _ in patched):
+        if kind is None or "forward" in m.__dict__ or any(name.startswith(p + ".") for p, _ in patched):
             continue
 
         def fwd(x, *args, _m=m, _name=name, _kind=kind, **kwargs):
