@@ -32,10 +32,10 @@ ALL_METHODS = ("l1", "taylor", "bn-scale", "random", "gfs", "backward")
 REPRESENTATIVE = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf",
                   "resnext50_32x4d", "convnext_tiny", "shufflenet_v2_x1_0", "swin_t", "vit_b_32")
 # the size each model runs at: 32 px unless it needs more (or, for ViT-H/14, a multiple of its 14 px patch);
-# Swin at 112 px, where its 7x7 windows need no padding: at 32 px the padded attention (kept whole) is ~89% of the
-# MACs and a 50% budget is out of reach
+# Swin at sizes where its windows (7x7; V2: 8x8) need little padding: at 32 px the padded attention (kept whole)
+# is ~89% of the MACs and a 50% budget is out of reach
 SIZES = {"alexnet": 64, "inception_v3": 75, "maxvit_t": 224, "vit_h_14": 28,
-         **{f"swin_{v}": 112 for v in ("t", "s", "b", "v2_t", "v2_s", "v2_b")}}
+         **{f"swin_{v}": 112 for v in ("t", "s", "b")}, **{f"swin_v2_{v}": 128 for v in ("t", "s", "b")}}
 
 
 def image_size(name: str) -> int:

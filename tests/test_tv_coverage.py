@@ -29,9 +29,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TV = torchvision.models.list_models(module=torchvision.models)
 SMALL = [n for n in TV if torchvision.models.get_model_weights(n).DEFAULT.meta["num_params"] < 30e6]
-# 32 px unless the model needs more; Swin at 112 px, where its 7x7 windows need no padding (at 32 px the padded
-# attention, kept whole, is 89% of its MACs and a 50% budget is out of reach)
-SIZE = {"inception_v3": 75, "swin_t": 112, "swin_v2_t": 112}
+# 32 px unless the model needs more; Swin where its windows (7x7; V2: 8x8) need little padding (at 32 px the
+# padded attention, kept whole, is ~89% of its MACs and a 50% budget is out of reach)
+SIZE = {"inception_v3": 75, "swin_t": 112, "swin_v2_t": 128}
 SLOW = {"densenet161", "densenet169", "densenet201", "swin_t", "swin_v2_t", "inception_v3", "efficientnet_b4",
         "efficientnet_v2_s", "regnet_y_3_2gf", "regnet_x_3_2gf"}  # 10-30 s each on one busy core
 TIME_BOX_S = 180
@@ -253,6 +253,24 @@ def test_weights_file_errors_are_one_line(tmp_path, rgb_resnet_state):
         with pytest.raises(NetsiftError) as e:
             load_weights_file(model, tmp_path / name)
         assert words in str(e.value) and "\n" not in str(e.value), (name, str(e.value))
+
+
+def test_published_weights_are_adapted_or_refused_in_one_line(monkeypatch, rgb_resnet_state):
+    from types import SimpleNamespace
+
+    def weights(state=None, error=None):
+        def get_state_dict(progress=True):
+            if error:
+                raise error
+            return state
+        return lambda name: SimpleNamespace(DEFAULT=SimpleNamespace(get_state_dict=get_state_dict))
+
+    monkeypatch.setattr(torchvision.models, "get_model_weights", weights(rgb_resnet_state))
+    model = build_model("tv:resnet18", 1, 32, 10, pretrained=True)
+    assert torch.equal(model.layer4[1].conv2.weight, rgb_resnet_state["layer4.1.conv2.weight"])
+    monkeypatch.setattr(torchvision.models, "get_model_weights", weights(error=OSError("no network\nat all")))
+    with pytest.raises(NetsiftError, match="^could not load published weights for resnet18: no network$"):
+        build_model("tv:resnet18", 3, 32, 10, pretrained=True)
 
 
 def test_published_layouts_load_into_the_adapted_architectures():

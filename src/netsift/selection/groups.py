@@ -151,7 +151,8 @@ def _opaque_tracing(model: nn.Module) -> Iterator[dict]:
             m.__dict__.pop("forward", None)
 
 
-def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
+def build_graph(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu"
+                ) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model`` traced on one zero sample of ``input_shape``.
 
     The graph carries ``netsift_opaque``: ``{node: (module name, kind)}`` for the opaque modules.
@@ -160,8 +161,8 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.Dependency
     model.eval()
     try:
         with _opaque_tracing(model) as seen, torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape),
-                                                       verbose=False)
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=torch.zeros(1, *input_shape, device=device), verbose=False)
     except Exception as e:  # tracing failures come in many types
         raise NetsiftError(f"cannot trace the model's dependency graph: {_first_line(e)}") from None
     finally:
@@ -386,18 +387,24 @@ def prune_groups(model: nn.Module, dg: tp.DependencyGraph, drops: list[tuple[Cha
             raise NetsiftError(f"cannot remove channels of group {name} at {layer}: {_first_line(e)}") from None
 
 
-def _try_removal(model: nn.Module, input_shape: tuple[int, ...], groups: list[ChannelGroup]) -> str | None:
-    """Remove one unit of each group on a copy of ``model`` and run it; the failure's first line, or ``None``."""
-    trial = copy.deepcopy(model)
+def _try_removal(model: nn.Module, input_shape: tuple[int, ...], groups: list[ChannelGroup],
+                 meta: bool = False) -> str | None:
+    """Remove one unit of each group on a copy of ``model`` and run it; the failure's first line, or ``None``.
+
+    With ``meta`` the copy holds no data (PyTorch's meta device): only shapes are propagated, which is what can
+    fail, at no cost in memory or time.
+    """
+    device = "meta" if meta else "cpu"
+    trial = _meta_copy(model) if meta else copy.deepcopy(model)
     try:
-        dg = build_graph(trial, input_shape)
+        dg = build_graph(trial, input_shape, device)
         by_name = dict(trial.named_modules())
         moved = [(copy.copy(g), [g.size - 1]) for g in groups]
         for g, _ in moved:
             g.root = by_name[g.name]
         prune_groups(trial, dg, moved)
         with torch.no_grad():
-            trial.eval()(torch.zeros(1, *input_shape))
+            trial.eval()(torch.zeros(1, *input_shape, device=device))
     except NetsiftError as e:
         return str(e)
     except Exception as e:
@@ -405,9 +412,25 @@ def _try_removal(model: nn.Module, input_shape: tuple[int, ...], groups: list[Ch
     return None
 
 
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers live on the meta device (shapes, no data)."""
+    memo: dict[int, object] = {}
+    for t in model.parameters():
+        memo[id(t)] = nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
+    for t in model.buffers():
+        memo[id(t)] = torch.empty_like(t, device="meta")
+    return copy.deepcopy(model, memo)
+
+
 def _verified(model: nn.Module, input_shape: tuple[int, ...], groups: list[ChannelGroup],
               refused: list[tuple[str, str]]) -> list[ChannelGroup]:
-    """``groups`` minus those whose removal fails (bisection: a few trial removals even with failures)."""
+    """``groups`` minus those whose removal fails (bisection: a few trial removals even with failures).
+
+    The first trial runs on the meta device; a failure there is confirmed on a real copy (an operation without
+    a meta implementation must not cost a group).
+    """
+    if _try_removal(model, input_shape, groups, meta=True) is None:
+        return groups
     failure = _try_removal(model, input_shape, groups)
     if failure is None:
         return groups
