@@ -68,7 +68,7 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
     finally:
         ctx.masker.remove()
     selection_s = time.perf_counter() - t_sel
-    pruned = remove_channels(model, shape, selection.kept, selection.rescale).eval()
+    pruned = remove_channels(model, shape, selection.kept, selection.rescale, groups).eval()
     before, after = _macs(model, shape), _macs(pruned, shape)
     manifest = {"model": model_name, "width": 1.0, "in_channels": in_channels, "image_size": image_size,
                 "num_classes": num_classes, "modules": module_sizes(pruned)}

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 
 from ..errors import NetsiftError
 
+META_BYTES = 512 * 2**20  # trial removals of larger models run on the meta device (see _verified)
+
 OPAQUE: dict[type, str] = {}
 """Module classes the tracer treats as single operations: ``"atomic"`` (kept whole) or ``"transparent"``."""
 
@@ -426,10 +428,12 @@ def _verified(model: nn.Module, input_shape: tuple[int, ...], groups: list[Chann
               refused: list[tuple[str, str]]) -> list[ChannelGroup]:
     """``groups`` minus those whose removal fails (bisection: a few trial removals even with failures).
 
-    The first trial runs on the meta device; a failure there is confirmed on a real copy (an operation without
-    a meta implementation must not cost a group).
+    Models over ``META_BYTES`` of weights are tried on the meta device first (no copy of the weights; slower
+    per operation, batch norm has no fast meta kernel); a failure there is confirmed on a real copy (an
+    operation without a meta implementation must not cost a group).
     """
-    if _try_removal(model, input_shape, groups, meta=True) is None:
+    big = sum(t.numel() * t.element_size() for t in model.state_dict().values()) > META_BYTES
+    if big and _try_removal(model, input_shape, groups, meta=True) is None:
         return groups
     failure = _try_removal(model, input_shape, groups)
     if failure is None:

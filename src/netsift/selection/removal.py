@@ -8,6 +8,7 @@ weight column multiplied by ``s``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -34,18 +35,33 @@ def _fold(consumer: nn.Module, root_of: torch.Tensor, mask: torch.Tensor) -> Non
     w.mul_(scale.to(w)[(o // out_pg) * in_pg + i][:, :, None, None])
 
 
-def remove_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[str, Sequence[int]],
-                    rescale: dict[str, bool] | bool = True) -> nn.Module:
-    """A copy of ``model`` keeping only channels ``kept[group name]`` of each named group.
+def _moved(groups: Sequence[ChannelGroup], copy_of_model: nn.Module) -> list[ChannelGroup]:
+    """``groups`` pointing at the same-named layers of a copy of their model."""
+    modules = dict(copy_of_model.named_modules())
+    return [dataclasses.replace(g, root=modules[g.name], consumers=[
+        dataclasses.replace(c, module=modules[c.name]) for c in g.consumers]) for g in groups]
 
-    ``kept`` may repeat a channel (with-replacement selection): its multiplicity is folded into the weights.
-    ``rescale`` (per group or for all) folds the N/n factor of the selection into the consumers.
+
+def remove_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[str, Sequence[int]],
+                    rescale: dict[str, bool] | bool = True, groups: Sequence[ChannelGroup] | None = None
+                    ) -> nn.Module:
+    """A copy of ``model`` keeping only units ``kept[group name]`` of each named group.
+
+    ``kept`` may repeat a unit (with-replacement selection): its multiplicity is folded into the weights.
+    ``rescale`` (per group or for all) folds the N/n factor of the selection into the consumers. ``groups``
+    (the groups ``kept`` refers to, from :func:`.find_groups` on ``model``) saves finding them again.
+
+    Raises:
+        NetsiftError: Torch-Pruning cannot remove the channels, or the result does not run (one line).
     """
     pruned = copy.deepcopy(model)
     was_training = pruned.training
     pruned.eval()
     dg = build_graph(pruned, input_shape)
-    groups: list[ChannelGroup] = find_groups(pruned, input_shape, dg, verify=False)
+    if groups is not None:
+        groups = _moved(groups, pruned)
+    else:
+        groups = find_groups(pruned, input_shape, dg, verify=False)
     by_name = {g.name: g for g in groups}
     unknown = set(kept) - set(by_name)
     if unknown:
