@@ -188,7 +188,7 @@ def _register_opaque_modules() -> None:
         return
     from torchvision.models import maxvit, swin_transformer
 
-    from ..selection.groups import register_opaque
+    from ..selection.tracing import register_opaque
 
     register_opaque(ChannelShuffle, "atomic")
     register_opaque(swin_transformer.ShiftedWindowAttention, "atomic")  # and V2, a subclass

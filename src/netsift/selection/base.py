@@ -130,7 +130,7 @@ def tp_importance_scores(ctx: SelectionContext, importance: tp.importance.Import
         NetsiftError: the criterion cannot score some group (e.g. BN scale on a group without batch norm).
     """
     from ..errors import NetsiftError
-    from .groups import static_index_mapping
+    from .tracing import static_index_mapping
 
     scores = []
     with static_index_mapping():  # nothing is removed while scoring

@@ -18,7 +18,7 @@ def select(ctx: SelectionContext) -> Selection:
 
 def check(ctx_graph: tp.DependencyGraph, groups) -> None:
     """Raise a one-line error unless every group has a batch norm to read γ from."""
-    from .groups import static_index_mapping
+    from .tracing import static_index_mapping
 
     with static_index_mapping():  # nothing is removed while checking
         tp_groups = [ctx_graph.get_pruning_group(g.root, ctx_graph.get_pruner_of_module(g.root).prune_out_channels,
