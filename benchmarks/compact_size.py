@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from netsift.commands import format_table
+from netsift.tables import format_table
 from netsift.masks.compact import dense_bytes, from_bytes, header_of, rebuild, subnet_of, to_bytes
 from netsift.masks.frozen import frozen_network
 from netsift.models import prunable_layers

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from netsift.runs import RESULT_FIELDS
+from netsift.results import RESULT_KEYS as RESULT_FIELDS
 
 QUICK = ["--data", "digits", "--epochs", "2", "--batch-size", "64"]
 
@@ -35,7 +35,9 @@ def test_list_commands(run_cli):
     (["train", "--data", "nope"], "unknown data set 'nope'"),
     (["train", "--optimizer", "rmsprop"], "invalid choice"),
     (["train", "--epochs", "0"], "--epochs must be positive"),
-    (["train", "--width", "-1"], "--width must be positive"),
+    (["train", "--width", "-1"], "--width must be in (0, 64]"),
+    (["train", "--width", "nan"], "--width must be a finite number"),
+    (["train", "--momentum", "-1"], "--momentum must be in [0, 1)"),
     (["train", "--model", "tv:squeezenet1_0", "--data", "digits"], "cannot take inputs"),
     (["train", "--lr", "abc"], "invalid float value"),
     (["eval", "/nonexistent/run"], "no such run"),

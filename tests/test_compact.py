@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from netsift.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
-from netsift.commands.eval import evaluate_run
-from netsift.config import DataConfig, ModelConfig
+from netsift.config import DataConfig
+from netsift.data import load_bundle
+from netsift.measure import measure
+from netsift.pipelines import evaluate as evaluate_run
 from netsift.masks.compact import dense_bytes, read_compact, rebuild, subnet_of, to_bytes, write_compact
 from netsift.masks.frozen import bake_weight, frozen_network, weights_sha256
 from netsift.models import prunable_layers
-from netsift.runs import load_bundle, load_model, measure_model, model_manifest, save_model
+from netsift.models import model_manifest
+from netsift.rundir import load_model, save_model
 
 INIT = {"scheme": "signed-constant", "seed": 7}
 
@@ -22,7 +25,7 @@ def make_run(run_dir, model="lenet300", width=0.1, density=0.5, extra=False):
     """A run folder as `netsift extract --out DIR` writes it, with random masks and scales."""
     data_cfg = DataConfig(data="digits")
     bundle = load_bundle(data_cfg, 0)
-    manifest = model_manifest(ModelConfig(model, width), bundle)
+    manifest = model_manifest(model, width, bundle.input_shape, bundle.num_classes)
     net = frozen_network(manifest, INIT["scheme"], INIT["seed"])
     frozen_sha = weights_sha256(net)
     gen = torch.Generator().manual_seed(1)
@@ -36,7 +39,7 @@ def make_run(run_dir, model="lenet300", width=0.1, density=0.5, extra=False):
             key = next(k for k in net.state_dict() if k.endswith("bias"))
             net.state_dict()[key].add_(0.25)
             tensors[f"state.{key}"] = net.state_dict()[key].clone()
-    test_acc = measure_model(net, bundle)["test_acc"]
+    test_acc = measure(net, bundle)["test_acc"]
     atomic_write_json(run_dir / "config.json", {"command": "extract", "method": "random", "seed": 0,
                                                 "data": dataclasses.asdict(data_cfg)})
     atomic_write_json(run_dir / "result.json", {"test_acc": test_acc})

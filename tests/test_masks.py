@@ -19,7 +19,8 @@ from netsift.masks.edge_popup import top_k_mask, top_k_threshold
 from netsift.masks.frozen import bake_weight, frozen_network, weights_sha256
 from netsift.masks.gumbel import bernoulli_weight, project_density, uniform16
 from netsift.models import prunable_layers
-from netsift.runs import RESULT_FIELDS, load_model
+from netsift.results import RESULT_KEYS as RESULT_FIELDS
+from netsift.rundir import load_model
 
 QUICK = TrainConfig(epochs=2, batch_size=64, max_steps=8)
 
@@ -216,7 +217,7 @@ def test_extract_cli_writes_result_and_subnet(run_cli, tmp_path):
     assert result["command"] == "extract" and result["method"] == "gumbel" and abs(result["density"] - 0.2) <= 0.01
     assert len(result["layers"]) == 3 and all(0 < layer["density"] <= 1 for layer in result["layers"])
     config = json.loads((out / "config.json").read_text())
-    assert config["data"]["data"] == "digits" and config["init"] == "signed-constant" and config["seed"] == 0
+    assert config["data"]["data"] == "digits" and config["mask"]["init"] == "signed-constant" and config["seed"] == 0
     tensors, meta = load_checkpoint(out / "subnet")
     assert meta["init"] == {"scheme": "signed-constant", "seed": 0} and meta["method"] == "gumbel"
     assert meta["test_acc"] == result["test_acc"]

@@ -13,7 +13,7 @@ from netsift.cli import main
 from netsift.errors import NetsiftError
 from netsift.measure import count_macs
 from netsift.models import build_model
-from netsift.runs import load_model, save_model
+from netsift.rundir import load_model, save_model
 from netsift.selection import gfs
 from netsift.selection.base import SelectionContext
 from netsift.selection.budget import MacsModel, allocate
@@ -238,11 +238,11 @@ def test_gfs_command_on_residual_network(tmp_path):
     assert rc == 0
     result = json.loads((out / "result.json").read_text())
     for key in ("command", "method", "model", "data", "seed", "test_acc", "val_acc", "density", "params",
-                "params_total", "macs", "wall_s", "layers", "latency_ms", "before", "selection_s",
-                "test_acc_selected"):
+                "params_total", "macs", "wall_s", "layers", "latency_b64_ms", "source_latency_b64_ms",
+                "source_macs", "selection_s", "test_acc_selected", "finetuned"):
         assert key in result
     assert abs(result["macs_fraction"] - 0.5) <= 0.015
-    assert result["macs"] < result["before"]["macs"]
+    assert result["macs"] < result["source_macs"] and result["finetuned"] is True
 
 
 @pytest.mark.parametrize("method", ["backward", "taylor", "random", "bn-scale"])
@@ -301,3 +301,52 @@ def test_corrupt_missing_and_unprunable_checkpoints(tmp_path, lenet_checkpoint, 
 def test_checkpoint_for_other_data_fails(tmp_path, lenet_checkpoint, capsys):
     rc = main(["prune", "--checkpoint", str(lenet_checkpoint), "--data", "digits", "--out", str(tmp_path / "o")])
     assert rc == 2 and "trained on inputs" in capsys.readouterr().err
+
+
+def test_prune_takes_the_checkpoints_data_and_split(tmp_path, capsys):
+    """--seed changes the selection and fine-tune only; data, subset and split come from the dense run."""
+    dense = tmp_path / "dense"
+    assert main(["train", "--model", "lenet300", "--width", "0.1", "--data", "digits", "--train-subset", "500",
+                 "--epochs", "1", "--seed", "3", "--out", str(dense)]) == 0
+    out = tmp_path / "p"
+    assert main(["prune", "--checkpoint", str(dense), "--method", "l1", "--macs", "0.5", "--finetune-epochs", "1",
+                 "--max-steps", "1", "--seed", "5", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    result = json.loads((out / "result.json").read_text())
+    assert config["data"]["train_subset"] == 500 and config["data_seed"] == 3 and result["seed"] == 5
+    assert result["data_seed"] == 3
+    capsys.readouterr()
+    for flags, what in ((["--data", "synthetic"], "data='digits'"), (["--train-subset", "900"], "train_subset=500")):
+        assert main(["prune", "--checkpoint", str(dense), "--method", "l1", "--macs", "0.5", *flags,
+                     "--out", str(tmp_path / "q")]) == 2
+        err = capsys.readouterr().err
+        assert what in err and err.count("\n") == 1
+    assert not (tmp_path / "q").exists()
+
+
+def test_holdout_and_selection_batches_come_from_the_training_split():
+    from netsift.data import load_data
+    from netsift.pipelines.prune import split_holdout
+
+    bundle = load_data("digits", seed=2)
+    rest, (hx, hy) = split_holdout(bundle, 100)
+    train = bundle.train.images.flatten(1)
+    held = {tuple(r.tolist()) for r in hx.flatten(1)}
+    assert len(hy) == 100 and rest.size("train") == bundle.size("train") - 100
+    normalised = ((bundle.train.images.float() - bundle.mean[0]) / bundle.std[0]).flatten(1)
+    train_rows = {tuple(r.tolist()) for r in normalised}
+    assert held <= train_rows  # held-out images are training images
+    val = {tuple(r.tolist()) for r in ((bundle.val.images.float() - bundle.mean[0]) / bundle.std[0]).flatten(1)}
+    test = {tuple(r.tolist()) for r in ((bundle.test.images.float() - bundle.mean[0]) / bundle.std[0]).flatten(1)}
+    assert not held & val and not held & test and len(train) == bundle.size("train")
+
+
+def test_defaults_follow_batch_norm_and_published_restores_the_paper():
+    from netsift.selection import PruneConfig
+
+    cfg = PruneConfig(method="gfs", macs=0.5)
+    assert cfg.resolved(True).bn_batch_stats is True and cfg.resolved(True).recalibrate_bn == 20
+    assert cfg.resolved(False).bn_batch_stats is False and cfg.resolved(False).recalibrate_bn == 0
+    pub = PruneConfig(method="gfs", macs=0.5, published=True).resolved(True)
+    assert (pub.bn_batch_stats, pub.recalibrate_bn, pub.layer_finetune, pub.candidates, pub.select_batch) == \
+        (False, 0, 0.1, 50, 128)

@@ -18,7 +18,7 @@ from torch import nn
 from netsift.errors import NetsiftError
 from netsift.models import build_model
 from netsift.models.torchvision_models import load_weights_file
-from netsift.runs import load_model, save_model
+from netsift.rundir import load_model, save_model
 from netsift.selection.coverage import round_trip
 from netsift.selection.groups import build_graph, find_groups
 from netsift.selection.removal import remove_channels

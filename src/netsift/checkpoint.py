@@ -89,14 +89,6 @@ def load_tensors_bytes(blob: bytes, origin: str | os.PathLike = "<bytes>") -> di
         raise NetsiftError(f"{origin} is not a valid safetensors file: {e}") from None
 
 
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a plain safetensors file with a clear error if it is missing or corrupt."""
-    path = Path(path)
-    if not path.is_file():
-        raise NetsiftError(f"weights file not found: {path}")
-    return load_tensors_bytes(path.read_bytes(), path)
-
-
 def flatten_state(prefix: str, obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """Split a nested state (an optimizer's ``state_dict``, say) into tensors and a JSON skeleton.
 

@@ -8,24 +8,26 @@ checkpoint after every epoch so that ``resume=True`` continues bit for bit where
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from . import progress as _progress
 from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .config import TrainConfig
-from .data import DataBundle, make_loader
+from .data import DataBundle
 from .errors import NetsiftError
-from .measure import evaluate
+from .measure import check_labels, evaluate, run_model
+from .tracking import Trackers
 
 CHECKPOINT = "checkpoint"
 BEST = "best"
@@ -54,6 +56,9 @@ class Callback:
 
     def on_step_end(self, step: int, loss: float) -> None:  # noqa: D102
         pass
+
+    def before_validation(self, model: nn.Module) -> None:
+        """Called after an epoch's last step, before the validation pass (the model is the unwrapped one)."""
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:  # noqa: D102
         pass
@@ -136,7 +141,8 @@ def default_loss(label_smoothing: float) -> Callable[[Tensor, Tensor, Tensor], T
 def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | Path | None = None,
         groups: Sequence[OptimGroup] | None = None, callbacks: Iterable[Callback] = (), seed: int = 0,
         resume: bool = False, desc: str = "train",
-        loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> FitResult:
+        loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None, progress: bool | None = None,
+        log_with: str | Sequence[str] | None = None) -> FitResult:
     """Train ``model`` on ``bundle``'s training split and leave it holding the best validation weights.
 
     Args:
@@ -148,19 +154,43 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
         callbacks: hooks called at epoch and step boundaries.
         seed: seeds the batch order, augmentation and any sampling in the model.
         resume: continue from ``run_dir``'s checkpoint.
-        desc: label of the progress bar.
+        desc: label of the progress report (a bar in a terminal, one line per epoch in a log file).
         loss_fn: ``loss_fn(logits, y, x)``; default cross-entropy with the config's label smoothing.
+        progress: report progress (``None``: as the caller's :func:`netsift.progress.session`).
+        log_with: experiment trackers (``"tensorboard"``, ``"csv"``, ... see :mod:`netsift.tracking`) that
+            get the loop's settings and every epoch's metrics; logs in ``run_dir/logs``.
 
     Raises:
         NetsiftError: a non-finite loss, or a missing or corrupt checkpoint when resuming.
     """
+    trackers = Trackers(log_with, run_dir)  # unknown or missing tracker packages fail here, before any work
+    with _progress.session(progress), _progress.scope():
+        try:
+            return _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, loss_fn, trackers)
+        finally:
+            trackers.finish()
+
+
+def epoch_line(desc: str, row: dict, epochs: int, report: "_progress.Task") -> str:
+    """The progress line of a finished epoch: loss, accuracies, lr, throughput, elapsed time and ETA."""
+    val = row.get("val_acc")
+    val = "" if val is None or val != val else f", val acc {val:.4f}"
+    extra = "".join(f", {k} {v:.4f}" for k, v in row.items() if k in ("mask_density",) and isinstance(v, float))
+    return (f"{desc} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, train acc "
+            f"{row['train_acc']:.4f}{val}{extra}, lr {row['lr']:.4g}, {row['images_per_s']:,.0f} img/s, "
+            f"{report.timing()}")
+
+
+def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, loss_fn, trackers) -> FitResult:
     from accelerate import Accelerator
 
     callbacks = list(callbacks)
+    cfg = cfg.resolved()
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                              **trackers.accelerator_kwargs())
     if groups is None:
         groups = [OptimGroup("all", [p for p in model.parameters() if p.requires_grad])]
     groups = [g for g in groups if g.params]
@@ -174,9 +204,9 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
     model, optimizers = prepared[0], list(prepared[1:])
     loss_fn = loss_fn or default_loss(cfg.label_smoothing)
 
-    train_loader = make_loader(bundle, "train", cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
-                               num_shards=accelerator.num_processes, shard_index=accelerator.process_index)
-    val_loader = make_loader(bundle, "val", max(cfg.batch_size, 256))
+    train_loader = bundle.loader("train", cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
+                                 num_shards=accelerator.num_processes, shard_index=accelerator.process_index)
+    val_loader = bundle.loader("val", max(cfg.batch_size, 256))
     steps_per_epoch = len(train_loader) if not cfg.max_steps else min(cfg.max_steps, len(train_loader))
     total_steps = steps_per_epoch * cfg.epochs
 
@@ -193,6 +223,9 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
 
     t_start = time.perf_counter()
     images_seen, train_time = 0, 0.0
+    trackers.start(accelerator, {"desc": desc, "seed": seed, **dataclasses.asdict(cfg)})
+    report = _progress.begin(desc, steps_per_epoch * max(0, cfg.epochs - start_epoch), "step",
+                             enabled=None if accelerator.is_main_process else False)
     for epoch in range(start_epoch, cfg.epochs):
         for cb in callbacks:
             cb.on_epoch_start(epoch)
@@ -200,8 +233,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
         train_loader.set_epoch(epoch)
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=None if accelerator.is_main_process else True)
+        report.set(epoch=f"{epoch + 1}/{cfg.epochs}")
         for i, (x, y) in enumerate(train_loader):
             if i >= steps_per_epoch:
                 break
@@ -211,7 +243,9 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
                 for pg in opt.param_groups:
                     pg["lr"] = pg["peak_lr"] * factor
             with accelerator.autocast():
-                logits = model(x)
+                logits = run_model(model, x)
+                if i == 0:
+                    check_labels(y, logits)
                 loss = loss_fn(logits, y, x)
             if not torch.isfinite(loss):
                 raise NetsiftError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
@@ -227,13 +261,17 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
             seen += len(y)
             for cb in callbacks:
                 cb.on_step_end(step, loss.item())
-            bar.update()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        bar.close()
+            report.update(1, loss=loss_sum / seen)
         epoch_time = time.perf_counter() - t0
+        bad = [n for n, p in accelerator.unwrap_model(model).named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NetsiftError(f"parameter {bad[0]} became non-finite in epoch {epoch + 1}; lower the learning rate "
+                               "(the last good checkpoint is kept)")
         train_time += epoch_time
         images_seen += seen
-        val = evaluate(model, val_loader, accelerator.device) if len(bundle.val) else {"acc": float("nan"), "loss": float("nan")}
+        for cb in callbacks:
+            cb.before_validation(accelerator.unwrap_model(model))
+        val = evaluate(model, val_loader, accelerator.device) if bundle.size("val") else {"acc": float("nan"), "loss": float("nan")}
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                "train_acc": correct / max(seen, 1), "val_loss": val["loss"], "val_acc": val["acc"],
                "lr": optimizers[0].param_groups[0]["lr"], "epoch_s": round(epoch_time, 3),
@@ -241,6 +279,8 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
         for cb in callbacks:
             cb.on_epoch_end(epoch, row)
         result.history.append(row)
+        report.log(epoch_line(desc, row, cfg.epochs, report))
+        trackers.log(row, epoch + 1)
         improved = not (row["val_acc"] <= result.best_val_acc)  # NaN validation (no val split) counts as better
         if improved:
             result.best_val_acc, result.best_epoch, since_best = row["val_acc"], epoch + 1, 0
@@ -257,6 +297,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
         if stop:
             result.stopped_early = True
             break
+    report.end()
     result.wall_s = time.perf_counter() - t_start
     result.images_per_s = images_seen / train_time if train_time else 0.0
     if best_state is not None:
@@ -303,6 +344,72 @@ def _restore(run_dir: Path, accelerator, model, optimizers, callbacks, result: F
     return epoch, meta["step"], best_state, meta["since_best"]
 
 
-def config_dict(cfg: TrainConfig) -> dict:
-    """The loop settings as a plain dict (for ``config.json``)."""
-    return asdict(cfg)
+def distill_loss(teacher: nn.Module, label_smoothing: float, temperature: float = 4.0,
+                 alpha: float = 0.5) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``loss_fn(logits, y, x)``: cross-entropy mixed with the KL divergence to the teacher's soft labels."""
+    teacher.eval()
+
+    def loss_fn(logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            t = teacher(x)
+        ce = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        kl = nn.functional.kl_div(nn.functional.log_softmax(logits / temperature, 1),
+                                  nn.functional.softmax(t / temperature, 1), reduction="batchmean")
+        return (1 - alpha) * ce + alpha * temperature ** 2 * kl
+
+    return loss_fn
+
+
+class BNRecalibration(Callback):
+    """Re-estimates the batch-norm running statistics before every validation pass (see :func:`recalibrate_bn`).
+
+    For networks whose training forward differs from their evaluation forward (a mask sampled while
+    training, the extracted mask when evaluating): the statistics gathered while training describe the wrong
+    network.
+    """
+
+    def __init__(self, bundle: DataBundle, batches: int, batch_size: int = 128, seed: int = 0):
+        self.bundle, self.batches, self.batch_size, self.seed, self.epoch = bundle, batches, batch_size, seed, 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def before_validation(self, model: nn.Module) -> None:
+        # the batches depend on (seed, epoch) only, so a resumed run recalibrates exactly as an uninterrupted one
+        stream = self.bundle.batches("train", self.batch_size, self.seed * 1000003 + self.epoch + 1)
+        recalibrate_bn(model, stream, self.batches)
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether ``model`` has a batch norm layer that tracks running statistics."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, next_batch: Callable[[], tuple[Tensor, Tensor]], batches: int) -> int:
+    """Re-estimate every batch norm's running statistics (cumulative average over ``batches`` minibatches).
+
+    Everything but the batch norms stays in eval mode (a masked network uses its extracted masks, dropout is
+    off). Returns the number of batches used (0 when the model has no batch norm).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or batches <= 0:
+        return 0
+    saved = [m.momentum for m in bns]
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    device = next(model.parameters()).device
+    try:
+        with _progress.task("recalibrating batch norm", batches, "batch", summary_after=5.0) as report:
+            for _ in range(batches):
+                model(next_batch()[0].to(device))
+                report.update()
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.train(was_training)
+    return batches

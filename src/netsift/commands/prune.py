@@ -3,42 +3,86 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from ..config import DataConfig, TrainConfig, add_flags, from_args
-from ..selection.pipeline import PruneConfig, finetune_defaults, prune
-from . import add_run_flags, format_table
+from ..config import DataConfig, TrainConfig, add_flags, add_method_options, from_args, method_args
+from ..errors import NetsiftError
+from ..selection import METHODS, PruneConfig, finetune_defaults
+from . import add_run_flags, format_table, out_arg
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "prune", help="select channels of a trained network and remove the others",
-        description="Select the channels worth keeping (GFS or a rival), remove the rest for real, fine-tune, and "
-                    "write result.json, model.safetensors + model.json (and model.onnx with --onnx).")
-    p.add_argument("--checkpoint", metavar="RUN_DIR", help="run folder written by `netsift train`")
+        description="Select the channels worth keeping ("
+                    + "; ".join(f"{n}: {m.summary}" for n, m in METHODS.items()) + "), remove the rest for real, "
+                    "fine-tune, and write result.json, model.safetensors + model.json (and model.onnx with --onnx).")
+    p.add_argument("--checkpoint", metavar="RUN_DIR", help="run folder written by `netsift train` (its data set, "
+                                                          "subset and split are used unless --data is given)")
     p.add_argument("--model", help="prune this architecture without a checkpoint (random init; tv:<name> too), "
                                    "or check that the checkpoint holds it")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier with --model (default: 1.0)")
-    add_flags(p, PruneConfig)
-    add_flags(p, DataConfig)
+    add_flags(p, PruneConfig, skip=("options",))
+    add_method_options(p, METHODS, "method options")
+    add_flags(p, DataConfig, defaults={f: None for f in ("data", "val_fraction", "train_subset", "download")},
+              default_help={"data": "the checkpoint's, else digits", "val_fraction": "the checkpoint's, else 0.1",
+                            "train_subset": "the checkpoint's, else all", "download": "off"})
     add_flags(p, TrainConfig, defaults=finetune_defaults(), skip=("epochs", "patience"))
-    add_run_flags(p, resume=False)
+    add_run_flags(p, resume=False, data_seed_default="the checkpoint's, else --seed")
     p.set_defaults(run=run)
 
 
+def _run_data(run_dir: str, given: dict) -> DataConfig:
+    """The checkpoint run's data settings with the given flags on top (the pipeline refuses any that differ)."""
+    from ..rundir import CONFIG, read_json_if
+
+    saved = (read_json_if(f"{run_dir}/{CONFIG}") or {}).get("data")
+    base = {k: v for k, v in saved.items() if k in ("data", "data_dir", "val_fraction", "train_subset", "download")} \
+        if isinstance(saved, dict) and saved.get("data") not in (None, "custom") else {}
+    return DataConfig(**{**base, **given})
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg = from_args(PruneConfig, args)
-    data_cfg = from_args(DataConfig, args)
-    train_cfg = from_args(TrainConfig, args, epochs=max(1, cfg.finetune_epochs))
-    result = prune(cfg, data_cfg, train_cfg, args.checkpoint, args.model, args.width, args.seed, args.out,
-                   args.overwrite)
-    row = {"stage": "before", "test_acc": result["before"]["test_acc"], "macs": result["before"]["macs"],
-           "params": result["before"]["params"], "lat_b1_ms": result["before"]["latency_ms"]["b1_ms"],
-           "lat_b64_ms": result["before"]["latency_ms"]["b64_ms"]}
-    rows = [row, {"stage": f"{result['method']} selected", "test_acc": result["test_acc_selected"],
-                  "macs": result["macs"], "params": result["params"]},
-            {"stage": "fine-tuned", "test_acc": result["test_acc"], "macs": result["macs"], "params": result["params"],
-             "lat_b1_ms": result["latency_ms"]["b1_ms"], "lat_b64_ms": result["latency_ms"]["b64_ms"]}]
+    from ..config import ModelConfig
+    from ..pipelines import prune
+    from ..rundir import load_model
+
+    if args.checkpoint is None and args.model is None:
+        raise NetsiftError("give --checkpoint RUN_DIR (a netsift train run) or --model NAME")
+    cfg = from_args(PruneConfig, args, options=method_args(args, METHODS))
+    given = {k: getattr(args, k) for k in ("data", "data_dir", "val_fraction", "train_subset", "download")
+             if getattr(args, k) is not None}
+    data = None
+    if args.checkpoint is None:
+        data = DataConfig(**{"data": "digits", **given})
+    elif given:
+        data = _run_data(args.checkpoint, given)
+    source = args.checkpoint
+    if source is not None and args.model is not None:
+        _, manifest = load_model(source)
+        if manifest["model"] != args.model:
+            raise NetsiftError(f"--checkpoint {source} holds a {manifest['model']}, not a {args.model}")
+    elif source is None:
+        ModelConfig(args.model, args.width)  # validates the name and width
+        source = args.model
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("method", "macs", "options")}
+    finetune = from_args(TrainConfig, args, epochs=max(1, cfg.finetune_epochs))
+    result = prune(source, data, cfg.method, cfg.macs, finetune=finetune, seed=args.seed, data_seed=args.data_seed,
+                   width=args.width, out=out_arg(args), overwrite=args.overwrite, log_with=args.log_with,
+                   **settings, **cfg.options)
+    rows = [{"stage": "before", "test_acc": result.source_test_acc, "macs": result.source_macs,
+             "params": result.source_params, "lat_b1_ms": result.source_latency_b1_ms,
+             "lat_b64_ms": result.source_latency_b64_ms},
+            {"stage": f"{result.method} selected", "test_acc": result.test_acc_selected, "macs": result.macs,
+             "params": result.params, **({} if result.finetuned else {"lat_b1_ms": result.latency_b1_ms,
+                                                                      "lat_b64_ms": result.latency_b64_ms})}]
+    if result.finetuned:
+        rows.append({"stage": f"fine-tuned {result.finetune_epochs} ep", "test_acc": result.test_acc,
+                     "macs": result.macs, "params": result.params, "lat_b1_ms": result.latency_b1_ms,
+                     "lat_b64_ms": result.latency_b64_ms})
     print(format_table(rows, ["stage", "test_acc", "macs", "params", "lat_b1_ms", "lat_b64_ms"]))
-    print(f"MACs x{result['macs_fraction']:.3f}, speed-up b64 x{result['speedup_b64']:.2f}, "
-          f"selection {result['selection_s']:.1f} s; run saved in {result['run_dir']}")
+    note = f"; {result.latency_note}" if result.latency_note else ""
+    speed = f"speed-up b64 x{result.speedup_b64:.2f} (timed interleaved{note}), " if result.speedup_b64 else ""
+    print(f"MACs x{result.macs_fraction:.3f}, {speed}selection {result.selection_s:.1f} s; run saved in "
+          f"{result.run_dir}")
     return 0

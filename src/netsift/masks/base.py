@@ -22,8 +22,10 @@ from torch.nn.utils import parametrize
 from ..errors import NetsiftError, choose
 from ..models import prunable_layers
 from .frozen import bake_weight
+from .methods import RESCALES, MaskMethod  # noqa: F401  (declared torch-free)
 
-RESCALES = ("none", "smart", "dynamic")
+
+Factory = Callable[[str, nn.Module], "MaskParametrization"]
 
 
 class MaskParametrization(nn.Module):

@@ -38,12 +38,12 @@ from .. import __version__
 from ..checkpoint import atomic_write_bytes, load_checkpoint, read_json
 from ..errors import NetsiftError
 from ..models import prunable_layers
-from ..runs import build_from_manifest
+from ..models import build_from_manifest
+from . import COMPACT_SUFFIX as SUFFIX
 from .frozen import bake_weight, check_scheme, frozen_network, weights_sha256
 
 MAGIC = b"\x89NSC\r\n\x1a\n"
 FORMAT_VERSION = 1
-SUFFIX = ".nsc"
 _PREFIX = struct.Struct("<8sHI")
 _DIGEST = 32
 _DTYPES = {name: getattr(torch, name) for name in ("float32", "float64", "float16", "bfloat16", "int64", "int32",
@@ -57,7 +57,7 @@ class CompactSubnet:
     """A subnetwork of a frozen random network: what a compact file holds.
 
     Attributes:
-        manifest: architecture manifest (``netsift.runs.model_manifest``).
+        manifest: architecture manifest (``netsift.models.model_manifest``).
         init: ``{"scheme": ..., "seed": int}`` of the frozen weights.
         masks: ``{layer name: bool tensor of the weight's shape}`` in ``prunable_layers`` order.
         scales: ``{layer name: float32 scalar tensor}``.
@@ -104,6 +104,25 @@ def _from_raw(chunk: bytes, dtype: torch.dtype, shape: list[int]) -> Tensor:
     if not chunk:
         return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(bytearray(chunk), dtype=dtype).reshape(shape).clone()
+
+
+def subnet_tensors(masked: nn.Module, extracted: nn.Module, frozen: nn.Module) -> dict[str, Tensor]:
+    """The tensors of a run folder's ``subnet.safetensors``: ``<layer>.mask`` / ``<layer>.scale`` for every
+    masked layer, plus ``state.<key>`` for every other entry of the extracted network's state that differs from
+    the regenerated frozen network's (recalibrated batch-norm statistics, say)."""
+    from .base import masks_and_scales
+
+    found = masks_and_scales(masked)
+    tensors: dict[str, Tensor] = {}
+    for name, _ in prunable_layers(extracted):
+        mask, scale = found[name]
+        tensors[f"{name}.mask"], tensors[f"{name}.scale"] = mask.bool(), scale.float().reshape(())
+    weights = {f"{name}.weight" for name, _ in prunable_layers(extracted)}
+    reference = frozen.state_dict()
+    for key, value in extracted.state_dict().items():
+        if key not in weights and not torch.equal(value.cpu(), reference[key].cpu()):
+            tensors[f"state.{key}"] = value
+    return tensors
 
 
 def subnet_of(manifest: dict, init: dict, masks: dict[str, Tensor], scales: dict[str, Tensor | float],
@@ -264,7 +283,8 @@ def read_run_subnet(run_dir: str | Path) -> CompactSubnet:
     data = meta.get("data", config.get("data"))
     info = {"method": meta.get("method", config.get("method")),
             "data": data.get("data") if isinstance(data, dict) else data,
-            "test_acc": meta.get("test_acc", result.get("test_acc")), "seed": config.get("seed", 0),
+            "test_acc": meta.get("test_acc", result.get("test_acc")),
+            "seed": config.get("data_seed", config.get("seed", 0)),
             **({"data_config": {**data_cfg, "data_dir": None, "download": False}} if data_cfg else {})}
     subnet = subnet_of(manifest, init, masks, scales, extras, **info)
     if subnet.info["weights_sha256"] != meta.get("weights_sha256"):

@@ -129,6 +129,6 @@ class TopKMask(MaskParametrization):
         return _TopK.apply(w, self.scores, scale, mask)
 
 
-def make(density: float, rescale: str = "none", seed: int = 0):
+def make(settings, seed: int = 0):
     """Factory for :func:`netsift.masks.base.apply`: an edge-popup mask per layer."""
-    return lambda name, layer: TopKMask(layer.weight, density, rescale, seed, name)
+    return lambda name, layer: TopKMask(layer.weight, settings.density, settings.rescale, seed, name)

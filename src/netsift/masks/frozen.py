@@ -17,11 +17,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..errors import NetsiftError, choose
+from ..errors import choose
 from ..models import prunable_layers
 
-INIT_SCHEMES = ("kaiming-normal", "signed-constant")
-"""Weight init recipes of the supermask papers: Kaiming-normal (fan_in, ReLU) and sign(w)·std of the layer."""
+from .methods import INIT_SCHEMES, check_scheme  # noqa: F401  (declared torch-free)
 
 
 def derived_seed(seed: int, *tags: str) -> int:
@@ -65,8 +64,8 @@ def init_frozen(model: nn.Module, scheme: str = "signed-constant", seed: int = 0
 
 
 def frozen_network(manifest: dict, scheme: str = "signed-constant", seed: int = 0) -> nn.Module:
-    """Build the architecture of ``manifest`` (see ``netsift.runs.model_manifest``) with frozen random weights."""
-    from ..runs import build_from_manifest
+    """Build the architecture of ``manifest`` (see ``netsift.models.model_manifest``) with frozen random weights."""
+    from ..models import build_from_manifest
 
     with torch.random.fork_rng(devices=[]):
         model = build_from_manifest(manifest)
@@ -86,10 +85,3 @@ def weights_sha256(model: nn.Module) -> str:
         h.update(f"{name}:{tuple(w.shape)}".encode())
         h.update(w.numpy().tobytes())
     return h.hexdigest()
-
-
-def check_scheme(scheme: str) -> str:
-    """Validate an init scheme name (one-line error otherwise)."""
-    if scheme not in INIT_SCHEMES:
-        raise NetsiftError(f"unknown --init {scheme!r}; choose from: {', '.join(INIT_SCHEMES)}")
-    return scheme

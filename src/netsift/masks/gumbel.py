@@ -24,8 +24,6 @@ from ..training import Callback
 from .base import MaskParametrization, dynamic_scale, mask_params
 from .edge_popup import ThresholdTracker
 
-PARAMETRIZATIONS = ("aslp", "naive")
-
 
 def uniform16(like: Tensor) -> Tensor:
     """Uniform noise in (0, 1) shaped like ``like``, 16 random bits per value: ``(k + 0.5) / 65536``.
@@ -122,10 +120,15 @@ class NaiveGumbelMask(LogitMask):
         return w * m * self.scale
 
 
-def make(rescale: str = "smart", tau: float = 1.0, parametrization: str = "aslp"):
+def make(settings, seed: int = 0):
     """Factory for :func:`netsift.masks.base.apply`: a Gumbel mask per layer."""
-    cls = NaiveGumbelMask if parametrization == "naive" else LogitMask
+    cls = NaiveGumbelMask if settings.options["parametrization"] == "naive" else LogitMask
+    tau, rescale = settings.options["tau"], settings.rescale
     return lambda name, layer: cls(layer.weight.shape, rescale, tau, "gumbel")
+
+
+def callbacks(model: nn.Module, settings) -> list:
+    return [DensityProjection(model, settings.density)] if settings.density is not None else []
 
 
 @torch.no_grad()

@@ -33,6 +33,6 @@ class RandomMask(MaskParametrization):
         return torch.where(self.mask, w, 0.0) * scale
 
 
-def make(density: float, rescale: str = "none", seed: int = 0):
+def make(settings, seed: int = 0):
     """Factory for :func:`netsift.masks.base.apply`: a random mask per layer."""
-    return lambda name, layer: RandomMask(layer.weight, density, rescale, seed, name)
+    return lambda name, layer: RandomMask(layer.weight, settings.density, settings.rescale, seed, name)

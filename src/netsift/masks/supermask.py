@@ -11,6 +11,6 @@ from __future__ import annotations
 from .gumbel import LogitMask
 
 
-def make(rescale: str = "none"):
+def make(settings, seed: int = 0):
     """Factory for :func:`netsift.masks.base.apply`: a Bernoulli supermask per layer (scores start at 0)."""
-    return lambda name, layer: LogitMask(layer.weight.shape, rescale, 1.0, "sigmoid")
+    return lambda name, layer: LogitMask(layer.weight.shape, settings.rescale, 1.0, "sigmoid")

@@ -1,27 +1,107 @@
 """Neuron (channel) selection in trained networks: the methods, one file each, behind one interface.
 
-``METHODS[name](ctx) -> Selection``; see :mod:`.base` for the interface, :mod:`.groups` for the channel groups
-(Torch-Pruning's dependency graph), :mod:`.scoring` for fast candidate scoring, :mod:`.budget` for MACs
-budgets and :mod:`.removal` for the physical removal.
+Each method is declared once in :data:`METHODS` (:mod:`.methods`: name, summary, its own options and
+defaults; torch-free) and implemented in its own file (``select(ctx, **options) -> Selection``).
+:mod:`.groups` finds the channel groups (Torch-Pruning's dependency graph), :mod:`.scoring` scores
+candidates fast, :mod:`.budget` allocates a MACs budget, :mod:`.removal` removes channels physically and
+:mod:`.pruner` strings them together. Importing this package is cheap; torch loads on first use.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
 
-from . import backward, bn_scale, gfs, l1, random_select, taylor
-from .base import Selection, SelectionContext
+from .._lazy import lazy_exports
+from ..config import check_finite, method_options, opt
+from ..errors import NetsiftError, check_density, choose
+from .methods import METHODS, SelectionMethod
 
-METHODS: dict[str, Callable[[SelectionContext], Selection]] = {
-    "gfs": gfs.select,
-    "l1": l1.select,
-    "taylor": taylor.select,
-    "bn-scale": bn_scale.select,
-    "random": random_select.select,
-    "backward": backward.select,
-}
-"""Selection methods by the name ``netsift prune --method`` takes."""
 
-RANKING_METHODS = ("l1", "taylor", "bn-scale", "random")
+@dataclass
+class PruneConfig:
+    """Settings of channel selection and removal (each field is also a ``netsift prune`` flag)."""
 
-__all__ = ["METHODS", "RANKING_METHODS", "Selection", "SelectionContext"]
+    method: str = opt("gfs", "selection method", tuple(METHODS))
+    macs: float | None = opt(None, "keep this fraction of the MACs, in (0, 1]", shown="none: stop by --tolerance")
+    tolerance: float | None = opt(None, "stop each layer once held-out accuracy is >= (1 - T) x its start",
+                                  shown="0.02 when --macs is not given")
+    round_to: int = opt(1, "with --macs: keep a multiple of N channels in every group (8 or 16 suits CPU vector "
+                           "kernels; groups narrower than 2N round to single channels)")
+    published: bool = opt(False, "every published GFS setting at once: eval-mode BN scoring, no BN re-estimation, "
+                                 "--layer-finetune 0.1, 50 candidates, 128-image minibatches")
+    candidates: int = opt(50, "candidates scored per greedy step (0: all)")
+    epsilon: float | None = opt(None, "derive the candidates per step from epsilon: (N/k) log(1/eps)",
+                                shown="none: --candidates decides")
+    select_batch: int = opt(128, "images in the fresh minibatch of each greedy step")
+    holdout: int = opt(1000, "training images held out to check the tolerance")
+    layer_finetune: float | None = opt(None, "fine-tune this fraction of an epoch after each layer",
+                                       shown="0; --published: 0.1")
+    finetune_epochs: int = opt(1, "epochs of fine-tuning after removal (0: none)")
+    distill: bool = opt(False, "fine-tune with distillation from the original network")
+    reinit: bool = opt(False, "ablation: re-initialise the pruned architecture before fine-tuning")
+    bn_batch_stats: bool | None = opt(None, "greedy methods: score with each candidate's minibatch BN statistics "
+                                            "(as fine-tuning will see them) instead of the running ones",
+                                      shown="on for networks with batch norm; --published: off")
+    recalibrate_bn: int | None = opt(None, "after removal, re-estimate BN running statistics on N training "
+                                           "minibatches", shown="20 for networks with batch norm; --published: 0")
+    rescale: str = opt("auto", "fold the N/n rescale into the weights at removal (auto: as the method selected)",
+                       ("auto", "on", "off"))
+    onnx: bool = opt(False, "also export the pruned network as model.onnx")
+    latency_threads: int | None = opt(1, "CPU threads for the latency measurement (0: torch's default; "
+                                         "None in Python: no latency measurement)")
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's own settings"})
+
+    def __post_init__(self):
+        from ..measure import check_threads
+
+        choose(self.method, METHODS, "method")
+        choose(self.rescale, ("auto", "on", "off"), "--rescale")
+        check_finite(self)
+        if self.macs is not None and self.tolerance is not None:
+            raise NetsiftError("give --macs or --tolerance, not both")
+        if self.macs is not None:
+            check_density(self.macs, "--macs")
+        elif self.tolerance is None:
+            self.tolerance = 0.02
+        if self.tolerance is not None and not 0.0 <= self.tolerance < 1.0:
+            raise NetsiftError(f"--tolerance must be in [0, 1), got {self.tolerance}")
+        if self.epsilon is not None and not 0.0 < self.epsilon < 1.0:
+            raise NetsiftError(f"--epsilon must be in (0, 1), got {self.epsilon}")
+        for name in ("candidates", "holdout", "finetune_epochs", "latency_threads", "recalibrate_bn"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise NetsiftError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
+        if self.round_to < 1:
+            raise NetsiftError(f"--round-to must be at least 1, got {self.round_to}")
+        if self.select_batch <= 0:
+            raise NetsiftError(f"--select-batch must be positive, got {self.select_batch}")
+        if self.layer_finetune is not None and not 0.0 <= self.layer_finetune <= 10.0:
+            raise NetsiftError(f"--layer-finetune must be in [0, 10] epochs, got {self.layer_finetune}")
+        check_threads(self.latency_threads, "--latency-threads")
+        self.options = method_options(self.method, self.options, METHODS)
+
+    def resolved(self, has_batch_norm: bool) -> "PruneConfig":
+        """A copy with the unset settings filled: netsift's defaults, or with ``published`` the paper's.
+
+        netsift's defaults on a network with batch norm score candidates with their own minibatch statistics
+        and re-estimate the statistics after removal (the variant that wins in ``benchmarks/structured.py``);
+        ``published`` is the paper's code: eval-mode BN, a 0.1-epoch fine-tune after each layer.
+        """
+        if self.published:
+            fill = {"bn_batch_stats": False, "recalibrate_bn": 0, "layer_finetune": 0.1}
+        else:
+            fill = {"bn_batch_stats": has_batch_norm, "recalibrate_bn": 20 if has_batch_norm else 0,
+                    "layer_finetune": 0.0}
+        return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
+
+
+def finetune_defaults() -> dict:
+    """The published fine-tune recipe (SGD Nesterov 0.9, cosine, label smoothing 0.1, weight decay 4e-5)."""
+    return {"lr": 0.01, "nesterov": True, "momentum": 0.9, "label_smoothing": 0.1, "weight_decay": 4e-5,
+            "schedule": "cosine", "batch_size": 128}
+
+
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(["Selection", "SelectionContext"], ".base"), globals())
+
+__all__ = ["METHODS", "PruneConfig", "Selection", "SelectionContext", "SelectionMethod", "finetune_defaults"]

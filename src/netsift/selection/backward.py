@@ -21,7 +21,7 @@ def select(ctx: SelectionContext) -> Selection:
         start_acc = ctx.accuracy() if ctx.widths is None else None
         target = ctx.widths[gi] if ctx.widths is not None else 1
         current = list(range(n))
-        bar = ctx.bar(n - target, f"backward {g.name}")
+        bar = ctx.bar(n - target, f"backward group {gi + 1}/{len(ctx.groups)} ({g.name})")
         acc = None
         while len(current) > target:
             x, y = ctx.next_batch()
@@ -42,6 +42,7 @@ def select(ctx: SelectionContext) -> Selection:
         ctx.masker.set_kept(gi, current)
         kept[g.name] = current
         info.append({"group": g.name, "size": n, "kept": len(current), "acc_start": start_acc, "acc_end": acc})
+        ctx.group_done(gi, info[-1])
         if ctx.layer_finetune is not None:
             ctx.layer_finetune(ctx.model)
     return Selection(kept, rescale=True, info=info)

@@ -16,13 +16,13 @@ def select(ctx: SelectionContext) -> Selection:
     return ranked_selection(ctx, tp_importance_scores(ctx, imp))
 
 
-def check(ctx_graph: tp.DependencyGraph, groups) -> None:
+def check(ctx: SelectionContext) -> None:
     """Raise a one-line error unless every group has a batch norm to read γ from."""
     from .tracing import static_index_mapping
 
     with static_index_mapping():  # nothing is removed while checking
-        tp_groups = [ctx_graph.get_pruning_group(g.root, ctx_graph.get_pruner_of_module(g.root).prune_out_channels,
-                                                 [0]) for g in groups]
-    for g, tp_group in zip(groups, tp_groups):
-        if not any(isinstance(it.dep.target.module, nn.modules.batchnorm._BatchNorm) for it in tp_group.items):
+        groups = [ctx.graph.get_pruning_group(g.root, ctx.graph.get_pruner_of_module(g.root).prune_out_channels, [0])
+                  for g in ctx.groups]
+    for g, group in zip(ctx.groups, groups):
+        if not any(isinstance(it.dep.target.module, nn.modules.batchnorm._BatchNorm) for it in group.items):
             raise NetsiftError(f"--method bn-scale needs batch norm, but channel group {g.name} has none")

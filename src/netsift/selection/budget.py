@@ -109,41 +109,50 @@ def _step(size: int, round_to: int) -> int:
     return round_to if size >= 2 * round_to else 1
 
 
-def widths_for_ratio(groups: Sequence[ChannelGroup], r: float, round_to: int = 1) -> list[int]:
+def widths_for_ratio(groups: Sequence[ChannelGroup], r: float, round_to: int = 1,
+                     fixed: dict[int, int] | None = None) -> list[int]:
     """Every group keeps ``r · N`` channels rounded to a multiple of ``round_to`` (at least one step).
 
-    Groups narrower than ``2 · round_to`` channels are rounded to single channels instead.
+    Groups narrower than ``2 · round_to`` channels are rounded to single channels instead; groups in
+    ``fixed`` keep the width given there.
     """
     out = []
-    for g in groups:
+    fixed = fixed or {}
+    for gi, g in enumerate(groups):
+        if gi in fixed:
+            out.append(fixed[gi])
+            continue
         q = _step(g.size, round_to)
         out.append(max(q, min(g.size, q * int(round(r * g.size / q)))))
     return out
 
 
-def allocate(macs_model: MacsModel, target_fraction: float, round_to: int = 1) -> list[int]:
+def allocate(macs_model: MacsModel, target_fraction: float, round_to: int = 1,
+             fixed: dict[int, int] | None = None) -> list[int]:
     """Per-group widths whose MACs are as close as possible to ``target_fraction`` of the dense MACs.
 
     With ``round_to`` > 1 each group keeps a multiple of ``round_to`` channels (CPU and accelerator kernels
-    run fastest on channel counts that fill their vector width), or all of them.
+    run fastest on channel counts that fill their vector width), or all of them. Groups in ``fixed`` (index:
+    width) keep that width; the others share the rest of the budget.
 
     Raises:
         NetsiftError: the target is below the MACs left with every group at its narrowest (the rest of the
             network, e.g. attention kept whole, is not pruned).
     """
+    fixed = fixed or {}
     groups = macs_model.groups
     dense = macs_model.macs(widths=[g.size for g in groups])
     target = target_fraction * dense
-    floor = macs_model.macs(widths=widths_for_ratio(groups, 0.0, round_to)) / dense
+    floor = macs_model.macs(widths=widths_for_ratio(groups, 0.0, round_to, fixed)) / dense
     if target_fraction < floor - 0.005:
         raise NetsiftError(f"a MACs budget of {target_fraction:g} is out of reach: with every prunable channel "
                            f"group at its narrowest the network keeps {floor:.3f} of its MACs")
     lo, hi = 0.0, 1.0
-    best = widths_for_ratio(groups, 1.0, round_to)
+    best = widths_for_ratio(groups, 1.0, round_to, fixed)
     best_err = abs(macs_model.macs(widths=best) - target)
     for _ in range(40):
         mid = (lo + hi) / 2
-        w = widths_for_ratio(groups, mid, round_to)
+        w = widths_for_ratio(groups, mid, round_to, fixed)
         m = macs_model.macs(widths=w)
         if abs(m - target) < best_err:
             best, best_err = w, abs(m - target)
@@ -155,7 +164,7 @@ def allocate(macs_model: MacsModel, target_fraction: float, round_to: int = 1) -
     improved = True
     while improved and best_err > 0.002 * target:
         improved = False
-        for gi in sorted(range(len(groups)), key=lambda i: -groups[i].size):
+        for gi in sorted((i for i in range(len(groups)) if i not in fixed), key=lambda i: -groups[i].size):
             q = _step(groups[gi].size, round_to)
             for new in (q * ((best[gi] - 1) // q), min(groups[gi].size, q * (best[gi] // q + 1))):
                 w = list(best)

@@ -29,30 +29,25 @@ def _macs(model: nn.Module, shape: tuple[int, ...]) -> int:
 def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
                method: str = "l1", macs: float = 0.5, candidates: int = 4, batch: int = 8, seed: int = 0,
                out_dir: str | Path | None = None, model: nn.Module | None = None) -> dict:
-    """Prune ``model_name`` (built by :func:`netsift.models.build_model`) to ``macs`` of its MACs with
-    ``method``, save it with its manifest, load it back without the pruning code and run it.
+    """Prune ``model_name`` (built by :func:`netsift.models.build_for`) to ``macs`` of its MACs with
+    ``method``, save it with its manifest (:func:`netsift.rundir.save_model`), load it back without the pruning
+    code (:func:`netsift.rundir.load_model`) and run it.
 
     Returns a dict of facts (groups, groups left out with why, MACs before/after, selection seconds, max output
     difference between the pruned and the reloaded network). Raises :class:`NetsiftError` (one line) for anything refused.
     """
-    from ..models import build_model
-    from ..runs import load_model, save_model
-    from ..surgery import module_sizes
+    from ..models import build_for
+    from ..rundir import load_model, save_model
     from . import METHODS
 
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    if model is None:
-        model = build_model(model_name, in_channels, image_size, num_classes)
-    model.eval()
     shape = (in_channels, image_size, image_size)
+    if model is None:
+        model = build_for(model_name, shape, num_classes, seed=seed)
+    model.eval()
     graph = build_graph(model, shape)
     skipped: list[tuple[str, str]] = []
     groups = find_groups(model, shape, graph, skipped=skipped)
-    if method == "bn-scale":
-        from .bn_scale import check
-
-        check(graph, groups)
     widths = allocate(MacsModel(model, groups, shape), macs)
     gen = torch.Generator().manual_seed(seed)
 
@@ -61,20 +56,20 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
 
     holdout = next_batch()
     ctx = SelectionContext(model, groups, graph, shape, next_batch, holdout, widths=widths, candidates=candidates,
-                           seed=seed, progress=False)
+                           seed=seed, progress=False, label=method)
     t_sel = time.perf_counter()
     try:
-        selection = METHODS[method](ctx)
+        if METHODS[method].check is not None:
+            METHODS[method].check(ctx)
+        selection = METHODS[method].select(ctx)
     finally:
         ctx.masker.remove()
     selection_s = time.perf_counter() - t_sel
     pruned = remove_channels(model, shape, selection.kept, selection.rescale, groups).eval()
     before, after = _macs(model, shape), _macs(pruned, shape)
-    manifest = {"model": model_name, "width": 1.0, "in_channels": in_channels, "image_size": image_size,
-                "num_classes": num_classes, "modules": module_sizes(pruned)}
     x = torch.randn(2, *shape, generator=gen)
     with tempfile.TemporaryDirectory() if out_dir is None else _nullcontext(out_dir) as d:
-        save_model(Path(d), pruned, manifest)
+        save_model(Path(d), pruned)  # the manifest the zoo network carries, with every layer's size
         loaded, _ = load_model(Path(d))
     loaded.eval()
     with torch.no_grad():

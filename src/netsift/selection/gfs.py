@@ -31,8 +31,9 @@ def _stop(ctx: SelectionContext, gi: int, chosen: list[int], start_acc: float | 
     return acc >= (1 - ctx.tolerance) * start_acc, acc
 
 
-def select(ctx: SelectionContext) -> Selection:
-    """Greedy forward selection of every group, input to output."""
+def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
+    """Greedy forward selection of every group, input to output (``replacement``: the multiset variant)."""
+    ctx.replacement = ctx.replacement or replacement
     kept, info = {}, []
     for gi, g in enumerate(ctx.groups):
         n = g.size
@@ -41,7 +42,7 @@ def select(ctx: SelectionContext) -> Selection:
         losses: list[float] = []
         acc = None
         limit = ctx.widths[gi] if ctx.widths is not None else n
-        bar = ctx.bar(limit, f"gfs {g.name}")
+        bar = ctx.bar(limit, f"gfs group {gi + 1}/{len(ctx.groups)} ({g.name})")
         max_steps = 4 * n if ctx.replacement else n
         while len(chosen) < max_steps:
             x, y = ctx.next_batch()
@@ -62,12 +63,7 @@ def select(ctx: SelectionContext) -> Selection:
         kept[g.name] = sorted(chosen)
         info.append({"group": g.name, "size": n, "kept": len(set(chosen)), "steps": len(chosen),
                      "acc_start": start_acc, "acc_end": acc, "final_loss": losses[-1] if losses else None})
+        ctx.group_done(gi, info[-1])
         if ctx.layer_finetune is not None:
             ctx.layer_finetune(ctx.model)
     return Selection(kept, rescale=True, info=info)
-
-
-def select_with_replacement(ctx: SelectionContext) -> Selection:
-    """The theory variant: a multiset greedy (Frank–Wolfe step 1/(n+1)), meant for two-layer networks."""
-    ctx.replacement = True
-    return select(ctx)

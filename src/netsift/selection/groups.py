@@ -137,10 +137,11 @@ def _unit(group, names: dict) -> tuple[int, str | None]:
 
 
 def find_groups(model: nn.Module, input_shape: tuple[int, ...], dg: tp.DependencyGraph | None = None,
-                min_size: int = 2, verify: bool = True, skipped: list[tuple[str, str]] | None = None
-                ) -> list[ChannelGroup]:
+                min_size: int = 2, ignored_layers: list[nn.Module] | None = None, verify: bool = True,
+                skipped: list[tuple[str, str]] | None = None) -> list[ChannelGroup]:
     """Every prunable channel group of ``model``, in forward order (the logits layer is never pruned).
 
+    ``ignored_layers`` keep their output channels, as in Torch-Pruning (and so does every layer coupled to one).
     Groups that cannot be pruned (see the module notes) are left out; with ``verify``, removing one unit of
     every group is tried on a copy of the model first, and groups whose removal fails (in Torch-Pruning or
     in the pruned network's forward pass) are left out too. ``skipped`` collects ``(layer, reason)`` of every
@@ -157,7 +158,7 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...], dg: tp.Dependenc
     refused: list[tuple[str, str]] = []
     try:
         with static_index_mapping():
-            all_groups = list(dg.get_all_groups(ignored_layers=output_layers(model),
+            all_groups = list(dg.get_all_groups(ignored_layers=output_layers(model) + list(ignored_layers or []),
                                                 root_module_types=[nn.Conv2d, nn.Linear]))
     except Exception as e:
         raise NetsiftError(f"cannot find the model's channel groups: {_first_line(e)}") from None

@@ -1,0 +1,124 @@
+"""``netsift.extract``: learn a weight mask over a frozen random network and keep the extracted subnetwork."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .. import rundir
+from ..checkpoint import save_checkpoint
+from ..config import TrainConfig
+from ..errors import NetsiftError
+from ..masks import EXTRACT_DEFAULTS, METHODS, MaskConfig, apply_masks, fit_masks, masks_and_scales, train_config
+from ..masks import extract as extract_masks
+from ..masks.compact import subnet_tensors
+from ..masks.frozen import INIT_SCHEMES, frozen_network, init_frozen, weights_sha256
+from ..measure import measure
+from ..progress import observed
+from ..models import manifest_of, model_manifest
+from ..results import Result
+from ..training import BNRecalibration, has_batch_norm, recalibrate_bn
+from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, data_config, network_for,
+                     split_options)
+
+MASK_FIELDS = {f.name for f in dataclasses.fields(MaskConfig)} - {"options", "method", "density", "init"}
+METHOD_OPTIONS = {name for spec in METHODS.values() for name in spec.options}
+
+
+@observed
+def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: float | None = None, *,
+            init: str | None = "signed-constant", config: TrainConfig | None = None, seed: int = 0,
+            data_seed: int | None = None, width: float = 1.0, recalibrate_bn_batches: int = 20,
+            out: str | Path | bool | None = None, overwrite: bool = False, resume: bool = False,
+            progress: bool | None = None, log_with: str | list[str] | None = None, **options: Any) -> Result:
+    """Freeze ``model`` at random weights, learn a ``method`` mask over them, and extract the subnetwork.
+
+    Args:
+        model: an ``nn.Module`` (any network of Linear/Conv2d layers), or a zoo name built for the data.
+        data: a data-set name, a :class:`~netsift.data.DataBundle`, or a dict of ``DataLoader``\\ s / data sets.
+        method: ``gumbel``, ``edge-popup``, ``supermask`` or ``random`` (see ``netsift.masks.METHODS``).
+        density: kept fraction of the weights (gumbel: a target, default emergent; edge-popup/random: 0.5).
+        init: frozen weight init (``signed-constant`` or ``kaiming-normal``) drawn from ``seed`` for every
+            parameter and buffer; ``None`` keeps the module's own weights.
+        config: loop settings; ``lr``, ``weight_decay`` and ``schedule`` are the mask optimizer's and default to
+            the method's. Give them as keyword ``options`` too (``epochs=20, lr=50``), with the method's own
+            options (``tau``, ``parametrization``, ``train_weights``) and ``rescale``, ``scale_lr``.
+        seed: seeds the frozen weights, the mask sampling and the batch order.
+        data_seed: seeds the train/validation split (default: ``seed``).
+        recalibrate_bn_batches: batch-norm statistics are re-estimated on this many training minibatches under
+            the extracted mask, before every validation and at the end (networks without batch norm: no-op).
+        out, overwrite, resume: the run folder (see :func:`netsift.train`).
+        progress, log_with: progress on stderr and experiment trackers (see :func:`netsift.train`).
+
+    Returns:
+        a :class:`~netsift.results.Result`: ``.model`` is the extracted network (plain modules, masked weights
+        baked in), ``.density`` its kept fraction of weights.
+    """
+    t0 = time.perf_counter()
+    seed = check_seed(seed)
+    data_seed = check_seed(seed if data_seed is None else data_seed, "data_seed")
+    loop, shared, own = split_options(options, TRAIN_FIELDS, MASK_FIELDS, METHOD_OPTIONS)
+    if init is not None and init not in INIT_SCHEMES:
+        raise NetsiftError(f"unknown --init {init!r}; choose from: {', '.join(INIT_SCHEMES)}")
+    cfg = MaskConfig(method=method, density=density, init=init or "signed-constant", **shared, options=own).resolved()
+    base = dataclasses.replace(config, **loop) if config else TrainConfig(**{**EXTRACT_DEFAULTS, **loop})
+    train_cfg = train_config(cfg.method, base)
+    if recalibrate_bn_batches < 0:
+        raise NetsiftError(f"--recalibrate-bn must be non-negative, got {recalibrate_bn_batches}")
+    bundle = bundle_for(data, data_seed)
+    manifest = None
+    if isinstance(model, str):
+        net = network_for(model, bundle, seed, width)  # validates the name and the input before anything else
+        manifest = manifest_of(net)
+        net = frozen_network(manifest, cfg.init, seed)
+    else:
+        net = network_for(model, bundle, seed)
+        if init is not None:
+            init_frozen(net, cfg.init, seed)
+    check_classes(net, bundle)
+    weights_hash = weights_sha256(net)
+    run_dir = None
+    if out is not None and out is not False:
+        config_json = rundir.run_config(
+            "extract", cfg.method, seed, data_seed, rundir.describe_model(net), data_config(bundle),
+            dataclasses.asdict(train_cfg), mask={**dataclasses.asdict(cfg), "init": init or "keep",
+                                                 "recalibrate_bn": recalibrate_bn_batches})
+        run_dir = rundir.prepare(None if out is True else out, config_json, overwrite, resume)
+
+    masked = apply_masks(net, cfg, seed=seed)
+    callbacks = []
+    if recalibrate_bn_batches and has_batch_norm(masked):
+        callbacks.append(BNRecalibration(bundle, recalibrate_bn_batches, train_cfg.batch_size, seed))
+    fitted = fit_masks(masked, bundle, train_cfg, run_dir, seed=seed, resume=resume, callbacks=callbacks,
+                       log_with=log_with)
+    extracted = extract_masks(masked).cpu()
+    recalibrated = recalibrate_bn(extracted, bundle.batches("train", train_cfg.batch_size, seed + 1),
+                                  recalibrate_bn_batches)
+    measured = measure(extracted, bundle)
+    scales = {k: float(v[1]) for k, v in masks_and_scales(masked).items()}
+    for row in measured["layers"]:
+        row["scale"] = scales.get(row["name"])
+    subnet = None
+    if run_dir is not None:
+        rundir.save_model(run_dir, extracted, manifest)
+        if manifest is not None and init is not None and not cfg.options.get("train_weights"):
+            # the subnet contract: frozen weights regenerated from (manifest, init, seed), one bit per weight
+            meta = {"manifest": manifest, "init": {"scheme": cfg.init, "seed": seed}, "weights_sha256": weights_hash,
+                    "method": cfg.method, "data": bundle.name, "test_acc": measured["test_acc"]}
+            save_checkpoint(run_dir / "subnet",
+                            subnet_tensors(masked, extracted, frozen_network(manifest, cfg.init, seed)), meta)
+            subnet = "subnet.safetensors"
+    arch, w = arch_of(extracted if manifest is None else net)
+    result = {"command": "extract", "method": cfg.method, "model": manifest["model"] if manifest else arch,
+              "width": manifest.get("width") if manifest else w, "data": bundle.name, "seed": seed,
+              "data_seed": data_seed, **measured, "init": init or "keep", "rescale": cfg.rescale,
+              "density_target": cfg.density, "mask_lr": train_cfg.lr, "mask_weight_decay": train_cfg.weight_decay,
+              "mask_schedule": train_cfg.schedule, "recalibrated_bn": recalibrated,
+              "epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
+              "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
+              "weights_sha256": weights_hash, "subnet": subnet, "wall_s": time.perf_counter() - t0}
+    return Result.from_dict(rundir.write_result(run_dir, result), model=extracted)

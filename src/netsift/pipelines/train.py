@@ -1,0 +1,71 @@
+"""``netsift.train``: dense training (the starting point of pruning, and the ceiling of the comparisons)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .. import rundir
+from ..config import TrainConfig
+from ..measure import measure
+from ..progress import observed
+from ..results import Result
+from ..training import fit
+from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, data_config, network_for,
+                     split_options)
+
+
+@observed
+def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, *, seed: int = 0,
+          data_seed: int | None = None, width: float = 1.0, out: str | Path | None = None, overwrite: bool = False,
+          resume: bool = False, latency_threads: int | None = 1, progress: bool | None = None,
+          log_with: str | list[str] | None = None, **options: Any) -> Result:
+    """Train ``model`` on ``data`` with the shared loop; keep the best validation epoch.
+
+    Args:
+        model: an ``nn.Module``, or a zoo name (``"conv4"``, ``"tv:resnet18"``) built for the data from ``seed``.
+        data: a data-set name, a :class:`~netsift.data.DataBundle`, or ``{"train": ..., "val": ..., "test": ...}``
+            of ``DataLoader``\\ s or data sets (``val`` optional: carved from train).
+        config: loop settings; or give them as keyword ``options`` (``epochs=5, lr=0.1, ...``).
+        seed: seeds the initialisation of a zoo model, the batch order and the augmentation.
+        data_seed: seeds the train/validation split (default: ``seed``).
+        width: width multiplier of a zoo model.
+        out: run folder to write (config, metrics, checkpoints, model, result.json); ``True``: a folder under
+            ``runs/`` named by a hash of the settings; ``None`` writes nothing.
+        overwrite, resume: replace a non-empty ``out``, or continue the interrupted run in it.
+        latency_threads: threads for the latency measurement (``None``: skip it; 0: torch's default).
+        progress: report progress on stderr (bars in a terminal, one line per epoch in a log file; ``None``:
+            on unless the caller turned it off, see :mod:`netsift.progress`).
+        log_with: experiment trackers (``"tensorboard"``, ``"csv"``, ``"wandb"``, ...; see
+            :mod:`netsift.tracking`) that get the settings and every epoch's metrics; logs in ``out/logs``.
+
+    Returns:
+        a :class:`~netsift.results.Result`: ``.model`` is the trained network.
+    """
+    t0 = time.perf_counter()
+    seed = check_seed(seed)
+    data_seed = check_seed(seed if data_seed is None else data_seed, "data_seed")
+    (loop,) = split_options(options, TRAIN_FIELDS)
+    cfg = (dataclasses.replace(config, **loop) if config else TrainConfig(**loop)).resolved()
+    bundle = bundle_for(data, data_seed)
+    net = network_for(model, bundle, seed, width)
+    check_classes(net, bundle)
+    run_dir = None
+    if out is not None and out is not False:
+        config_json = rundir.run_config("train", "dense", seed, data_seed, rundir.describe_model(net),
+                                       data_config(bundle), dataclasses.asdict(cfg))
+        run_dir = rundir.prepare(None if out is True else out, config_json, overwrite, resume)
+    arch, w = arch_of(net)
+    fitted = fit(net, bundle, cfg, run_dir, seed=seed, resume=resume, desc=f"train {arch}", log_with=log_with)
+    if run_dir is not None:
+        rundir.save_model(run_dir, net)
+    result = {"command": "train", "method": "dense", "model": arch, "width": w, "data": bundle.name, "seed": seed,
+              "data_seed": data_seed, **measure(net, bundle, latency_threads=latency_threads),
+              "epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
+              "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
+              "wall_s": time.perf_counter() - t0}
+    return Result.from_dict(rundir.write_result(run_dir, result), model=net)

@@ -1,0 +1,184 @@
+"""Channel pruning as one step: find the groups, set the budget, run a method, remove the channels.
+
+:func:`prune_channels` works on any ``nn.Module`` Torch-Pruning can trace; it knows nothing of run folders,
+data sets or fine-tuning (the ``netsift.prune`` pipeline adds those).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from torch import Tensor, nn
+
+from .. import progress as _progress
+from ..errors import NetsiftError
+from . import METHODS, PruneConfig
+from .base import Selection, SelectionContext
+from .budget import MacsModel, allocate
+from .groups import ChannelGroup, build_graph, find_groups
+from .removal import remove_channels
+
+
+@dataclass
+class Pruned:
+    """What :func:`prune_channels` returns."""
+
+    model: nn.Module  # the smaller network (a copy; the input is left unpruned)
+    selection: Selection
+    groups: list[ChannelGroup]
+    widths: list[int] | None  # per-group budget (None in tolerance mode)
+    selection_s: float
+
+
+def _modules(model: nn.Module, items, what: str) -> list[nn.Module]:
+    """Modules named or given in ``items`` (names are ``model.named_modules()`` names)."""
+    named = dict(model.named_modules())
+    out = []
+    for item in items or []:
+        if isinstance(item, nn.Module):
+            if not any(item is m for m in named.values()):
+                raise NetsiftError(f"{what}: a {type(item).__name__} that is not part of the model")
+            out.append(item)
+        elif isinstance(item, str) and item in named:
+            out.append(named[item])
+        else:
+            raise NetsiftError(f"{what}: no layer named {item!r} in the model")
+    return out
+
+
+def fixed_widths(model: nn.Module, groups: list[ChannelGroup], layer_density: dict | None) -> dict[int, int]:
+    """Group index -> kept width for the groups whose root or member layers ``layer_density`` names."""
+    fixed: dict[int, int] = {}
+    for key, fraction in (layer_density or {}).items():
+        (module,) = _modules(model, [key], "layer_density")
+        if not 0 < float(fraction) <= 1:
+            raise NetsiftError(f"layer_density of {key!r} must be in (0, 1], got {fraction}")
+        names = {m: n for n, m in model.named_modules()}
+        hits = [gi for gi, g in enumerate(groups) if g.root is module or names.get(module) in g.members]
+        if not hits:
+            raise NetsiftError(f"layer_density: {names.get(module, key)!r} roots no prunable channel group")
+        for gi in hits:
+            fixed[gi] = max(1, int(round(float(fraction) * groups[gi].size)))
+    return fixed
+
+
+@dataclass
+class Plan:
+    """The channel groups of a network and their budget, checked before anything runs (see :func:`plan_channels`)."""
+
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    cfg: PruneConfig
+    graph: object
+    groups: list[ChannelGroup]
+    widths: list[int] | None
+
+
+GRAPH_TIMEOUT_ENV = "NETSIFT_GRAPH_TIMEOUT"
+"""Seconds allowed for analysing a model's dependency graph (default 300)."""
+
+
+@contextmanager
+def time_limit(seconds: float, message: str) -> Iterator[None]:
+    """Raise a one-line :class:`NetsiftError` if the block runs longer than ``seconds`` (main thread, POSIX)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise NetsiftError(message)
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, ignored_layers=None,
+                  layer_density: dict | None = None) -> Plan:
+    """Trace ``model``, find its channel groups and allocate the budget; check that ``cfg.method`` applies.
+
+    Args:
+        ignored_layers: layers (modules or names) whose output channels are kept, as in Torch-Pruning.
+        layer_density: ``{layer: kept fraction of its channels}`` for some groups; the MACs budget is shared
+            by the others.
+
+    Raises:
+        NetsiftError: the model cannot be traced, has no prunable channel group, or the method does not apply.
+    """
+    was_training = model.training
+    model.eval()
+    limit = float(os.environ.get(GRAPH_TIMEOUT_ENV, 300))
+    try:
+        with time_limit(limit, f"Torch-Pruning could not resolve the model's channel dependencies within {limit:g} s "
+                               f"(a layer it cannot follow?); pass that layer in ignored_layers or simplify the model"), \
+                _progress.stage("analysing the channel dependencies (Torch-Pruning)"):
+            graph = build_graph(model, input_shape)
+            groups = find_groups(model, input_shape, graph,
+                                 ignored_layers=_modules(model, ignored_layers, "ignored_layers"))
+        fixed = fixed_widths(model, groups, layer_density)
+        if cfg.macs is not None:
+            widths = allocate(MacsModel(model, groups, input_shape), cfg.macs, cfg.round_to, fixed)
+        elif fixed:
+            widths = [fixed.get(gi, g.size) for gi, g in enumerate(groups)]
+        else:
+            widths = None
+        plan = Plan(model, input_shape, cfg, graph, groups, widths)
+        check = METHODS[cfg.method].check
+        if check is not None:
+            ctx = _context(plan, lambda: None, (None, None), 0, False, None)
+            try:
+                check(ctx)
+            finally:
+                ctx.masker.remove()
+    finally:
+        model.train(was_training)
+    return plan
+
+
+def _context(plan: Plan, next_batch, holdout, seed: int, progress: bool, layer_finetune) -> SelectionContext:
+    cfg = plan.cfg
+    return SelectionContext(plan.model, plan.groups, plan.graph, plan.input_shape, next_batch, holdout,
+                            widths=plan.widths, tolerance=cfg.tolerance if plan.widths is None else None,
+                            candidates=cfg.candidates, epsilon=cfg.epsilon, seed=seed, layer_finetune=layer_finetune,
+                            progress=progress, bn_batch_stats=cfg.bn_batch_stats, label=cfg.method)
+
+
+def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], holdout: tuple[Tensor, Tensor],
+                   seed: int = 0, progress: bool = True,
+                   layer_finetune: Callable[[nn.Module], None] | None = None) -> Pruned:
+    """Select channels of ``plan.model`` with the plan's method and return a physically smaller copy.
+
+    Args:
+        plan: from :func:`plan_channels`.
+        next_batch: a fresh training minibatch at each call.
+        holdout: held-out training tensors for the tolerance check.
+        layer_finetune: called on the model after each group (the published 0.1-epoch fine-tune); the
+            input model's weights then change.
+    """
+    model, cfg = plan.model, plan.cfg
+    was_training = model.training
+    model.eval()
+    ctx = _context(plan, next_batch, holdout, seed, progress, layer_finetune)
+    try:
+        t0 = time.perf_counter()
+        ctx.start_report()
+        with _progress.scope():  # ends the per-group bars a failing method leaves open
+            selection = METHODS[cfg.method].select(ctx, **cfg.options)
+        selection_s = time.perf_counter() - t0
+    finally:
+        ctx.done()
+        ctx.masker.remove()
+        model.train(was_training)
+    rescale = selection.rescale if cfg.rescale == "auto" else cfg.rescale == "on"
+    pruned = remove_channels(model, plan.input_shape, selection.kept, rescale)
+    return Pruned(pruned, selection, plan.groups, plan.widths, selection_s)
