@@ -31,6 +31,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 ALL_METHODS = ("l1", "taylor", "bn-scale", "random", "gfs", "backward")
 REPRESENTATIVE = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf",
                   "resnext50_32x4d", "convnext_tiny", "shufflenet_v2_x1_0", "swin_t", "vit_b_32")
+# the smallest model of each torchvision family (every architecture variant the code paths differ on)
+FAMILIES = ("alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s", "googlenet",
+            "inception_v3", "maxvit_t", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small", "regnet_x_400mf",
+            "regnet_y_400mf", "resnet18", "resnet50", "resnext50_32x4d", "shufflenet_v2_x0_5", "squeezenet1_1",
+            "swin_t", "swin_v2_t", "vgg11_bn", "vit_b_32", "wide_resnet50_2")
 # the size each model runs at: 32 px unless it needs more (or, for ViT-H/14, a multiple of its 14 px patch);
 # Swin at sizes where its windows (7x7; V2: 8x8) need little padding: at 32 px the padded attention (kept whole)
 # is ~89% of the MACs and a 50% budget is out of reach
@@ -117,7 +122,8 @@ def write_table(records: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", nargs=4, metavar=("MODEL", "METHOD", "SIZE", "CANDIDATES"), help=argparse.SUPPRESS)
-    ap.add_argument("--models", default="all", help="comma-separated torchvision names, 'all' or 'representative'")
+    ap.add_argument("--models", default="all", help="comma-separated torchvision names, 'all', 'families' (one per family) or "
+                    "'representative' (the GFS set)")
     ap.add_argument("--methods", default="l1", help=f"comma-separated methods or 'all' ({', '.join(ALL_METHODS)})")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per (model, method)")
     ap.add_argument("--candidates", type=int, default=4, help="gfs/backward: candidates per greedy step")
@@ -130,7 +136,7 @@ def main() -> None:
         return
     import torchvision
 
-    names = {"all": torchvision.models.list_models(module=torchvision.models),
+    names = {"all": torchvision.models.list_models(module=torchvision.models), "families": list(FAMILIES),
              "representative": list(REPRESENTATIVE)}.get(args.models, args.models.split(","))
     methods = list(ALL_METHODS) if args.methods == "all" else args.methods.split(",")
     out = Path(args.out)
