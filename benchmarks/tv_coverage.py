@@ -101,8 +101,8 @@ def write_table(records: list[dict], path: Path) -> None:
     lines = ["# torchvision classification models: prune, save, load back, run", "",
              f"torchvision {torchvision.__version__}: **{passed}/{len(models)}** models pass end to end with l1 at a "
              "50% MACs budget (random weights, small inputs; Torch-Pruning reports 77/85 over all its tasks).", "",
-             "| model | method | px | status | MACs kept (target 0.50) | groups | selection s | total s (cpu s) | load-back | "
-             "note / reason |",
+             "| model | method | px | status | MACs kept (target 0.50) | groups | selection s | total s (cpu s) | "
+             "load-back | note / reason |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate(models)}
     for r in sorted(records, key=lambda r: (order.get(r["model"], 999), ALL_METHODS.index(r["method"]))):
@@ -122,8 +122,8 @@ def write_table(records: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", nargs=4, metavar=("MODEL", "METHOD", "SIZE", "CANDIDATES"), help=argparse.SUPPRESS)
-    ap.add_argument("--models", default="all", help="comma-separated torchvision names, 'all', 'families' (one per family) or "
-                    "'representative' (the GFS set)")
+    ap.add_argument("--models", default="all", help="comma-separated torchvision names, 'all', 'families' (one per "
+                    "family) or 'representative' (the GFS set)")
     ap.add_argument("--methods", default="l1", help=f"comma-separated methods or 'all' ({', '.join(ALL_METHODS)})")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per (model, method)")
     ap.add_argument("--candidates", type=int, default=4, help="gfs/backward: candidates per greedy step")

@@ -30,7 +30,8 @@ def _size_problem(name: str, image_size: int) -> str | None:
     if name.startswith("vit_"):
         patch = int(name.rsplit("_", 1)[1])
         if image_size % patch:
-            return f"takes image sizes that are multiples of its {patch} px patch (e.g. {patch * max(1, round(image_size / patch))})"
+            near = patch * max(1, round(image_size / patch))
+            return f"takes image sizes that are multiples of its {patch} px patch (e.g. {near})"
         return None
     if name.startswith("maxvit"):
         k = max(1, math.ceil(image_size / 224))

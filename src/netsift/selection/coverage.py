@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -34,7 +35,11 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
     code (:func:`netsift.rundir.load_model`) and run it.
 
     Returns a dict of facts (groups, groups left out with why, MACs before/after, selection seconds, max output
-    difference between the pruned and the reloaded network). Raises :class:`NetsiftError` (one line) for anything refused.
+    difference between the pruned and the reloaded network). A ``model`` given instead of a zoo name must carry
+    a zoo manifest (:func:`netsift.models.manifest_of`) to load back.
+
+    Raises:
+        NetsiftError: anything refused (one line).
     """
     from ..models import build_for
     from ..rundir import load_model, save_model
@@ -68,7 +73,7 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
     pruned = remove_channels(model, shape, selection.kept, selection.rescale, groups).eval()
     before, after = _macs(model, shape), _macs(pruned, shape)
     x = torch.randn(2, *shape, generator=gen)
-    with tempfile.TemporaryDirectory() if out_dir is None else _nullcontext(out_dir) as d:
+    with tempfile.TemporaryDirectory() if out_dir is None else nullcontext(out_dir) as d:
         save_model(Path(d), pruned)  # the manifest the zoo network carries, with every layer's size
         loaded, _ = load_model(Path(d))
     loaded.eval()
@@ -81,13 +86,3 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
             "target": macs, "selection_s": selection_s, "wall_s": time.perf_counter() - t0,
             "reload_max_diff": float((want - got).abs().max()), "out_scale": float(want.abs().max())}
 
-
-class _nullcontext:
-    def __init__(self, value):
-        self.value = value
-
-    def __enter__(self):
-        return self.value
-
-    def __exit__(self, *exc):
-        return False

@@ -44,7 +44,8 @@ class Consumer:
 
 @dataclass
 class ChannelGroup:
-    """``size`` coupled units of ``unit`` channels rooted at layer ``name``; selecting keeps a subset of ``range(size)``."""
+    """``size`` coupled units of ``unit`` channels rooted at layer ``name``; a selection keeps a subset of
+    ``range(size)``."""
 
     name: str
     root: nn.Module
