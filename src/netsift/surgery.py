@@ -1,9 +1,11 @@
 """Recording and re-applying layer sizes, so a network whose channels were removed reloads as plain modules.
 
-:func:`module_sizes` lists the constructor sizes of every Conv2d, Linear and BatchNorm layer (and the shapes of
-parameters and buffers outside them);
-:func:`apply_module_sizes` replaces the layers of a freshly built zoo model whose sizes differ with new,
-empty layers of the recorded sizes, ready for ``load_state_dict``.
+:func:`module_sizes` lists the sizes of every resizable layer (Conv2d, Linear, BatchNorm, LayerNorm, GroupNorm,
+PReLU: the attributes their ``forward`` reads) and the shape of every parameter or buffer that belongs to no
+such layer (a layer-scale γ, a class token, a position embedding, a per-channel gate);
+:func:`apply_module_sizes` resizes a freshly built model to those sizes in place: each layer keeps its class
+(subclasses such as ``LayerNorm2d`` included) with its attributes updated and empty tensors of the recorded
+shapes, ready for ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -13,72 +15,116 @@ from torch import nn
 
 from .errors import NetsiftError
 
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_KNOWN = (nn.Conv2d, nn.Linear, *_BN, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
+
+
+def _kind(m: nn.Module) -> str | None:
+    for cls in (nn.Conv2d, nn.Linear, *_BN, nn.LayerNorm, nn.GroupNorm, nn.PReLU):
+        if isinstance(m, cls):
+            return cls.__name__
+    return None
+
 
 def module_sizes(model: nn.Module) -> dict[str, dict]:
-    """Constructor sizes of each Conv2d, Linear and BatchNorm1d/2d layer, by module name, and the shape of every
-    parameter or buffer that belongs to none of them (``{"type": "parameter"|"buffer", "shape": [...]}``: a
-    per-channel gate or layer scale, which Torch-Pruning prunes as an "unwrapped" parameter)."""
+    """Sizes of each resizable layer and shapes of the loose parameters and buffers, by name."""
     sizes: dict[str, dict] = {}
     owned: set[int] = set()
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            sizes[name] = {"type": "Conv2d", "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
-        elif isinstance(m, nn.Linear):
-            sizes[name] = {"type": "Linear", "in": m.in_features, "out": m.out_features}
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            sizes[name] = {"type": type(m).__name__, "out": m.num_features}
-        else:
+        kind = _kind(m)
+        if kind is None:
             continue
-        owned.update(id(t) for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)))
-    for kind, tensors in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        owned.update(id(t) for t in m.parameters(recurse=False))
+        owned.update(id(t) for t in m.buffers(recurse=False))
+        if kind == "Conv2d":
+            sizes[name] = {"type": kind, "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif kind == "Linear":
+            sizes[name] = {"type": kind, "in": m.in_features, "out": m.out_features}
+        elif kind == "LayerNorm":
+            sizes[name] = {"type": kind, "shape": list(m.normalized_shape)}
+        elif kind == "GroupNorm":
+            sizes[name] = {"type": kind, "out": m.num_channels, "groups": m.num_groups}
+        elif kind == "PReLU":
+            sizes[name] = {"type": kind, "out": m.num_parameters}
+        else:
+            sizes[name] = {"type": kind, "out": m.num_features}
+    for what, tensors in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
         for name, t in tensors:
             if id(t) not in owned and name not in sizes:
-                sizes[name] = {"type": kind, "shape": list(t.shape)}
+                sizes[name] = {"type": what, "shape": list(t.shape)}
     return sizes
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
+def _empty(old: torch.Tensor | None, shape) -> torch.Tensor | None:
+    if old is None:
+        return None
+    shape = tuple(shape)
+    if tuple(old.shape) == shape:
+        return old
+    new = torch.empty(shape, dtype=old.dtype, device=old.device)
+    return nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+
+
+def _set(module: nn.Module, attr: str, shape) -> None:
+    old = getattr(module, attr, None)
+    new = _empty(old, shape)
+    if new is old:
+        return
+    if isinstance(old, nn.Parameter):
+        module._parameters[attr] = new
+    else:
+        module._buffers[attr] = new
+
+
+def _resize(m: nn.Module, s: dict) -> None:
+    kind = s["type"]
+    if kind == "Conv2d":
+        m.in_channels, m.out_channels, m.groups = s["in"], s["out"], s["groups"]
+        k = tuple(m.weight.shape[2:])
+        _set(m, "weight", (s["in"], s["out"] // s["groups"], *k) if m.transposed
+             else (s["out"], s["in"] // s["groups"], *k))
+        _set(m, "bias", (s["out"],))
+    elif kind == "Linear":
+        m.in_features, m.out_features = s["in"], s["out"]
+        _set(m, "weight", (s["out"], s["in"]))
+        _set(m, "bias", (s["out"],))
+    elif kind == "LayerNorm":
+        m.normalized_shape = tuple(s["shape"])
+        _set(m, "weight", s["shape"])
+        _set(m, "bias", s["shape"])
+    elif kind == "GroupNorm":
+        m.num_channels, m.num_groups = s["out"], s["groups"]
+        _set(m, "weight", (s["out"],))
+        _set(m, "bias", (s["out"],))
+    elif kind == "PReLU":
+        m.num_parameters = s["out"]
+        _set(m, "weight", (s["out"],))
+    else:  # batch norm
+        m.num_features = s["out"]
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            _set(m, attr, (s["out"],))
 
 
 def apply_module_sizes(model: nn.Module, sizes: dict[str, dict]) -> nn.Module:
-    """Resize ``model``'s layers in place to ``sizes`` (from :func:`module_sizes`); weights are left empty."""
+    """Resize ``model``'s layers and loose tensors in place to ``sizes`` (from :func:`module_sizes`); resized
+    weights are left empty.
+
+    Raises:
+        NetsiftError: the manifest names a layer or tensor this architecture does not have.
+    """
     modules = dict(model.named_modules())
     for name, s in sizes.items():
-        if s["type"] in ("parameter", "buffer"):
-            _resize_tensor(modules, name, s["type"], s["shape"])
+        kind = s.get("type")
+        if kind in ("parameter", "buffer"):
+            owner_name, _, attr = name.rpartition(".")
+            owner = modules.get(owner_name)
+            store = None if owner is None else (owner._parameters if kind == "parameter" else owner._buffers)
+            if store is None or attr not in store:
+                raise NetsiftError(f"manifest names {kind} {name!r} that this architecture does not have")
+            _set(owner, attr, s["shape"])
             continue
         m = modules.get(name)
-        if m is None or type(m).__name__ != s["type"]:
-            raise NetsiftError(f"manifest names layer {name!r} ({s['type']}) that this architecture does not have")
-        if isinstance(m, nn.Conv2d):
-            if (m.in_channels, m.out_channels, m.groups) == (s["in"], s["out"], s["groups"]):
-                continue
-            new = nn.Conv2d(s["in"], s["out"], m.kernel_size, m.stride, m.padding, m.dilation, s["groups"],
-                            m.bias is not None, m.padding_mode)
-        elif isinstance(m, nn.Linear):
-            if (m.in_features, m.out_features) == (s["in"], s["out"]):
-                continue
-            new = nn.Linear(s["in"], s["out"], m.bias is not None)
-        else:
-            if m.num_features == s["out"]:
-                continue
-            new = type(m)(s["out"], m.eps, m.momentum, m.affine, m.track_running_stats)
-        _replace(model, name, new)
+        if m is None or _kind(m) != kind:
+            raise NetsiftError(f"manifest names layer {name!r} ({kind}) that this architecture does not have")
+        _resize(m, s)
     return model
-
-
-def _resize_tensor(modules: dict[str, nn.Module], name: str, kind: str, shape: list[int]) -> None:
-    """Give the parameter or buffer ``name`` an empty tensor of ``shape`` (unchanged if it has that shape)."""
-    owner_name, _, attr = name.rpartition(".")
-    owner = modules.get(owner_name)
-    store = None if owner is None else (owner._parameters if kind == "parameter" else owner._buffers)
-    if store is None or store.get(attr) is None:
-        raise NetsiftError(f"manifest names {kind} {name!r} that this architecture does not have")
-    old = store[attr]
-    if list(old.shape) == list(shape):
-        return
-    new = torch.empty(shape, dtype=old.dtype, device=old.device)
-    store[attr] = nn.Parameter(new, requires_grad=old.requires_grad) if kind == "parameter" else new

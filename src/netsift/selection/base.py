@@ -201,7 +201,7 @@ def tp_group(ctx: SelectionContext, gi: int):
     """Torch-Pruning's group of every channel of ``ctx.groups[gi]`` (for its importance criteria)."""
     g = ctx.groups[gi]
     pruner = ctx.graph.get_pruner_of_module(g.root)
-    return ctx.graph.get_pruning_group(g.root, pruner.prune_out_channels, list(range(g.size)))
+    return ctx.graph.get_pruning_group(g.root, pruner.prune_out_channels, list(range(g.channels)))
 
 
 def tp_importance_scores(ctx: SelectionContext, importance: tp.importance.Importance) -> list[Tensor]:
@@ -211,10 +211,15 @@ def tp_importance_scores(ctx: SelectionContext, importance: tp.importance.Import
         NetsiftError: the criterion cannot score some group (e.g. BN scale on a group without batch norm).
     """
     from ..errors import NetsiftError
+    from .tracing import static_index_mapping
 
     scores = []
-    for gi, g in enumerate(ctx.groups):
-        s = importance(tp_group(ctx, gi))
+    with static_index_mapping():  # nothing is removed while scoring
+        groups = [tp_group(ctx, gi) for gi in range(len(ctx.groups))]
+    for g, group in zip(ctx.groups, groups):
+        s = importance(group)
+        if s is not None and len(s) == g.channels:
+            s = g.unit_scores(s)  # grouped convolutions: a unit's channels go together
         if s is None or len(s) != g.size:
             raise NetsiftError(f"{type(importance).__name__} cannot score channel group {g.name} "
                                "(the criterion does not apply to this layer type)")

@@ -18,7 +18,11 @@ def select(ctx: SelectionContext) -> Selection:
 
 def check(ctx: SelectionContext) -> None:
     """Raise a one-line error unless every group has a batch norm to read γ from."""
-    for gi, g in enumerate(ctx.groups):
-        group = ctx.graph.get_pruning_group(g.root, ctx.graph.get_pruner_of_module(g.root).prune_out_channels, [0])
+    from .tracing import static_index_mapping
+
+    with static_index_mapping():  # nothing is removed while checking
+        groups = [ctx.graph.get_pruning_group(g.root, ctx.graph.get_pruner_of_module(g.root).prune_out_channels, [0])
+                  for g in ctx.groups]
+    for g, group in zip(ctx.groups, groups):
         if not any(isinstance(it.dep.target.module, nn.modules.batchnorm._BatchNorm) for it in group.items):
             raise NetsiftError(f"--method bn-scale needs batch norm, but channel group {g.name} has none")

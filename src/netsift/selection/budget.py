@@ -15,7 +15,9 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import NetsiftError
 from .groups import ChannelGroup
 
 
@@ -26,6 +28,7 @@ class _Layer:
     in_per_group: int  # in_channels / groups (Linear: in_features)
     positions: int  # k² · H_out · W_out (Linear: rows per sample)
     depthwise: bool
+    groups: int = 1  # a grouped convolution's groups (its inputs lost per group are 1/groups of those lost)
 
 
 class MacsModel:
@@ -40,7 +43,7 @@ class MacsModel:
             if isinstance(mod, nn.Conv2d):
                 pos = mod.kernel_size[0] * mod.kernel_size[1] * out.shape[2] * out.shape[3]
                 self.layers.append(_Layer(mod, mod.out_channels, mod.in_channels // mod.groups, pos,
-                                          mod.groups > 1 and mod.groups == mod.in_channels))
+                                          mod.groups > 1 and mod.groups == mod.in_channels, mod.groups))
             else:
                 self.layers.append(_Layer(mod, mod.out_features, mod.in_features, out.numel() // out.shape[-1], False))
 
@@ -49,11 +52,14 @@ class MacsModel:
                 hooks.append(m.register_forward_hook(hook))
         was_training = model.training
         model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+        counter = FlopCounterMode(display=False)
+        try:
+            with torch.no_grad(), counter:
+                model(torch.zeros(1, *input_shape))
+        finally:
+            model.train(was_training)
+            for h in hooks:
+                h.remove()
         names = {m: n for n, m in model.named_modules()}
         self._out_group: dict[nn.Module, int] = {}
         self._in_reads: dict[nn.Module, list[tuple[int, torch.Tensor]]] = {}
@@ -61,39 +67,41 @@ class MacsModel:
             for n in g.members:
                 self._out_group[model.get_submodule(n)] = gi
             for c in g.consumers:
-                counts = torch.bincount(c.root_of[c.root_of >= 0], minlength=g.size).float()
+                counts = torch.bincount(c.root_of[c.root_of >= 0], minlength=g.size).double()
                 self._in_reads.setdefault(c.module, []).append((gi, counts))
         self._names = names
+        # per layer: (out group or -1, out, depthwise, in per group, positions, groups, [(group, counts, total)])
+        self._plan = [(self._out_group.get(l.module, -1), l.out, l.depthwise, l.in_per_group, l.positions, l.groups,
+                       [(gj, counts, float(counts.sum())) for gj, counts in self._in_reads.get(l.module, [])])
+                      for l in self.layers]
+        # MACs no group changes (attention products, layers outside every group...): counted once
+        self.fixed = counter.get_total_flops() // 2 - self._layer_macs(None, None)
 
     def macs(self, kept: dict[int, Sequence[int]] | None = None, widths: Sequence[int] | None = None) -> int:
-        """MACs per sample keeping channels ``kept[gi]`` (exact), or ``widths[gi]`` channels of each group."""
-        total = 0.0
-        for layer in self.layers:
-            out = layer.out
-            gi = self._out_group.get(layer.module)
-            if gi is not None:
-                out = self._width(gi, kept, widths)
-            if layer.depthwise:
-                total += out * layer.positions
-                continue
-            inp = layer.in_per_group
-            for gj, counts in self._in_reads.get(layer.module, []):
-                n = self._width(gj, kept, widths)
-                full = self.groups[gj].size
-                if kept is not None and gj in kept:
-                    lost = counts.sum() - counts[list(sorted(set(kept[gj])))].sum()
-                else:
-                    lost = counts.sum() * (full - n) / full
-                inp -= float(lost)
-            total += out * inp * layer.positions
-        return int(round(total))
+        """MACs per sample keeping units ``kept[gi]`` (exact), or ``widths[gi]`` units of each group."""
+        return int(round(self.fixed + self._layer_macs(kept, widths)))
 
-    def _width(self, gi: int, kept, widths) -> int:
-        if kept is not None and gi in kept:
-            return len(set(kept[gi]))
-        if widths is not None:
-            return widths[gi]
-        return self.groups[gi].size
+    def _layer_macs(self, kept, widths) -> float:
+        kept = kept or {}
+        sizes = [g.size for g in self.groups]
+        units = [g.unit for g in self.groups]
+        w = [len(set(kept[i])) if i in kept else (widths[i] if widths is not None else sizes[i])
+             for i in range(len(sizes))]
+        total = 0.0
+        for gi, out, depthwise, inp, positions, groups, reads in self._plan:
+            if gi >= 0:
+                out = w[gi] * units[gi]
+            if depthwise:
+                total += out * positions
+                continue
+            for gj, counts, count_total in reads:
+                if gj in kept:
+                    lost = count_total - float(counts[sorted(set(kept[gj]))].sum())
+                else:
+                    lost = count_total * (sizes[gj] - w[gj]) / sizes[gj]
+                inp -= lost / groups
+            total += out * inp * positions
+        return total
 
 
 def _step(size: int, round_to: int) -> int:
@@ -126,11 +134,19 @@ def allocate(macs_model: MacsModel, target_fraction: float, round_to: int = 1,
     With ``round_to`` > 1 each group keeps a multiple of ``round_to`` channels (CPU and accelerator kernels
     run fastest on channel counts that fill their vector width), or all of them. Groups in ``fixed`` (index:
     width) keep that width; the others share the rest of the budget.
+
+    Raises:
+        NetsiftError: the target is below the MACs left with every group at its narrowest (the rest of the
+            network, e.g. attention kept whole, is not pruned).
     """
     fixed = fixed or {}
     groups = macs_model.groups
     dense = macs_model.macs(widths=[g.size for g in groups])
     target = target_fraction * dense
+    floor = macs_model.macs(widths=widths_for_ratio(groups, 0.0, round_to, fixed)) / dense
+    if target_fraction < floor - 0.005:
+        raise NetsiftError(f"a MACs budget of {target_fraction:g} is out of reach: with every prunable channel "
+                           f"group at its narrowest the network keeps {floor:.3f} of its MACs")
     lo, hi = 0.0, 1.0
     best = widths_for_ratio(groups, 1.0, round_to, fixed)
     best_err = abs(macs_model.macs(widths=best) - target)

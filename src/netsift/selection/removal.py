@@ -8,12 +8,14 @@ weight column multiplied by ``s``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from .groups import ChannelGroup, build_graph, find_groups
+from ..errors import NetsiftError
+from .groups import ChannelGroup, build_graph, find_groups, prune_groups
 from .scoring import kept_mask
 
 
@@ -33,18 +35,33 @@ def _fold(consumer: nn.Module, root_of: torch.Tensor, mask: torch.Tensor) -> Non
     w.mul_(scale.to(w)[(o // out_pg) * in_pg + i][:, :, None, None])
 
 
-def remove_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[str, Sequence[int]],
-                    rescale: dict[str, bool] | bool = True) -> nn.Module:
-    """A copy of ``model`` keeping only channels ``kept[group name]`` of each named group.
+def _moved(groups: Sequence[ChannelGroup], copy_of_model: nn.Module) -> list[ChannelGroup]:
+    """``groups`` pointing at the same-named layers of a copy of their model."""
+    modules = dict(copy_of_model.named_modules())
+    return [dataclasses.replace(g, root=modules[g.name], consumers=[
+        dataclasses.replace(c, module=modules[c.name]) for c in g.consumers]) for g in groups]
 
-    ``kept`` may repeat a channel (with-replacement selection): its multiplicity is folded into the weights.
-    ``rescale`` (per group or for all) folds the N/n factor of the selection into the consumers.
+
+def remove_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[str, Sequence[int]],
+                    rescale: dict[str, bool] | bool = True, groups: Sequence[ChannelGroup] | None = None
+                    ) -> nn.Module:
+    """A copy of ``model`` keeping only units ``kept[group name]`` of each named group.
+
+    ``kept`` may repeat a unit (with-replacement selection): its multiplicity is folded into the weights.
+    ``rescale`` (per group or for all) folds the N/n factor of the selection into the consumers. ``groups``
+    (the groups ``kept`` refers to, from :func:`.find_groups` on ``model``) saves finding them again.
+
+    Raises:
+        NetsiftError: Torch-Pruning cannot remove the channels, or the result does not run (one line).
     """
     pruned = copy.deepcopy(model)
     was_training = pruned.training
     pruned.eval()
     dg = build_graph(pruned, input_shape)
-    groups: list[ChannelGroup] = find_groups(pruned, input_shape, dg)
+    if groups is not None:
+        groups = _moved(groups, pruned)
+    else:
+        groups = find_groups(pruned, input_shape, dg, verify=False)
     by_name = {g.name: g for g in groups}
     unknown = set(kept) - set(by_name)
     if unknown:
@@ -52,16 +69,20 @@ def remove_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[s
     plans = []
     for name, idxs in kept.items():
         g = by_name[name]
+        if any(not 0 <= int(i) < g.size for i in idxs):
+            raise ValueError(f"group {name} has {g.size} units; kept {sorted(set(int(i) for i in idxs))}")
         scale = rescale.get(name, True) if isinstance(rescale, dict) else rescale
         mask = kept_mask(g.size, list(idxs), scale)
         if scale or len(set(idxs)) != len(idxs):
             for c in g.consumers:
                 _fold(c.module, c.root_of, mask)
-        drop = sorted(set(range(g.size)) - set(int(i) for i in idxs))
-        if drop:
-            plans.append((g, drop))
-    for g, drop in plans:
-        pruner = dg.get_pruner_of_module(g.root)
-        dg.get_pruning_group(g.root, pruner.prune_out_channels, drop).prune()
+        plans.append((g, sorted(set(range(g.size)) - set(int(i) for i in idxs))))
+    prune_groups(pruned, dg, plans)
+    try:
+        with torch.no_grad():
+            pruned(torch.zeros(1, *input_shape))
+    except Exception as e:
+        raise NetsiftError(f"the network with channels removed does not run: {type(e).__name__}: "
+                           f"{(str(e).strip().splitlines() or [''])[0]}") from None
     pruned.train(was_training)
     return pruned

@@ -115,13 +115,15 @@ class Masker:
                     trial[:, sel] = masks[:, root_of[sel]]
         if fixed is None and trial is None:
             return None
-        shape = (1, -1) + (1,) * (x.dim() - 2)
+        # a Linear reads features on the last axis (tokens: (B, T, C), channels-last maps: (B, H, W, C))
+        last = isinstance(module, nn.Linear)
+        shape = (1,) * (x.dim() - 1) + (-1,) if last else (1, -1) + (1,) * (x.dim() - 2)
         if fixed is not None:
             x = x * fixed.to(x.device, x.dtype).view(shape)
         if trial is not None:
             k = trial.shape[0]
             xs = x.view(k, x.shape[0] // k, *x.shape[1:])
-            x = (xs * trial.to(x.device, x.dtype).view(k, 1, -1, *(1,) * (x.dim() - 2))).view_as(x)
+            x = (xs * trial.to(x.device, x.dtype).view(k, *shape)).view_as(x)
         return (x, *args[1:])
 
 

@@ -1,0 +1,168 @@
+"""Tracing a network into Torch-Pruning's dependency graph, with the fixes netsift needs.
+
+* Opaque modules: some modules cannot be traced channel by channel (Swin and MaxViT attention, ShuffleNet's
+  channel shuffle). :func:`register_opaque` declares them; during tracing each call becomes one autograd node
+  from its input to its output. An ``"atomic"`` module is kept whole (:mod:`.groups` leaves out every group that
+  reaches it); a ``"transparent"`` one only moves spatial positions (channel ``c`` in is channel ``c`` out).
+* ``split``/``chunk`` along channels: Torch-Pruning 1.6 misreads their sizes on recent PyTorch; fixed after
+  tracing (:func:`_fix_splits`).
+* :func:`static_index_mapping`: Torch-Pruning re-derives every index mapping of the graph at each
+  ``get_pruning_group`` call; while nothing is removed, once per graph is enough (DenseNet: minutes to seconds).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..errors import NetsiftError
+
+OPAQUE: dict[type, str] = {}
+"""Module classes the tracer treats as single operations: ``"atomic"`` (kept whole) or ``"transparent"``."""
+
+
+def register_opaque(cls: type, kind: str) -> None:
+    """Trace every ``cls`` module as one operation (``kind``: ``"atomic"`` or ``"transparent"``)."""
+    if kind not in ("atomic", "transparent"):
+        raise ValueError(f"kind must be 'atomic' or 'transparent', got {kind!r}")
+    OPAQUE[cls] = kind
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+class _Opaque(torch.autograd.Function):
+    """One autograd node from ``x`` to ``fn(x)``: the tracer cannot look inside (never differentiated)."""
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        with torch.no_grad():
+            return fn(x.detach())
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - tracing only builds the graph
+        return None, None
+
+
+def _load_opaque_registrations() -> None:
+    try:
+        from ..models import torchvision_models  # noqa: F401  (registers torchvision's opaque modules)
+    except ImportError:  # pragma: no cover - torchvision missing
+        pass
+
+
+@contextmanager
+def _opaque_tracing(model: nn.Module) -> Iterator[dict]:
+    """Within the block, opaque modules run as one autograd node; yields ``{grad_fn: (name, kind)}``."""
+    _load_opaque_registrations()
+    seen: dict = {}
+    patched = []
+    for name, m in model.named_modules():
+        kind = next((k for cls, k in OPAQUE.items() if isinstance(m, cls)), None)
+        if kind is None or "forward" in m.__dict__ or any(name.startswith(p + ".") for p, _ in patched):
+            continue
+
+        def fwd(x, *args, _m=m, _name=name, _kind=kind, **kwargs):
+            out = _Opaque.apply(x, lambda y: type(_m).forward(_m, y, *args, **kwargs))
+            if out.grad_fn is not None:
+                seen[out.grad_fn] = (_name, _kind)
+            return out
+
+        m.forward = fwd
+        patched.append((name, m))
+    try:
+        yield seen
+    finally:
+        for _, m in patched:
+            m.__dict__.pop("forward", None)
+
+
+def build_graph(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu"
+                ) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model`` traced on one zero sample of ``input_shape``.
+
+    The graph carries ``netsift_opaque``: ``{node: (module name, kind)}`` for the opaque modules.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with _opaque_tracing(model) as seen, torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=torch.zeros(1, *input_shape, device=device), verbose=False)
+    except Exception as e:  # tracing failures come in many types
+        raise NetsiftError(f"cannot trace the model's dependency graph: {_first_line(e)}") from None
+    finally:
+        model.train(was_training)
+    dg.netsift_opaque = {node: seen[node.grad_fn] for node in dg.module2node.values()
+                         if getattr(node, "grad_fn", None) in seen}
+    if _fix_splits(dg):
+        from torch_pruning.dependency import index_mapping
+
+        index_mapping.update_index_mapping(dg)
+    return dg
+
+
+def _fix_splits(dg: tp.DependencyGraph) -> bool:
+    """Channel sizes and output order of ``split``/``chunk`` nodes, which Torch-Pruning 1.6 misreads on recent
+    PyTorch (it looks for ``_saved_self_sizes``, now ``_saved_self_sym_sizes``) and orders by discovery."""
+    changed = False
+    for node in dg.module2node.values():
+        gf = node.grad_fn
+        if node.type != tp.ops.OPTYPE.SPLIT or not hasattr(gf, "_saved_self_sym_sizes"):
+            continue
+        sizes, dim = list(gf._saved_self_sym_sizes), getattr(gf, "_saved_dim", None)
+        if dim is None or (dim % len(sizes)) != 1:
+            continue
+        total = int(sizes[1])
+        if hasattr(gf, "_saved_split_sizes"):
+            chs = [int(c) for c in gf._saved_split_sizes]
+        elif hasattr(gf, "_saved_split_size"):
+            step = int(gf._saved_split_size)
+            chs = [min(step, total - i) for i in range(0, total, step)]
+        else:
+            continue
+        position = {}
+        for out in node.outputs:
+            nrs = [nr for f, nr in getattr(out.grad_fn, "next_functions", ()) if f is gf]
+            position[out] = nrs[0] if len(nrs) == 1 else None
+        if any(p is None for p in position.values()):
+            continue
+        node.outputs.sort(key=lambda o: position[o])
+        used = [chs[position[o]] for o in node.outputs]  # outputs nobody reads are not nodes
+        if len(used) != len(chs):
+            continue
+        node.module.split_sizes = chs
+        node.module.offsets = [sum(chs[:i]) for i in range(len(chs) + 1)]
+        changed = True
+    return changed
+
+
+@contextmanager
+def static_index_mapping() -> Iterator[None]:
+    """Within the block, each graph's index mappings are computed once.
+
+    Torch-Pruning recomputes every index mapping of the whole graph at each ``get_pruning_group`` call, which
+    makes listing or scoring all groups quadratic in the graph's size (minutes on DenseNet-161). While no
+    channel is removed the mappings cannot change, so once per graph is enough.
+    """
+    from torch_pruning.dependency import index_mapping
+
+    real = index_mapping.update_index_mapping
+    done: set[int] = set()
+
+    def once(graph) -> None:
+        if id(graph) not in done:
+            done.add(id(graph))
+            real(graph)
+
+    index_mapping.update_index_mapping = once
+    try:
+        yield
+    finally:
+        index_mapping.update_index_mapping = real
