@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import atomic_write_json, load_checkpoint, read_json, save_checkpoint
 from .errors import NetsiftError
 from .models import build_from_manifest, manifest_of
@@ -56,6 +56,7 @@ def prepare(out: str | Path | None, config: dict, overwrite: bool = False, resum
         if not (path / CONFIG).is_file():
             raise NetsiftError(f"--resume: no run to resume in {path} ({CONFIG} missing)")
         check_resume_config(path, config, resume_ignores)
+        distributed.check_resume(path)  # the same number of processes as the checkpoint's
         atomic_write_json(path / CONFIG, config)
         return path
     if path.is_dir() and any(path.iterdir()):
@@ -150,7 +151,8 @@ def write_result(run_dir: str | Path | None, result: dict) -> dict:
     if unknown:
         raise ValueError(f"result has keys outside the schema: {sorted(unknown)}")
     result = {**{k: None for k in RESULT_KEYS}, **result, "netsift_version": __version__,
-              "torch_version": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()}
+              "torch_version": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
+              "processes": distributed.world_size()}
     if run_dir is not None:
         result["run_dir"] = str(run_dir)
         atomic_write_json(Path(run_dir) / RESULT, result)

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import rundir
+from .. import distributed, rundir
 from ..checkpoint import save_checkpoint
 from ..config import TrainConfig
 from ..errors import NetsiftError
@@ -30,6 +30,7 @@ EXTRACT_DEFAULTS = {"epochs": 10, "batch_size": 128}
 """Loop defaults of ``extract`` (CPU-scaled; the published runs use up to 100-1000 epochs, see docs/masks.md)."""
 
 
+@distributed.guard
 def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: float | None = None, *,
             init: str | None = "signed-constant", config: TrainConfig | None = None, seed: int = 0,
             data_seed: int | None = None, width: float = 1.0, recalibrate_bn_batches: int = 20,
@@ -66,6 +67,7 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
     cfg = MaskConfig(method=method, density=density, init=init or "signed-constant", **shared, options=own).resolved()
     base = dataclasses.replace(config, **loop) if config else TrainConfig(**{**EXTRACT_DEFAULTS, **loop})
     train_cfg = train_config(cfg.method, base)
+    distributed.setup(train_cfg.cpu)  # under torchrun / accelerate launch: join the other processes
     if recalibrate_bn_batches < 0:
         raise NetsiftError(f"--recalibrate-bn must be non-negative, got {recalibrate_bn_batches}")
     bundle = bundle_for(data, data_seed)
@@ -86,7 +88,8 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
             "extract", cfg.method, seed, data_seed, rundir.describe_model(net), data_config(bundle),
             dataclasses.asdict(train_cfg), mask={**dataclasses.asdict(cfg), "init": init or "keep",
                                                  "recalibrate_bn": recalibrate_bn_batches})
-        run_dir = rundir.prepare(None if out is True else out, config_json, overwrite, resume)
+        run_dir = distributed.on_main(lambda: rundir.prepare(None if out is True else out, config_json, overwrite,
+                                                             resume), "preparing the run folder")
 
     masked = apply_masks(net, cfg, seed=seed)
     callbacks = []
@@ -96,12 +99,14 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
     extracted = extract_masks(masked).cpu()
     recalibrated = recalibrate_bn(extracted, bundle.batches("train", train_cfg.batch_size, seed + 1),
                                   recalibrate_bn_batches)
+    # logits and scales are synchronised like weights: every process holds the same mask (checked, not assumed)
+    distributed.check_same(distributed.tensors_digest(extracted.state_dict()), "extracted masks and weights")
     measured = measure(extracted, bundle)
     scales = {k: float(v[1]) for k, v in masks_and_scales(masked).items()}
     for row in measured["layers"]:
         row["scale"] = scales.get(row["name"])
-    subnet = None
-    if run_dir is not None:
+
+    def save() -> str | None:
         rundir.save_model(run_dir, extracted, manifest)
         if manifest is not None and init is not None and not cfg.options.get("train_weights"):
             # the subnet contract: frozen weights regenerated from (manifest, init, seed), one bit per weight
@@ -109,7 +114,10 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
                     "method": cfg.method, "data": bundle.name, "test_acc": measured["test_acc"]}
             save_checkpoint(run_dir / "subnet",
                             subnet_tensors(masked, extracted, frozen_network(manifest, cfg.init, seed)), meta)
-            subnet = "subnet.safetensors"
+            return "subnet.safetensors"
+        return None
+
+    subnet = distributed.on_main(save, "saving the model and the mask") if run_dir is not None else None
     arch, w = arch_of(extracted if manifest is None else net)
     result = {"command": "extract", "method": cfg.method, "model": manifest["model"] if manifest else arch,
               "width": manifest.get("width") if manifest else w, "data": bundle.name, "seed": seed,
@@ -119,4 +127,5 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
               "epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
               "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
               "weights_sha256": weights_hash, "subnet": subnet, "wall_s": time.perf_counter() - t0}
-    return Result.from_dict(rundir.write_result(run_dir, result), model=extracted)
+    result = distributed.on_main(lambda: rundir.write_result(run_dir, result), "writing result.json")
+    return Result.from_dict(result, model=extracted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import rundir
+from .. import distributed, rundir
 from ..config import TrainConfig
 from ..data import DataBundle
 from ..errors import NetsiftError
@@ -80,6 +81,7 @@ def _check_same_data(run: Any, saved: dict, data: Any) -> None:
                                "out to use the run's (only --data-dir may differ)")
 
 
+@distributed.guard
 def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", macs: float | None = None, *,
           example_input: torch.Tensor | None = None, finetune: TrainConfig | None = None,
           ignored_layers: list | None = None, layer_density: dict | None = None, seed: int = 0,
@@ -117,6 +119,7 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     cfg = PruneConfig(method=method, macs=macs, **shared, options=own)
     ft = dataclasses.replace(finetune or TrainConfig(**{k: v for k, v in finetune_defaults().items()}), **loop)
     ft = dataclasses.replace(ft, epochs=max(1, cfg.finetune_epochs)).resolved(**finetune_defaults())
+    distributed.setup(ft.cpu)  # under torchrun / accelerate launch: join the other processes
     source_model, data, data_seed, source = _source(model, data, data_seed, seed, width)
     data_seed = check_seed(data_seed, "data_seed")
     bundle = bundle_for(data, data_seed)
@@ -142,21 +145,23 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
         config_json = rundir.run_config("prune", cfg.method, seed, data_seed, rundir.describe_model(net),
                                         data_config(bundle), dataclasses.asdict(ft),
                                         prune=dataclasses.asdict(cfg), source=source)
-        run_dir = rundir.prepare(None if out is True else out, config_json, overwrite)
+        run_dir = distributed.on_main(lambda: rundir.prepare(None if out is True else out, config_json, overwrite),
+                                      "preparing the run folder")
     layer_ft = None
     if cfg.layer_finetune > 0:
-        steps = max(1, int(cfg.layer_finetune * select_bundle.size("train") / ft.batch_size))
+        # a fraction of an epoch of the whole data: each of the N processes takes a minibatch per step
+        steps = max(1, int(cfg.layer_finetune * select_bundle.size("train") / (ft.batch_size * distributed.world_size())))
         ft_layer = dataclasses.replace(ft, epochs=1, max_steps=steps)
         layer_ft = lambda m: fit(m, select_bundle, ft_layer, None, seed=seed, desc="layer fine-tune")  # noqa: E731
     teacher = copy.deepcopy(net) if cfg.distill else None
     pruned_out = prune_channels(plan, select_bundle.batches("train", cfg.select_batch, seed), holdout, seed=seed,
-                                progress=progress, layer_finetune=layer_ft)
+                                progress=progress and distributed.is_main(), layer_finetune=layer_ft)
     pruned = pruned_out.model
     recalibrated = recalibrate_bn(pruned, select_bundle.batches("train", cfg.select_batch, seed + 1),
                                   cfg.recalibrate_bn)
     if cfg.reinit:
         _reinit(pruned, seed)
-    selected = evaluate(pruned, bundle.loader("test", 512))
+    selected = evaluate(pruned, distributed.eval_loader(bundle, "test", 512), sharded=True)
     finetune_s, fitted = 0.0, None
     if cfg.finetune_epochs > 0:
         loss_fn = distill_loss(teacher, ft.label_smoothing) if teacher is not None else None
@@ -166,12 +171,17 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     pruned.eval()
     after = measure(pruned, bundle, latency_threads=cfg.latency_threads, source=net, source_macs=before["macs"])
     after["density"] = _prunable_weights(pruned) / _prunable_weights(net)
-    if run_dir is not None:
+
+    def save() -> None:
         rundir.save_model(run_dir, pruned)
+        write_selection(run_dir, cfg.method, pruned_out.selection.kept)
         if cfg.onnx:
             from ..onnx_export import export_onnx
 
             export_onnx(pruned, shape, run_dir / "model.onnx")
+
+    if run_dir is not None:
+        distributed.on_main(save, "saving the pruned model")
     arch, w = arch_of(net)
     result = {"command": "prune", "method": cfg.method, "model": arch, "width": w, "data": bundle.name,
               "seed": seed, "data_seed": data_seed, **after, "source": source, "macs_target": cfg.macs,
@@ -182,7 +192,21 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
               "train_images_per_s": fitted.images_per_s if fitted else None,
               "recalibrated_bn": recalibrated, "selection_s": pruned_out.selection_s, "finetune_s": finetune_s,
               "groups": pruned_out.selection.info, "wall_s": time.perf_counter() - t0}
-    return Result.from_dict(rundir.write_result(run_dir, result), model=pruned)
+    result = distributed.on_main(lambda: rundir.write_result(run_dir, result), "writing result.json")
+    return Result.from_dict(result, model=pruned)
+
+
+SELECTION = "selection.json"
+"""The kept channel indices of every group (``{"method": ..., "kept": {group: [channels]}}``), in the run folder."""
+
+
+def write_selection(run_dir: str | Path, method: str, kept: dict[str, list[int]]) -> None:
+    """Write the channels a method kept as ``selection.json`` (one line per group)."""
+    from ..checkpoint import atomic_write_bytes
+
+    lines = ",\n".join(f"    {json.dumps(name)}: {json.dumps(list(map(int, channels)))}" for name, channels in kept.items())
+    atomic_write_bytes(Path(run_dir) / SELECTION,
+                       f'{{\n  "method": {json.dumps(method)},\n  "kept": {{\n{lines}\n  }}\n}}\n'.encode())
 
 
 def _prunable_weights(model: nn.Module) -> int:

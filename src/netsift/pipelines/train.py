@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import rundir
+from .. import distributed, rundir
 from ..config import TrainConfig
 from ..measure import measure
 from ..results import Result
@@ -18,6 +18,7 @@ from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_see
                      split_options)
 
 
+@distributed.guard
 def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, *, seed: int = 0,
           data_seed: int | None = None, width: float = 1.0, out: str | Path | None = None, overwrite: bool = False,
           resume: bool = False, latency_threads: int | None = 1, **options: Any) -> Result:
@@ -44,6 +45,7 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
     data_seed = check_seed(seed if data_seed is None else data_seed, "data_seed")
     (loop,) = split_options(options, TRAIN_FIELDS)
     cfg = (dataclasses.replace(config, **loop) if config else TrainConfig(**loop)).resolved()
+    distributed.setup(cfg.cpu)  # under torchrun / accelerate launch: join the other processes
     bundle = bundle_for(data, data_seed)
     net = network_for(model, bundle, seed, width)
     check_classes(net, bundle)
@@ -51,14 +53,16 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
     if out is not None and out is not False:
         config_json = rundir.run_config("train", "dense", seed, data_seed, rundir.describe_model(net),
                                        data_config(bundle), dataclasses.asdict(cfg))
-        run_dir = rundir.prepare(None if out is True else out, config_json, overwrite, resume)
+        run_dir = distributed.on_main(lambda: rundir.prepare(None if out is True else out, config_json, overwrite,
+                                                             resume), "preparing the run folder")
     arch, w = arch_of(net)
     fitted = fit(net, bundle, cfg, run_dir, seed=seed, resume=resume, desc=f"train {arch}")
     if run_dir is not None:
-        rundir.save_model(run_dir, net)
+        distributed.on_main(lambda: rundir.save_model(run_dir, net), "saving the model")
     result = {"command": "train", "method": "dense", "model": arch, "width": w, "data": bundle.name, "seed": seed,
               "data_seed": data_seed, **measure(net, bundle, latency_threads=latency_threads),
               "epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
               "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
               "wall_s": time.perf_counter() - t0}
-    return Result.from_dict(rundir.write_result(run_dir, result), model=net)
+    result = distributed.on_main(lambda: rundir.write_result(run_dir, result), "writing result.json")
+    return Result.from_dict(result, model=net)
