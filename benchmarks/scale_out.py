@@ -12,10 +12,18 @@ with ``OMP_NUM_THREADS=1``:
    identical for 1 and 2 processes (each greedy step's candidates are split across the processes).
 
 Runs alternate 1, 2, 1, 2, ... (``--repeats``) so that a change of load hits both; the medians, the ratios and
-the machine's load average around every run go to ``benchmarks/results/scale_out.json``.
+the machine's load average around every run go to ``benchmarks/results/scale_out.json``, one entry per
+configuration (``<model>_x<width>``).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/scale_out.py                  # resnet20 x0.5, Fashion-MNIST
-    PYTHONPATH=src .venv/bin/python benchmarks/scale_out.py --quick          # a smoke test (digits, lenet300)
+What bounds the GFS speed-up: every process computes the step's *prefix* (the network up to the pruned group's
+first consumer, on the step's minibatch) itself, and a step's K candidates split into shares of ceil(K/N).
+Where the candidates' work dominates (VGG11 x0.25: early, wide layers; 50 candidates per step) the split
+approaches N; where the prefix is a large share (ResNet-20 x0.5: groups of 8-32 channels, so K <= 32, and
+deep groups whose prefix is most of the network) it cannot.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/scale_out.py                            # vgg11 x0.25, Fashion-MNIST
+    PYTHONPATH=src .venv/bin/python benchmarks/scale_out.py --model resnet20 --width 0.5
+    PYTHONPATH=src .venv/bin/python benchmarks/scale_out.py --quick                    # smoke test (digits, lenet300)
 """
 
 from __future__ import annotations
@@ -82,7 +90,7 @@ def launch(step: str, n: int, args: argparse.Namespace, run: Path, source: Path 
     """Run one step with ``n`` processes; returns rank 0's figures plus the wall time and the load."""
     out = run.with_suffix(".json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-           str(Path(__file__).resolve()), "--worker", step, "--json", str(out), "--run", str(run),
+           str(Path(__file__).resolve()), "--worker", step, "--json", str(out), "--run-dir", str(run),
            "--model", args.model, "--width", str(args.width), "--data", args.data, "--seed", str(args.seed),
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--macs", str(args.macs),
            "--candidates", str(args.candidates)]
@@ -108,8 +116,8 @@ def launch(step: str, n: int, args: argparse.Namespace, run: Path, source: Path 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--model", default="vgg11")
+    p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--train-subset", type=int, default=10000)
     p.add_argument("--epochs", type=int, default=1, help="training epochs (train step and GFS source)")
@@ -117,14 +125,14 @@ def main() -> None:
     p.add_argument("--macs", type=float, default=0.5, help="GFS: keep this fraction of the MACs")
     p.add_argument("--candidates", type=int, default=50, help="GFS: candidates per greedy step")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=2, help="runs per process count (interleaved)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per process count (interleaved)")
     p.add_argument("--processes", type=int, default=2, help="the process count compared with 1")
     p.add_argument("--quick", action="store_true", help="smoke test: lenet300 x0.5 on digits, 1 repeat")
     p.add_argument("--note", default="", help="free text stored with the results (the machine's state)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale_out.json"))
     p.add_argument("--worker", choices=("train", "gfs"), help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
-    p.add_argument("--run", help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", dest="run", help=argparse.SUPPRESS)
     p.add_argument("--source", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -170,8 +178,11 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
                           "load_at_end": _load()},
               "summary": summary, "runs": runs}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    saved = json.loads(out.read_text()) if out.is_file() else {}
+    saved[f"{args.model}_x{args.width:g}" + ("_quick" if args.quick else "")] = record
+    out.write_text(json.dumps(saved, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     print(f"written {args.out}")
 

@@ -305,11 +305,13 @@ def check_same(digest: str, what: str) -> None:
 
 def tensors_digest(tensors: dict) -> str:
     """SHA-256 of a ``{name: tensor}`` dict (names, dtypes, shapes and bytes), to compare across processes."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -383,8 +385,10 @@ def sync_buffers(module) -> None:
     """Give every process the main process's buffers (batch-norm statistics), in place."""
     if not active():
         return
+    import torch
+
     buffers = [b for b in module.buffers() if b is not None]
-    with waiting("sharing the batch-norm statistics"):
+    with waiting("sharing the batch-norm statistics"), torch.no_grad():
         for b in buffers:
             t = b.detach().to("cpu").clone()
             _dist().broadcast(t, src=0, group=_group())
@@ -467,6 +471,7 @@ def check_resume(run_dir, meta: dict | None = None) -> None:
         meta = read_json(path, "checkpoint metadata")
     had, have = checkpoint_processes(meta), world_size()
     if had != have:
-        hint = "run it without a launcher" if had == 1 else f"launch it with {had} processes (torchrun --nproc_per_node {had} ..., or that many across nodes)"
+        hint = "run it without a launcher" if had == 1 else \
+            f"launch it with {had} processes (torchrun --nproc_per_node {had} ..., or that many across nodes)"
         raise NetsiftError(f"--resume: {run_dir} was run by {had} process{'es' if had > 1 else ''}, this job has "
                            f"{have}; {hint} (data shards, random streams and the schedule depend on it)")

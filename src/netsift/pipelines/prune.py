@@ -150,7 +150,8 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     layer_ft = None
     if cfg.layer_finetune > 0:
         # a fraction of an epoch of the whole data: each of the N processes takes a minibatch per step
-        steps = max(1, int(cfg.layer_finetune * select_bundle.size("train") / (ft.batch_size * distributed.world_size())))
+        images = cfg.layer_finetune * select_bundle.size("train")
+        steps = max(1, int(images / (ft.batch_size * distributed.world_size())))
         ft_layer = dataclasses.replace(ft, epochs=1, max_steps=steps)
         layer_ft = lambda m: fit(m, select_bundle, ft_layer, None, seed=seed, desc="layer fine-tune")  # noqa: E731
     teacher = copy.deepcopy(net) if cfg.distill else None
@@ -204,7 +205,8 @@ def write_selection(run_dir: str | Path, method: str, kept: dict[str, list[int]]
     """Write the channels a method kept as ``selection.json`` (one line per group)."""
     from ..checkpoint import atomic_write_bytes
 
-    lines = ",\n".join(f"    {json.dumps(name)}: {json.dumps(list(map(int, channels)))}" for name, channels in kept.items())
+    lines = ",\n".join(f"    {json.dumps(name)}: {json.dumps(list(map(int, channels)))}"
+                       for name, channels in kept.items())
     atomic_write_bytes(Path(run_dir) / SELECTION,
                        f'{{\n  "method": {json.dumps(method)},\n  "kept": {{\n{lines}\n  }}\n}}\n'.encode())
 
