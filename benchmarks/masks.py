@@ -3,9 +3,11 @@ random masks and the dense-trained network, on lenet300 and a CPU-sized Conv-2.
 
     PYTHONPATH=src .venv/bin/python benchmarks/masks.py            # full run (incremental: reruns skip done cells)
     PYTHONPATH=src .venv/bin/python benchmarks/masks.py --quick    # smoke test: 1 seed, 1 epoch, small subsets
+    PYTHONPATH=src .venv/bin/python benchmarks/masks.py --determinism  # benchmark path vs CLI, threads, CPU ISA
 
 Every cell (architecture, variant, density, seed) is appended to ``<out>.jsonl`` when it finishes; a rerun
-skips the cells already there. At the end (and with ``--report``) it writes ``<out>.csv`` / ``<out>.json``
+skips the cells already there. Each cell also keeps its run folder in ``--work`` (``runs/bench-masks[-quick]/
+<arch>-<variant>-<density>-s<seed>``), which ``netsift report`` tabulates and plots. At the end (and with ``--report``) it writes ``<out>.csv`` / ``<out>.json``
 (mean ± std over seeds), ``<out>.png`` (test accuracy against density) and ``<out>_steptime.json`` (the time
 of one training step of each method relative to a dense step at the same batch size).
 """
@@ -14,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,6 +69,17 @@ def cells(args) -> list[tuple[str, str, float | None, int]]:
     return out
 
 
+def environment() -> dict:
+    """What decides the floating-point bits besides the seed: thread count, ATen's CPU kernel ISA, versions.
+
+    Same seed gives the same bits only with the same ``threads`` (gumbel: full reductions and small GEMMs split
+    across threads) and the same ``cpu_capability`` (ATen's vectorised kernels, e.g. AVX2 vs AVX512 log-softmax;
+    ``ATEN_CPU_CAPABILITY=avx2`` on an AVX512 machine reproduces an AVX2 machine). See ``--determinism``.
+    """
+    return {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}
+
+
 def key(arch: str, variant: str, density: float | None, seed: int) -> str:
     return f"{arch}|{variant}|{density}|{seed}"
 
@@ -89,20 +105,23 @@ def run_cell(arch: str, variant: str, density: float | None, seed: int, args) ->
     t0 = time.perf_counter()
     options, _ = VARIANTS[variant]
     width = ARCHS[arch]["width"]
+    work = getattr(args, "work", None)  # None: no run folder (the determinism study's subprocess cells)
+    out = Path(work) / f"{arch}-{variant}-{density if density is not None else 'emergent'}-s{seed}" if work else None
     if options is None:  # dense training from a Kaiming-normal init: the ceiling
         bundle = bundle_for(arch, seed, args)
         manifest = model_manifest(arch, width, bundle.input_shape, bundle.num_classes)
         model = frozen_network(manifest, "kaiming-normal", seed).requires_grad_(True)
         r = netsift.train(model, bundle, epochs=args.epochs, batch_size=args.batch_size, seed=seed,
-                          latency_threads=None)
+                          latency_threads=None, out=out, overwrite=True)
     else:
         options = dict(options)
         r = netsift.extract(arch, bundle_for(arch, seed, args), options.pop("method"), density, width=width,
-                            epochs=args.epochs, batch_size=args.batch_size, seed=seed, **options)
+                            epochs=args.epochs, batch_size=args.batch_size, seed=seed, out=out, overwrite=True,
+                            **options)
     return {"arch": arch, "variant": variant, "density_target": density, "seed": seed, "test_acc": r.test_acc,
             "val_acc": r.val_acc, "density": r.density, "layers": [row["density"] for row in r.layers],
             "best_epoch": r.best_epoch, "epochs": args.epochs, "train_subset": bundle_for(arch, seed, args).size("train"),
-            "wall_s": round(time.perf_counter() - t0, 2)}
+            "wall_s": round(time.perf_counter() - t0, 2), **environment()}
 
 
 # ---------------------------------------------------------------------------------------------- step time
@@ -144,6 +163,79 @@ def step_times(arch: str, batch_size: int, rounds: int = 5, steps: int = 10) -> 
             times[name].append((time.perf_counter() - t0) / n * 1e3)
     dense = min(times["dense"])
     return {name: {"step_ms": round(min(t), 3), "ratio": round(min(t) / dense, 3)} for name, t in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+
+DETERMINISM_RUNS = [  # (label, how, environment overrides)
+    ("benchmark path (run_cell), 1 thread", "bench", {}),
+    ("CLI netsift extract, 1 thread", "cli", {"OMP_NUM_THREADS": "1"}),
+    ("CLI netsift extract, 2 threads", "cli", {"OMP_NUM_THREADS": "2"}),
+    ("CLI netsift extract, 1 thread, ATEN_CPU_CAPABILITY=avx2", "cli",
+     {"OMP_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "avx2"}),
+    ("benchmark path (run_cell), 1 thread, ATEN_CPU_CAPABILITY=avx2", "bench", {"ATEN_CPU_CAPABILITY": "avx2"}),
+]
+
+
+def _subprocess_cell(how: str, variant: str, seed: int, env: dict, args) -> dict:
+    """One lenet300 cell (20k subset, ``args.epochs``) in a fresh process: the CLI or this file's ``run_cell``."""
+    env = {**os.environ, **env}
+    if how == "cli":
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "netsift", "extract", "--method", variant, "--model", "lenet300",
+                   "--data", "fashion-mnist", "--train-subset", "20000", "--epochs", str(args.epochs),
+                   "--batch-size", str(args.batch_size), "--seed", str(seed), "--out", f"{tmp}/run"]
+            cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            r = json.loads(Path(f"{tmp}/run/result.json").read_text())
+        return {"test_acc": r["test_acc"], "val_acc": r["val_acc"], "density": r["density"],
+                "best_epoch": r["best_epoch"], "threads": r["threads"]}
+    code = (f"import json, sys, argparse, torch; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+            "import masks as B; "
+            "torch.set_num_threads(1); "
+            f"a = argparse.Namespace(epochs={args.epochs}, batch_size={args.batch_size}, data_dir={args.data_dir!r}, "
+            f"train_subset=20000); r = B.run_cell('lenet300', {variant!r}, None, {seed}, a); print(json.dumps(r))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return {k: r[k] for k in ("test_acc", "val_acc", "density", "best_epoch", "threads", "cpu_capability")}
+
+
+def determinism(args, out: Path, rows: list[dict]) -> None:
+    """Same seed, same settings, different code paths / thread counts / CPU kernel ISA: which bits change?
+
+    Incremental: each run is a line of ``<out>_determinism.jsonl`` (a rerun skips it); the summary goes to
+    ``<out>_determinism.json``.
+    """
+    log = out.parent / f"{out.name}_determinism.jsonl"
+    done = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    for variant in ("gumbel", "edge-popup"):
+        for seed in args.determinism_seeds:
+            for label, how, env in DETERMINISM_RUNS:
+                if any((d["variant"], d["seed"], d["run"]) == (variant, seed, label) for d in done):
+                    continue
+                t0 = time.perf_counter()
+                # passive OpenMP waits: same numbers, but a 2-thread run on a loaded 2-core machine is not
+                # slowed down 10-30x by spinning threads
+                r = _subprocess_cell(how, variant, seed, {"OMP_WAIT_POLICY": "PASSIVE", **env}, args)
+                done.append({"variant": variant, "seed": seed, "run": label, **r,
+                             "wall_s": round(time.perf_counter() - t0, 1)})
+                with open(log, "a") as f:
+                    f.write(json.dumps(done[-1]) + "\n")
+                print(json.dumps(done[-1]), flush=True)
+    report = {"question": "why did `netsift extract` not reproduce the seed-0 rows of masks.jsonl (issue 13)?",
+              "machine": environment(),
+              "setting": f"lenet300, fashion-mnist 20k subset, {args.epochs} epochs, batch {args.batch_size}",
+              "stored": [], "runs": done}
+    for variant in ("gumbel", "edge-popup"):
+        for seed in args.determinism_seeds:
+            stored = next((r for r in rows if (r["arch"], r["variant"], r["seed"]) == ("lenet300", variant, seed)
+                           and r["density_target"] in (None, 0.5) and r["epochs"] == args.epochs), None)
+            if stored:
+                report["stored"].append({"variant": variant, "seed": seed, "run": "stored row of masks.jsonl",
+                                         "test_acc": stored["test_acc"], "val_acc": stored["val_acc"]})
+    path = out.parent / f"{out.name}_determinism.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -246,7 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/masks")
+    p.add_argument("--work", default="runs/bench-masks", help="run folders of the cells (for netsift report)")
     p.add_argument("--report", action="store_true", help="only rebuild the tables and the plot")
+    p.add_argument("--determinism", action="store_true",
+                   help="only compare the benchmark path with the CLI (threads, CPU ISA) on lenet300 gumbel and "
+                        "edge-popup 0.5 into <out>_determinism.json")
+    p.add_argument("--determinism-seeds", type=int, nargs="+", default=[0])
     p.add_argument("--no-steptime", action="store_true")
     p.add_argument("--steptime-rerun", action="store_true",
                    help="only re-measure step times (7 rounds) into <out>_steptime_rerun.json")
@@ -255,12 +352,16 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.epochs, args.train_subset, args.densities = 1, 1, 2000, [0.1, 0.5]
         args.gumbel_densities = [0.1]
         args.out += "_quick"
+        args.work += "-quick"
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".jsonl")
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     done = {key(r["arch"], r["variant"], r["density_target"], r["seed"]) for r in rows}
+    if args.determinism:
+        determinism(args, out, rows)
+        return 0
     if args.steptime_rerun:
         st = {"threads": args.threads, "torch": torch.__version__, "note": "rerun, min over 7 rounds of 10 steps"}
         for arch in args.archs:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("NETSIFT_PROGRESS", "off")  # tests that check progress output turn it on themselves
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

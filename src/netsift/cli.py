@@ -1,7 +1,10 @@
 """The ``netsift`` command line: parses arguments and hands each subcommand to its module in ``commands/``.
 
 Errors caused by the user's input (:class:`~netsift.errors.NetsiftError`) print as one line on stderr with
-exit status 2; an interrupted run exits with 130 and keeps its last checkpoint.
+exit status 2; an interrupted run exits with 130 and keeps its last checkpoint. Building the parser imports
+no torch (the command modules, method declarations, zoo and data-set lists are torch-free), so ``--help``,
+``--version``, ``models`` and ``datasets`` answer at once; a command imports torch when it runs. Progress
+goes to stderr (:mod:`netsift.progress`); ``--quiet`` silences it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 from . import __version__
 from .errors import NetsiftError
 
-COMMANDS = ["train", "eval", "models", "datasets", "demo", "extract", "export", "prune"]
+COMMANDS = ["train", "eval", "models", "datasets", "demo", "extract", "export", "prune", "report"]
 """Subcommands, each a module ``netsift.commands.<name>`` with ``add_parser(subparsers)`` and ``run(args)``."""
 
 
@@ -30,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         importlib.import_module(f".commands.{name.replace('-', '_')}", __package__).add_parser(sub)
+        sub.choices[name].add_argument("-q", "--quiet", action="store_true",
+                                       help="no progress output (errors still print)")
     return parser
 
 
@@ -47,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
 
             if not cli_runs_here(args.command):
                 return 0
-        return int(args.run(args) or 0)
+        from . import progress
+        from .tracking import check_trackers
+
+        check_trackers(getattr(args, "log_with", None))  # a missing tracker package: one line, before torch loads
+        with progress.session(not args.quiet), progress.scope():
+            # heartbeat lines from the start (importing torch alone can take seconds); a run of 10 s or more ends
+            # with "netsift COMMAND: done in ..." in a log file
+            with progress.stage(f"netsift {args.command}", summary_after=10.0):
+                return int(args.run(args) or 0)
     except NetsiftError as e:
         if not getattr(e, "quiet", False):  # the main process's error, mirrored on the others: printed once
             print(f"netsift: error: {e}", file=sys.stderr)

@@ -3,6 +3,9 @@
 Each field of a config dataclass becomes ``--field-name`` on the command line; its help text comes from the
 field's ``metadata["help"]`` and its choices from ``metadata["choices"]``. Values are validated in
 ``__post_init__`` so the Python API and the CLI reject the same bad input with the same one-line error.
+``--help`` lists every fixed set of values and shows each default once, as it will be used (a default
+resolved later, per method or per command, is described by ``metadata["shown"]`` or ``default_help``).
+This module and the config classes are torch-free, so building the parser needs no torch.
 """
 
 from __future__ import annotations
@@ -15,14 +18,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .data.sets import DATA_ENV, DATASETS
 from .errors import NetsiftError, choose
+from .models import ZOO
 
 T = TypeVar("T")
 
 
-def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field carrying its CLI help text (and choices)."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, values: tuple[str, ...] | None = None,
+        shown: str | None = None) -> Any:
+    """A dataclass field carrying its CLI help text.
+
+    Args:
+        choices: the allowed values (argparse checks them; listed in ``--help``).
+        values: the allowed values listed in ``--help`` but checked by the config itself (its own error message).
+        shown: what ``--help`` says the default is, when it is resolved later (``default`` is ``None``).
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "values": values, "shown": shown})
 
 
 @dataclass(frozen=True)
@@ -77,15 +89,13 @@ def method_options(method: str, given: dict[str, Any] | None, registry: dict) ->
 class DataConfig:
     """Which data set to use and how to split it."""
 
-    data: str = opt("digits", "data set name (see `netsift datasets`)")
-    data_dir: str | None = opt(None, "where data files live (default: $NETSIFT_DATA or ~/.cache/netsift/data)")
+    data: str = opt("digits", "data set (`netsift datasets` says which are installed)", values=tuple(DATASETS))
+    data_dir: str | None = opt(None, "where data files live", shown=f"${DATA_ENV} or ~/.cache/netsift/data")
     val_fraction: float = opt(0.1, "share of the training set held out for validation")
-    train_subset: int | None = opt(None, "keep only N training images (quick experiments)")
+    train_subset: int | None = opt(None, "keep only N training images (quick experiments)", shown="all")
     download: bool = opt(False, "let torchvision download missing data where the network allows")
 
     def __post_init__(self):
-        from .data import DATASETS
-
         choose(self.data, DATASETS, "data set")
         check_finite(self)
         if not 0.0 <= self.val_fraction < 1.0:
@@ -96,7 +106,7 @@ class DataConfig:
 class ModelConfig:
     """Which architecture to build."""
 
-    model: str = opt("lenet300", "architecture (see `netsift models`), or tv:<torchvision name>")
+    model: str = opt("lenet300", f"architecture: {', '.join(ZOO)} (see `netsift models`), or tv:<torchvision name>")
     width: float = opt(1.0, "width multiplier for the zoo's architectures")
     pretrained: bool = opt(False, "tv:<name> only: start from torchvision's published weights (needs the network)")
 
@@ -191,14 +201,16 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, An
         if f.name in skip:
             continue
         default = defaults.get(f.name, f.default)
-        _add(group, f.name, default, f.metadata.get("help", ""), str(f.type), f.metadata.get("choices"),
-             default_help.get(f.name))
+        text = default_help.get(f.name, f.metadata.get("shown") if default is None else None)
+        _add(group, f.name, default, f.metadata.get("help", ""), str(f.type), f.metadata.get("choices"), text,
+             f.metadata.get("values"))
 
 
-def _add(group, name: str, default: Any, help_text: str, type_name: str, choices, default_text: str | None) -> None:
+def _add(group, name: str, default: Any, help_text: str, type_name: str, choices, default_text: str | None,
+         values: tuple[str, ...] | None = None) -> None:
     flag = "--" + name.replace("_", "-")
-    shown = default_text if default_text is not None else ("" if default is None else str(default))
-    suffix = f" (default: {shown})" if shown else ""
+    shown = default_text if default_text is not None else ("none" if default is None else str(default))
+    suffix = f" (default: {shown})"
     if type_name in ("bool", "bool | None", "<class 'bool'>"):
         on = {"True": "on", "False": "off"}.get(default_text or "", default_text) or ("on" if default else "off")
         group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
@@ -206,7 +218,8 @@ def _add(group, name: str, default: Any, help_text: str, type_name: str, choices
         return
     kind = {"int": int, "float": float, "int | None": int, "float | None": float, "<class 'int'>": int,
             "<class 'float'>": float}.get(type_name, str)
-    metavar = "{" + ",".join(choices) + "}" if choices else name.upper()
+    listed = choices or values
+    metavar = "{" + ",".join(listed) + "}" if listed else name.upper()
     group.add_argument(flag, type=kind, default=default, metavar=metavar, help=help_text + suffix, choices=choices)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import distributed
+from . import progress as _progress
 from .errors import NetsiftError
 from .models import prunable_layers
 
@@ -183,8 +184,9 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
     """CPU forward latency of each network, timed in interleaved rounds (inference mode).
 
     Every round times ``passes[bs]`` forward passes of each network at each batch size, one network after the
-    other, so a load from other processes hits all of them alike. Returns ``{name: {"b1_ms": median over
-    rounds, ..., "spread": largest (max - min) / median over the batch sizes}, "threads": ..., "rounds": ...}``.
+    other, so a load from other processes hits all of them alike; a round's figure is its fastest pass (other
+    processes only ever add time). Returns ``{name: {"b1_ms": median over rounds, ..., "spread": largest
+    (max - min) / median over rounds, of any batch size}, "threads": ..., "rounds": ...}``.
     """
     check_threads(threads, "latency threads")
     passes = passes or {bs: (10 if bs <= 8 else 3) for bs in batch_sizes}
@@ -195,8 +197,10 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
         m_cpu.eval()
     inputs = {bs: torch.randn(bs, *input_shape) for bs in batch_sizes}
     times: dict[tuple[str, int], list[float]] = {(n, bs): [] for n in models for bs in batch_sizes}
+    what = f"timing latency ({', '.join(models)}; batch {', '.join(map(str, batch_sizes))})"
     try:
-        with num_threads(threads) as used, torch.inference_mode():
+        with num_threads(threads) as used, torch.inference_mode(), _progress.task(what, rounds, "round",
+                                                                                 summary_after=2.0) as report:
             for name, (m, _) in cpu.items():  # warm-up
                 for bs in batch_sizes:
                     m(inputs[bs])
@@ -208,7 +212,8 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
                             t0 = time.perf_counter()
                             m(inputs[bs])
                             t.append((time.perf_counter() - t0) * 1000)
-                        times[(name, bs)].append(statistics.median(t))
+                        times[(name, bs)].append(min(t))  # the least-disturbed pass of the round
+                report.update()
     finally:
         for m, was_training in cpu.values():
             m.train(was_training)
@@ -245,16 +250,17 @@ def measure(model: nn.Module, bundle, batch_size: int = 512, latency_threads: in
     """
     device = _device(model)
     shape = bundle.input_shape
-    # with several processes each evaluates its share and the counts are summed: the whole split, once
-    test = evaluate(model, distributed.eval_loader(bundle, "test", batch_size), device, sharded=True)
-    val = evaluate(model, distributed.eval_loader(bundle, "val", batch_size), device, sharded=True) \
-        if bundle.size("val") else {"acc": None}
-    layers = layer_table(model)
-    kept, total = sum(r["kept"] for r in layers), sum(r["total"] for r in layers)
-    nonzero, params_total = count_params(model)
-    macs = count_macs(model, shape)
-    if source is not None and source_macs is None:
-        source_macs = count_macs(source, shape)
+    with _progress.stage("measuring test and validation accuracy, parameters and MACs"):
+        # with several processes each evaluates its share and the counts are summed: the whole split, once
+        test = evaluate(model, distributed.eval_loader(bundle, "test", batch_size), device, sharded=True)
+        val = evaluate(model, distributed.eval_loader(bundle, "val", batch_size), device, sharded=True) \
+            if bundle.size("val") else {"acc": None}
+        layers = layer_table(model)
+        kept, total = sum(r["kept"] for r in layers), sum(r["total"] for r in layers)
+        nonzero, params_total = count_params(model)
+        macs = count_macs(model, shape)
+        if source is not None and source_macs is None:
+            source_macs = count_macs(source, shape)
     out = {"test_acc": test["acc"], "test_loss": test["loss"], "test_samples": test["n"], "val_acc": val["acc"],
            "density": kept / total if total else 1.0, "params": nonzero, "params_total": params_total,
            "macs": macs, "macs_sparse": sparse_macs(model, shape),

@@ -95,7 +95,8 @@ class Result:
     netsift_version: str = _f("netsift version", "")
     torch_version: str = _f("PyTorch version", "")
     machine: str = _f("CPU architecture", "")
-    threads: int = _f("torch intra-op threads", 0)
+    threads: int = _f("torch intra-op threads (same seed gives the same bits only with the same thread count)", 0)
+    cpu_capability: str = _f("ATen's CPU kernel set (e.g. AVX512, AVX2): same seed, same bits only on the same one", "")
     processes: int = _f("processes of the job (`torchrun`/`accelerate launch`; 1 without a launcher)", 1)
 
     def to_dict(self) -> dict:

@@ -152,6 +152,7 @@ def write_result(run_dir: str | Path | None, result: dict) -> dict:
         raise ValueError(f"result has keys outside the schema: {sorted(unknown)}")
     result = {**{k: None for k in RESULT_KEYS}, **result, "netsift_version": __version__,
               "torch_version": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "processes": distributed.world_size()}
     if run_dir is not None:
         result["run_dir"] = str(run_dir)

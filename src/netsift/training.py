@@ -8,6 +8,7 @@ checkpoint after every epoch so that ``resume=True`` continues bit for bit where
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -19,14 +20,15 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from . import distributed
+from . import progress as _progress
 from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .config import TrainConfig
 from .data import DataBundle
 from .errors import NetsiftError
 from .measure import check_labels, evaluate, run_model
+from .tracking import Trackers
 
 CHECKPOINT = "checkpoint"
 BEST = "best"
@@ -140,7 +142,8 @@ def default_loss(label_smoothing: float) -> Callable[[Tensor, Tensor, Tensor], T
 def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | Path | None = None,
         groups: Sequence[OptimGroup] | None = None, callbacks: Iterable[Callback] = (), seed: int = 0,
         resume: bool = False, desc: str = "train",
-        loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> FitResult:
+        loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None, progress: bool | None = None,
+        log_with: str | Sequence[str] | None = None) -> FitResult:
     """Train ``model`` on ``bundle``'s training split and leave it holding the best validation weights.
 
     Args:
@@ -152,12 +155,34 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
         callbacks: hooks called at epoch and step boundaries.
         seed: seeds the batch order, augmentation and any sampling in the model.
         resume: continue from ``run_dir``'s checkpoint.
-        desc: label of the progress bar.
+        desc: label of the progress report (a bar in a terminal, one line per epoch in a log file).
         loss_fn: ``loss_fn(logits, y, x)``; default cross-entropy with the config's label smoothing.
+        progress: report progress (``None``: as the caller's :func:`netsift.progress.session`).
+        log_with: experiment trackers (``"tensorboard"``, ``"csv"``, ... see :mod:`netsift.tracking`) that
+            get the loop's settings and every epoch's metrics; logs in ``run_dir/logs``.
 
     Raises:
         NetsiftError: a non-finite loss, or a missing or corrupt checkpoint when resuming.
     """
+    trackers = Trackers(log_with, run_dir)  # unknown or missing tracker packages fail here, before any work
+    with _progress.session(progress), _progress.scope():
+        try:
+            return _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, loss_fn, trackers)
+        finally:
+            trackers.finish()
+
+
+def epoch_line(desc: str, row: dict, epochs: int, report: "_progress.Task") -> str:
+    """The progress line of a finished epoch: loss, accuracies, lr, throughput, elapsed time and ETA."""
+    val = row.get("val_acc")
+    val = "" if val is None or val != val else f", val acc {val:.4f}"
+    extra = "".join(f", {k} {v:.4f}" for k, v in row.items() if k in ("mask_density",) and isinstance(v, float))
+    return (f"{desc} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, train acc "
+            f"{row['train_acc']:.4f}{val}{extra}, lr {row['lr']:.4g}, {row['images_per_s']:,.0f} img/s, "
+            f"{report.timing()}")
+
+
+def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, loss_fn, trackers) -> FitResult:
     from accelerate import Accelerator
 
     callbacks = list(callbacks)
@@ -165,7 +190,8 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None and distributed.is_main():  # with several processes only the main one writes
         run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                              **trackers.accelerator_kwargs())
     if groups is None:
         groups = [OptimGroup("all", [p for p in model.parameters() if p.requires_grad])]
     groups = [g for g in groups if g.params]
@@ -199,6 +225,9 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
 
     t_start = time.perf_counter()
     images_seen, train_time = 0, 0.0
+    trackers.start(accelerator, {"desc": desc, "seed": seed, **dataclasses.asdict(cfg)})
+    report = _progress.begin(desc, steps_per_epoch * max(0, cfg.epochs - start_epoch), "step",
+                             enabled=None if accelerator.is_main_process else False)
     for epoch in range(start_epoch, cfg.epochs):
         for cb in callbacks:
             cb.on_epoch_start(epoch)
@@ -207,8 +236,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
         distributed.seed_rank(seed, epoch)  # processes > 0: their own random stream (masks, dropout)
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=None if accelerator.is_main_process else True)
+        report.set(epoch=f"{epoch + 1}/{cfg.epochs}")
         for i, (x, y) in enumerate(train_loader):
             if i >= steps_per_epoch:
                 break
@@ -236,9 +264,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
             seen += len(y)
             for cb in callbacks:
                 cb.on_step_end(step, loss.item())
-            bar.update()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        bar.close()
+            report.update(1, loss=loss_sum / seen)
         epoch_time = time.perf_counter() - t0
         bad = [n for n, p in accelerator.unwrap_model(model).named_parameters() if not torch.isfinite(p).all()]
         if bad:
@@ -260,6 +286,8 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
         for cb in callbacks:
             cb.on_epoch_end(epoch, row)
         result.history.append(row)
+        report.log(epoch_line(desc, row, cfg.epochs, report))
+        trackers.log(row, epoch + 1)
         improved = not (row["val_acc"] <= result.best_val_acc)  # NaN validation (no val split) counts as better
         if improved:
             result.best_val_acc, result.best_epoch, since_best = row["val_acc"], epoch + 1, 0
@@ -276,6 +304,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, run_dir: str | P
         if stop:
             result.stopped_early = True
             break
+    report.end()
     result.wall_s = time.perf_counter() - t_start
     result.images_per_s = images_seen / train_time if train_time else 0.0
     if best_state is not None:
@@ -384,8 +413,10 @@ def recalibrate_bn(model: nn.Module, next_batch: Callable[[], tuple[Tensor, Tens
         m.train()
     device = next(model.parameters()).device
     try:
-        for _ in range(batches):
-            model(next_batch()[0].to(device))
+        with _progress.task("recalibrating batch norm", batches, "batch", summary_after=5.0) as report:
+            for _ in range(batches):
+                model(next_batch()[0].to(device))
+                report.update()
     finally:
         for m, mom in zip(bns, saved):
             m.momentum = mom

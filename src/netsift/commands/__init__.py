@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..tables import format_table  # noqa: F401  (the commands' table printer)
+from ..tracking import TRACKERS
 
 
 def add_run_flags(parser: argparse.ArgumentParser, resume: bool = True, data_seed_default: str = "--seed") -> None:
@@ -19,6 +20,10 @@ def add_run_flags(parser: argparse.ArgumentParser, resume: bool = True, data_see
     group.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     if resume:
         group.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    group.add_argument("--log-with", nargs="+", choices=TRACKERS, metavar="TRACKER",
+                       help="experiment trackers (Accelerate's tracker API), one or more of {" + ",".join(TRACKERS)
+                            + "}: they get the settings and every epoch's metrics, in DIR/logs; csv needs no extra "
+                              "package, the others their own (default: none)")
 
 
 def out_arg(args: argparse.Namespace):

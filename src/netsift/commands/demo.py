@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run the main pipeline on the built-in digits data",
                        description="Train, then find subnetworks, on scikit-learn's digits; prints a table.")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="folder for the demo's runs (default: runs/demo)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every step (default: 0)")
     p.set_defaults(run=run)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data import DATA_ENV, DATASETS
 from . import format_table
 
 
@@ -11,8 +12,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="re-evaluate a saved run", description="Rebuild a saved network and measure it.")
     p.add_argument("path", metavar="RUN_DIR|FILE", help="a run folder written by train, extract or prune, or a compact "
                                                     "file written by `netsift export`")
-    p.add_argument("--data", help="data set to evaluate on (default: the run's)")
-    p.add_argument("--data-dir", help="where data files live")
+    p.add_argument("--data", metavar="{" + ",".join(DATASETS) + "}", help="data set to evaluate on (default: the run's)")
+    p.add_argument("--data-dir", metavar="DIR", help=f"where data files live (default: the run's, else ${DATA_ENV} or "
+                                                     "~/.cache/netsift/data)")
     p.add_argument("--latency", action="store_true", help="also measure CPU latency at batch 1 and 64 (1 thread)")
     p.set_defaults(run=run)
 

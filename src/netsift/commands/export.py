@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import NetsiftError
-from ..masks.compact import SUFFIX, dense_bytes, read_compact, rebuild, write_compact
-from ..rundir import load_model, save_model
+from ..masks import COMPACT_SUFFIX as SUFFIX
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FORMATS = ("compact", "safetensors", "onnx")
 
@@ -44,6 +45,9 @@ def default_out(src: Path, fmt: str) -> Path:
 
 def load_source(src: Path) -> tuple[nn.Module, dict]:
     """The network and manifest of a run folder (``model.safetensors``) or of a compact file."""
+    from ..masks.compact import read_compact, rebuild
+    from ..rundir import load_model
+
     if src.is_file():
         subnet = read_compact(src)
         return rebuild(subnet, str(src)), subnet.manifest
@@ -52,6 +56,9 @@ def load_source(src: Path) -> tuple[nn.Module, dict]:
 
 def export(src: str | Path, fmt: str, out: str | Path | None = None, overwrite: bool = False) -> dict:
     """Export ``src`` (run folder or compact file) as ``fmt``; returns the paths written and their sizes."""
+    from ..masks.compact import dense_bytes, write_compact
+    from ..rundir import save_model
+
     src = Path(src)
     if not src.exists():
         raise NetsiftError(f"no such run folder or file: {src}")
@@ -77,7 +84,10 @@ def export(src: str | Path, fmt: str, out: str | Path | None = None, overwrite: 
 
 
 def run(args: argparse.Namespace) -> int:
-    r = export(args.path, args.format, args.out, args.overwrite)
+    from ..progress import stage
+
+    with stage(f"exporting {args.path} as {args.format}", summary_after=None):  # "netsift export: done" follows
+        r = export(args.path, args.format, args.out, args.overwrite)
     if args.format == "compact":
         print(f"wrote {r['path']}: {r['compact_bytes']:,} bytes ({r['codec']}, density {r['density']:.4f}) vs "
               f"{r['dense_bytes']:,} bytes as float32 safetensors: {r['ratio']:.1f}x smaller")

@@ -6,8 +6,7 @@ import argparse
 import dataclasses
 
 from ..config import DataConfig, ModelConfig, TrainConfig, add_flags, add_method_options, from_args, method_args
-from ..masks import METHODS, MaskConfig
-from ..pipelines.extract import EXTRACT_DEFAULTS
+from ..masks import EXTRACT_DEFAULTS, METHODS, MaskConfig
 from . import add_run_flags, format_table, out_arg
 
 
@@ -23,7 +22,8 @@ def add_parser(sub) -> None:
                     "extracted network (model.safetensors + model.json) and the mask (subnet.safetensors + "
                     "subnet.json). --lr, --weight-decay and --schedule are the mask optimizer's.")
     add_flags(p, MaskConfig, skip=("options",), default_help={"rescale": _per_method("rescale"),
-                                                              "density": "emergent; " + _per_method("density")})
+                                                              "density": "emergent for gumbel and supermask, as published; "
+                                                                         + _per_method("density")})
     add_method_options(p, METHODS, "method options")
     add_flags(p, ModelConfig, skip=("pretrained",))
     add_flags(p, DataConfig)
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     result = extract(model_cfg.model, from_args(DataConfig, args), mask.method, mask.density, init=mask.init,
                      config=from_args(TrainConfig, args), seed=args.seed, data_seed=args.data_seed,
                      width=model_cfg.width, recalibrate_bn_batches=args.recalibrate_bn, out=out_arg(args),
-                     overwrite=args.overwrite, resume=args.resume, **shared, **mask.options)
+                     overwrite=args.overwrite, resume=args.resume, log_with=args.log_with, **shared, **mask.options)
     print(format_table([result], ["method", "model", "data", "test_acc", "val_acc", "density", "params", "wall_s"]))
     print(f"run saved in {result.run_dir}")
     return 0

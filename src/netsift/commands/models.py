@@ -1,17 +1,17 @@
-"""``netsift models``: list the model zoo."""
+"""``netsift models``: list the model zoo (without importing torch)."""
 
 from __future__ import annotations
 
-from ..models import REGISTRY, model_names
+from ..models import zoo_descriptions
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("models", help="list the model zoo")
+    p = sub.add_parser("models", help="list the model zoo", description="List the zoo's architectures.")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    for name in model_names():
-        print(f"{name:<12} {REGISTRY[name].description}")
+    for name, description in zoo_descriptions().items():
+        print(f"{name:<12} {description}")
     print(f"{'tv:<name>':<12} any torchvision classification model (random init; --pretrained where online)")
     return 0

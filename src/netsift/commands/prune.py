@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("method", "macs", "options")}
     finetune = from_args(TrainConfig, args, epochs=max(1, cfg.finetune_epochs))
     result = prune(source, data, cfg.method, cfg.macs, finetune=finetune, seed=args.seed, data_seed=args.data_seed,
-                   width=args.width, out=out_arg(args), overwrite=args.overwrite, **settings, **cfg.options)
+                   width=args.width, out=out_arg(args), overwrite=args.overwrite, log_with=args.log_with,
+                   **settings, **cfg.options)
     rows = [{"stage": "before", "test_acc": result.source_test_acc, "macs": result.source_macs,
              "params": result.source_params, "lat_b1_ms": result.source_latency_b1_ms,
              "lat_b64_ms": result.source_latency_b64_ms},

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     model_cfg, data_cfg = from_args(ModelConfig, args), from_args(DataConfig, args)
     result = train(zoo_model(model_cfg, data_cfg, args.seed, args.data_seed), data_cfg, from_args(TrainConfig, args),
                    seed=args.seed, data_seed=args.data_seed, width=model_cfg.width, out=out_arg(args),
-                   overwrite=args.overwrite, resume=args.resume)
+                   overwrite=args.overwrite, resume=args.resume, log_with=args.log_with)
     print(format_table([result], ["model", "data", "test_acc", "val_acc", "params", "macs", "best_epoch", "wall_s"]))
     print(f"run saved in {result.run_dir}")
     return 0

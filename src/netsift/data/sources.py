@@ -1,4 +1,5 @@
-"""The built-in data sets: where their files are looked for, how they are read, and how they are split.
+"""The built-in data sets: how they are read and split (what they are and where their files are looked for:
+:mod:`.sets`).
 
 Small image data sets (digits, MNIST, Fashion-MNIST, CIFAR) are loaded into memory as uint8 tensors;
 ImageNet-style image folders go through torchvision's ``ImageFolder``. :func:`load_data` returns a
@@ -7,10 +8,7 @@ ImageNet-style image folders go through torchvision's ``ImageFolder``. :func:`lo
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,65 +17,34 @@ from ..errors import NetsiftError, choose
 from .bundle import DataBundle, split_train_val
 from .formats import read_cifar_binary, read_idx
 from .loaders import TensorDataset
+from .sets import (CIFAR_FILES, DATA_ENV, DATASETS, MNIST_STEMS, DatasetInfo, candidate_dirs, data_root,  # noqa: F401
+                   find_files)
 
-DATA_ENV = "NETSIFT_DATA"
-"""Environment variable naming the data root (default ``~/.cache/netsift/data``)."""
-
-SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")], "mnist": [Path("/usr/share/datasets/mnist")]}
-
-
-def data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """The data root: ``data_dir`` if given, else ``$NETSIFT_DATA``, else ``~/.cache/netsift/data``."""
-    if data_dir:
-        return Path(data_dir).expanduser()
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
-    return Path.home() / ".cache" / "netsift" / "data"
-
-
-def _candidates(name: str, root: Path, torchvision_folder: str) -> list[Path]:
-    return [root, root / name, root / torchvision_folder / "raw", *SYSTEM_DIRS.get(name, [])]
-
-
-def _find_files(dirs: Sequence[Path], stems: Sequence[str]) -> list[Path] | None:
-    for d in dirs:
-        found = []
-        for stem in stems:
-            hit = next((d / (stem + ext) for ext in ("", ".gz") if (d / (stem + ext)).is_file()), None)
-            if hit is None:
-                break
-            found.append(hit)
-        if len(found) == len(stems):
-            return found
-    return None
-
-
-_MNIST_STEMS = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 _MNIST_URLS = {
-    "mnist": ("MNIST", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
-    "fashion-mnist": ("FashionMNIST", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
 }
 
 
 def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[TensorDataset, TensorDataset]:
-    folder, url = _MNIST_URLS[name]
-    dirs = _candidates(name, root, folder)
-    files = _find_files(dirs, _MNIST_STEMS)
+    url = _MNIST_URLS[name]
+    dirs = candidate_dirs(name, root)
+    files = find_files(dirs, MNIST_STEMS)
     if files is None and download:
         from torchvision.datasets.utils import download_url
 
         target = root / name
         target.mkdir(parents=True, exist_ok=True)
         try:
-            for stem in _MNIST_STEMS:
+            for stem in MNIST_STEMS:
                 download_url(url + stem + ".gz", str(target), filename=stem + ".gz")
         except Exception as e:  # network errors come in many types
             raise NetsiftError(f"could not download {name} from {url}: {e}") from None
-        files = _find_files([target], _MNIST_STEMS)
+        files = find_files([target], MNIST_STEMS)
     if files is None:
         hint = "apt-get install dataset-fashion-mnist, or " if name == "fashion-mnist" else ""
         raise NetsiftError(
-            f"{name} not found: looked for {_MNIST_STEMS[0]}[.gz] in {', '.join(str(d) for d in dirs)}; "
+            f"{name} not found: looked for {MNIST_STEMS[0]}[.gz] in {', '.join(str(d) for d in dirs)}; "
             f"{hint}put the four IDX files there, or pass --download"
         )
     xtr, ytr, xte, yte = (read_idx(f) for f in files)
@@ -87,17 +54,16 @@ def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[TensorDatas
     return to(xtr, ytr), to(xte, yte)
 
 
-_CIFAR = {
-    "cifar10": ("cifar-10-batches-bin", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-                [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], 1, 0),
-    "cifar100": ("cifar-100-binary", "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
-                 ["train.bin"], ["test.bin"], 2, 1),
+_CIFAR = {  # download address, label bytes per record, which of them is the label
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", 1, 0),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz", 2, 1),
 }
 
 
 def _load_cifar(name: str, root: Path, download: bool) -> tuple[TensorDataset, TensorDataset]:
-    folder, url, train_files, test_files, label_bytes, label_index = _CIFAR[name]
-    dirs = [root / folder, root / name / folder, root / name]
+    url, label_bytes, label_index = _CIFAR[name]
+    folder, train_files, test_files = CIFAR_FILES[name]
+    dirs = candidate_dirs(name, root)
     def locate():
         return next((d for d in dirs if all((d / f).is_file() for f in train_files + test_files)), None)
     found = locate()
@@ -143,34 +109,6 @@ def synthetic(n_train: int = 1024, n_test: int = 256, channels: int = 1, size: i
         return TensorDataset(x, y)
 
     return make(n_train), make(n_test)
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What netsift knows about a data set before loading it."""
-
-    name: str
-    description: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    augment: str
-    classes: int | None = None  # known class count (labels outside it mean a corrupt file)
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", "scikit-learn's 8x8 digits, built in (1,797 images, 10 classes)", (0.3063,), (0.3933,), "crop", 10),
-    "mnist": DatasetInfo("mnist", "MNIST 28x28 (IDX files)", (0.1307,), (0.3081,), "crop", 10),
-    "fashion-mnist": DatasetInfo("fashion-mnist", "Fashion-MNIST 28x28 (IDX files; Debian: dataset-fashion-mnist)",
-                                 (0.2860,), (0.3530,), "crop-flip", 10),
-    "cifar10": DatasetInfo("cifar10", "CIFAR-10 32x32 colour (binary version)", (0.4914, 0.4822, 0.4465),
-                           (0.2470, 0.2435, 0.2616), "crop-flip", 10),
-    "cifar100": DatasetInfo("cifar100", "CIFAR-100 32x32 colour, fine labels (binary version)",
-                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop-flip", 100),
-    "imagenet": DatasetInfo("imagenet", "an ImageNet-style folder: DIR/train/<class>/*, DIR/val/<class>/*",
-                            (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "imagenet"),
-    "synthetic": DatasetInfo("synthetic", "random class templates plus noise, 1x16x16, 10 classes (for tests)",
-                             (0.5,), (0.25,), "none"),
-}
 
 
 def load_data(name: str, data_dir: str | None = None, seed: int = 0, val_fraction: float = 0.1,

@@ -1,10 +1,11 @@
 """Weight subnetworks of frozen random networks: learn which weights to keep, never the weights.
 
-Methods (one file each, listed in :data:`METHODS`): ``gumbel`` (Gumbel-Softmax with the ASLP parametrisation
-and Smart Rescale, Dupont et al. 2022; :mod:`.gumbel`), ``edge-popup`` (:mod:`.edge_popup`), ``supermask``
-(Zhou et al.; :mod:`.supermask`) and ``random`` (:mod:`.random_mask`). Each is a ``torch.nn.utils.parametrize``
-module on the weights of every Linear and Conv2d layer (:mod:`.base`). A new method is one file declaring a
-:class:`~.base.MaskMethod` plus one line in :data:`METHODS`.
+Methods (declared in :data:`METHODS`, :mod:`.methods`; one implementation file each): ``gumbel``
+(Gumbel-Softmax with the ASLP parametrisation and Smart Rescale, Dupont et al. 2022; :mod:`.gumbel`),
+``edge-popup`` (:mod:`.edge_popup`), ``supermask`` (Zhou et al.; :mod:`.supermask`) and ``random``
+(:mod:`.random_mask`). Each is a ``torch.nn.utils.parametrize`` module on the weights of every Linear and
+Conv2d layer (:mod:`.base`). A new method is one implementation file plus one :class:`~.methods.MaskMethod`
+in :data:`METHODS`.
 
 The building blocks (the pipeline :func:`netsift.extract` strings them together)::
 
@@ -12,6 +13,8 @@ The building blocks (the pipeline :func:`netsift.extract` strings them together)
     masked = apply_masks(model, "gumbel")          # freezes the weights, adds one logit per weight
     fit_masks(masked, bundle, epochs=10)           # trains logits (and scales) only
     subnet = extract(masked)                       # plain nn.Module, weights = scale · w ⊙ 1[m̂ ≥ 0]
+
+Importing this package is cheap (the settings and ``--help`` need no torch); torch loads on first use.
 """
 
 from __future__ import annotations
@@ -19,26 +22,24 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
+from .._lazy import lazy_exports
 from ..config import TrainConfig, check_finite, method_options, opt
-from ..data import DataBundle
 from ..errors import NetsiftError, check_density, choose
-from ..training import FitResult, OptimGroup, fit
-from . import edge_popup, gumbel, random_mask, supermask
-from .base import RESCALES, MaskMethod, extract, mask_params, masks_and_scales, scale_params
-from .base import apply as _apply
-from .frozen import INIT_SCHEMES, check_scheme, frozen_network, init_frozen
+from .methods import INIT_SCHEMES, METHODS, RESCALES, MaskMethod, check_scheme
 
-METHODS: dict[str, MaskMethod] = {m.name: m for m in (
-    gumbel.METHOD,
-    edge_popup.METHOD,
-    supermask.METHOD,
-    random_mask.METHOD,
-)}
-"""The weight-mask methods by the name ``--method`` takes."""
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..data import DataBundle
+    from ..training import FitResult
+
+EXTRACT_DEFAULTS = {"epochs": 10, "batch_size": 128}
+"""Loop defaults of ``extract`` (CPU-scaled; the published runs use up to 100-1000 epochs, see docs/masks.md)."""
+
+COMPACT_SUFFIX = ".nsc"
+"""File suffix of the compact subnetwork format (:mod:`.compact`)."""
 
 
 @dataclass
@@ -51,7 +52,7 @@ class MaskConfig:
 
     method: str = opt("gumbel", "mask method", tuple(METHODS))
     density: float | None = opt(None, "fraction of weights to keep; gumbel: a target reached by projecting the "
-                                      "logits (default: emergent, as published); edge-popup/random default 0.5")
+                                      "logits (beyond the paper)")
     init: str = opt("signed-constant", "frozen weight init", INIT_SCHEMES)
     rescale: str | None = opt(None, "layer scale: none, smart (learned), dynamic (N/sum m)", RESCALES)
     scale_lr: float = opt(1e-3, "learning rate of the smart-rescale scales (SGD, momentum from --momentum)")
@@ -107,6 +108,8 @@ def apply_masks(model: nn.Module, method: str | MaskConfig = "gumbel", seed: int
         names = {f.name for f in dataclasses.fields(MaskConfig)}
         shared = {k: v for k, v in options.items() if k in names}
         cfg = MaskConfig(method=method, **shared, options={k: v for k, v in options.items() if k not in names})
+    from .base import apply as _apply
+
     cfg = cfg.resolved()
     _apply(model, METHODS[cfg.method].make(cfg, seed))
     model.mask_config = cfg
@@ -115,19 +118,24 @@ def apply_masks(model: nn.Module, method: str | MaskConfig = "gumbel", seed: int
 
 def fit_masks(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig | None = None,
               run_dir: str | Path | None = None, seed: int = 0, resume: bool = False, callbacks: list | None = None,
-              **train_options: Any) -> FitResult:
+              log_with: str | list[str] | None = None, **train_options: Any) -> FitResult:
     """Train the masks of a model returned by :func:`apply_masks` with :func:`netsift.training.fit`.
 
     Mask logits/scores and smart scales get separate SGD optimizers (the loop's ``lr`` and ``weight_decay``
     for the masks, ``scale_lr`` for the scales); the method may add callbacks (gumbel's density projection).
-    Unset loop settings take the method's defaults (:func:`train_config`). The model is left holding the
-    masks of the best validation epoch (validated without sampling).
+    Unset loop settings take the method's defaults (:func:`train_config`). Every epoch's metrics row gets
+    the mask statistics of :class:`.stats.MaskStats`. The model is left holding the masks of the best
+    validation epoch (validated without sampling).
 
     Args:
         train_cfg: loop settings (epochs, batch size, schedule, patience, augmentation); ``train_options``
             build one when it is ``None``.
         callbacks: more training-loop callbacks.
+        log_with: experiment trackers (see :func:`netsift.training.fit`).
     """
+    from ..training import FitResult, OptimGroup, fit
+    from .base import mask_params, scale_params
+
     cfg: MaskConfig = getattr(model, "mask_config", None)
     if cfg is None:
         raise NetsiftError("fit_masks needs a model returned by apply_masks")
@@ -140,13 +148,22 @@ def fit_masks(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig | Non
         for p in weights:
             p.requires_grad_(True)
         groups.append(OptimGroup("weights", weights))
+    from .stats import MaskStats
+
     spec = METHODS[cfg.method]
     callbacks = (spec.callbacks(model, cfg) if spec.callbacks else []) + list(callbacks or [])
+    if not any(isinstance(cb, MaskStats) for cb in callbacks):
+        callbacks.append(MaskStats(model))  # mask_density, undecided, mask_changed per epoch in metrics.jsonl
     if not any(g.params for g in groups):
         return FitResult()  # a frozen random mask: nothing to learn
     return fit(model, bundle, train_cfg, run_dir, groups=groups, callbacks=callbacks, seed=seed, resume=resume,
-               desc=f"extract {cfg.method}")
+               desc=f"extract {cfg.method}", log_with=log_with)
 
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **dict.fromkeys(["extract", "mask_params", "masks_and_scales", "scale_params"], ".base"),
+    **dict.fromkeys(["frozen_network", "init_frozen"], ".frozen"),
+}, globals())
 
 __all__ = ["METHODS", "INIT_SCHEMES", "MaskConfig", "MaskMethod", "apply_masks", "extract", "fit_masks",
            "frozen_network", "init_frozen", "mask_params", "masks_and_scales", "train_config"]

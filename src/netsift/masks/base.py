@@ -13,8 +13,7 @@ Rescale of Dupont et al.) or ``dynamic`` (Zhou et al.'s ``N / Σm`` of the curre
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -23,37 +22,10 @@ from torch.nn.utils import parametrize
 from ..errors import NetsiftError, choose
 from ..models import prunable_layers
 from .frozen import bake_weight
+from .methods import RESCALES, MaskMethod  # noqa: F401  (declared torch-free)
 
-RESCALES = ("none", "smart", "dynamic")
 
 Factory = Callable[[str, nn.Module], "MaskParametrization"]
-
-
-@dataclass(frozen=True)
-class MaskMethod:
-    """A weight-mask method: declared once, in the method's own file, and listed in ``masks.METHODS``.
-
-    Attributes:
-        name: what ``--method`` takes.
-        summary: one line for ``--help`` and the docs.
-        make: ``make(settings, seed) -> factory``; ``settings`` is the resolved :class:`~netsift.masks.MaskConfig`
-            (``settings.options`` holds this method's own options), the factory builds one
-            :class:`MaskParametrization` per layer.
-        defaults: the method's defaults for the shared settings left unset: ``rescale``, ``density`` and the
-            mask optimizer's ``lr``, ``weight_decay`` and ``schedule``.
-        options: settings only this method has, by name (each becomes a CLI flag).
-        density: ``"optional"`` (emergent unless a target is given), ``"required"`` (a default in
-            ``defaults``) or ``"none"`` (no density target possible).
-        callbacks: ``callbacks(model, settings) -> list`` of training-loop callbacks (a density projection, say).
-    """
-
-    name: str
-    summary: str
-    make: Callable[[Any, int], Factory]
-    defaults: dict[str, Any]
-    options: dict[str, Any] = field(default_factory=dict)
-    density: str = "optional"
-    callbacks: Callable[[nn.Module, Any], list] | None = None
 
 
 class MaskParametrization(nn.Module):

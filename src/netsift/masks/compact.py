@@ -39,11 +39,11 @@ from ..checkpoint import atomic_write_bytes, load_checkpoint, read_json
 from ..errors import NetsiftError
 from ..models import prunable_layers
 from ..models import build_from_manifest
+from . import COMPACT_SUFFIX as SUFFIX
 from .frozen import bake_weight, check_scheme, frozen_network, weights_sha256
 
 MAGIC = b"\x89NSC\r\n\x1a\n"
 FORMAT_VERSION = 1
-SUFFIX = ".nsc"
 _PREFIX = struct.Struct("<8sHI")
 _DIGEST = 32
 _DTYPES = {name: getattr(torch, name) for name in ("float32", "float64", "float16", "bfloat16", "int64", "int32",

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import MaskMethod, MaskParametrization, dynamic_scale
+from .base import MaskParametrization, dynamic_scale
 from .frozen import derived_seed
 
 
@@ -132,13 +132,3 @@ class TopKMask(MaskParametrization):
 def make(settings, seed: int = 0):
     """Factory for :func:`netsift.masks.base.apply`: an edge-popup mask per layer."""
     return lambda name, layer: TopKMask(layer.weight, settings.density, settings.rescale, seed, name)
-
-
-METHOD = MaskMethod(
-    name="edge-popup",
-    summary="top-k |score| per layer with straight-through scores (Ramanujan et al. 2020); exact density",
-    make=make,
-    # Published: SGD lr 0.1 cosine, momentum 0.9, weight decay 1e-4, batch 128; best density 0.5.
-    defaults={"rescale": "none", "lr": 0.1, "weight_decay": 1e-4, "schedule": "cosine", "density": 0.5},
-    density="required",
-)

@@ -17,11 +17,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..errors import NetsiftError, choose
+from ..errors import choose
 from ..models import prunable_layers
 
-INIT_SCHEMES = ("kaiming-normal", "signed-constant")
-"""Weight init recipes of the supermask papers: Kaiming-normal (fan_in, ReLU) and sign(w)·std of the layer."""
+from .methods import INIT_SCHEMES, check_scheme  # noqa: F401  (declared torch-free)
 
 
 def derived_seed(seed: int, *tags: str) -> int:
@@ -86,10 +85,3 @@ def weights_sha256(model: nn.Module) -> str:
         h.update(f"{name}:{tuple(w.shape)}".encode())
         h.update(w.numpy().tobytes())
     return h.hexdigest()
-
-
-def check_scheme(scheme: str) -> str:
-    """Validate an init scheme name (one-line error otherwise)."""
-    if scheme not in INIT_SCHEMES:
-        raise NetsiftError(f"unknown --init {scheme!r}; choose from: {', '.join(INIT_SCHEMES)}")
-    return scheme

@@ -20,13 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import Option
-from ..errors import NetsiftError
 from ..training import Callback
-from .base import MaskMethod, MaskParametrization, dynamic_scale, mask_params
+from .base import MaskParametrization, dynamic_scale, mask_params
 from .edge_popup import ThresholdTracker
-
-PARAMETRIZATIONS = ("aslp", "naive")
 
 
 def uniform16(like: Tensor) -> Tensor:
@@ -131,12 +127,7 @@ def make(settings, seed: int = 0):
     return lambda name, layer: cls(layer.weight.shape, rescale, tau, "gumbel")
 
 
-def _positive(flag: str, value: float) -> None:
-    if not value > 0:
-        raise NetsiftError(f"{flag} must be positive, got {value}")
-
-
-def _callbacks(model: nn.Module, settings) -> list:
+def callbacks(model: nn.Module, settings) -> list:
     return [DensityProjection(model, settings.density)] if settings.density is not None else []
 
 
@@ -174,17 +165,3 @@ class DensityProjection(Callback):
 
     def on_step_end(self, step: int, loss: float) -> None:
         project_density(self.model, self.density, self.tracker)
-
-
-METHOD = MaskMethod(
-    name="gumbel",
-    summary="Gumbel-Softmax masks, ASLP parametrisation, Smart Rescale (Dupont et al. 2022); density emergent "
-            "or a target",
-    make=make,
-    # Published: SGD lr 50, momentum 0.9, no weight decay, batch 256, up to 1000 epochs. On a CPU budget of
-    # ~10 epochs lr 50 leaves most probabilities undecided; lr 500 (cosine) settles them (docs/masks.md).
-    defaults={"rescale": "smart", "lr": 500.0, "weight_decay": 0.0, "schedule": "cosine"},
-    options={"tau": Option(1.0, "Gumbel-Softmax temperature", check=_positive),
-             "parametrization": Option("aslp", "logits fed to the Gumbel-Softmax", str, PARAMETRIZATIONS)},
-    callbacks=_callbacks,
-)

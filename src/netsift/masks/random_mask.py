@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import Option
-from .base import MaskMethod, MaskParametrization, dynamic_scale
+from .base import MaskParametrization, dynamic_scale
 from .frozen import derived_seed
 
 
@@ -37,14 +36,3 @@ class RandomMask(MaskParametrization):
 def make(settings, seed: int = 0):
     """Factory for :func:`netsift.masks.base.apply`: a random mask per layer."""
     return lambda name, layer: RandomMask(layer.weight, settings.density, settings.rescale, seed, name)
-
-
-METHOD = MaskMethod(
-    name="random",
-    summary="a fixed random mask at the density; --train-weights also trains the kept weights (random pruning)",
-    make=make,
-    # The lr, weight decay and schedule apply to the kept weights with --train-weights (nothing else learns).
-    defaults={"rescale": "none", "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine", "density": 0.5},
-    options={"train_weights": Option(False, "also train the kept weights (the random-pruning baseline)", bool)},
-    density="required",
-)

@@ -8,21 +8,9 @@ default: it learned slower in our short CPU budgets). The sampling shares the fu
 
 from __future__ import annotations
 
-from .base import MaskMethod
 from .gumbel import LogitMask
 
 
 def make(settings, seed: int = 0):
     """Factory for :func:`netsift.masks.base.apply`: a Bernoulli supermask per layer (scores start at 0)."""
     return lambda name, layer: LogitMask(layer.weight.shape, settings.rescale, 1.0, "sigmoid")
-
-
-METHOD = MaskMethod(
-    name="supermask",
-    summary="m ~ Bernoulli(sigmoid(s)) every forward, straight-through (Zhou et al. 2019); density emergent",
-    make=make,
-    # Our choice: lr 500 is unstable with the sigmoid straight-through gradient, and the dynamic rescale
-    # (--rescale dynamic, Zhou et al.) learned slower than none on digits in a short budget.
-    defaults={"rescale": "none", "lr": 100.0, "weight_decay": 0.0, "schedule": "cosine"},
-    density="none",
-)

@@ -2,20 +2,37 @@
 
 ``build_model("conv4", in_channels=1, image_size=28, num_classes=10, width=0.5)`` builds a network; any
 torchvision classification model is available as ``tv:<name>``. Register a new architecture with
-:func:`register`.
+:func:`register`. The built-in architectures are declared in :data:`ZOO` (name, module, description) and
+their modules load on first use, so that importing this package (``netsift models``, ``--help``) needs no torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import NetsiftError
 
-Builder = Callable[..., nn.Module]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Builder = Callable[..., "nn.Module"]
+
+ZOO: dict[str, tuple[str, str]] = {
+    "lenet300": ("mlp", "LeNet-300-100: fully connected 300-100 with ReLU"),
+    "conv2": ("convnets", "Conv-2: 64-64 3x3 convs, FC 256-256"),
+    "conv4": ("convnets", "Conv-4: 64-64-128-128 3x3 convs, FC 256-256"),
+    "conv6": ("convnets", "Conv-6: 64-64-128-128-256-256 3x3 convs, FC 256-256"),
+    "conv8": ("convnets", "Conv-8: 64-64-128-128-256-256-512-512 3x3 convs, FC 256-256"),
+    "vgg11": ("convnets", "VGG11 with batch norm, CIFAR style"),
+    "vgg16": ("convnets", "VGG16 with batch norm, CIFAR style"),
+    "resnet20": ("resnet", "ResNet-20, CIFAR style (16/32/64 channels, 1x1-conv shortcuts)"),
+    "resnet56": ("resnet", "ResNet-56, CIFAR style (16/32/64 channels, 1x1-conv shortcuts)"),
+    "mobilenetv2": ("mobilenet", "MobileNetV2, CIFAR style (stride 1 stem)"),
+}
+"""The built-in architectures: name -> (module of ``netsift.models`` that registers its builder, description)."""
 
 
 @dataclass(frozen=True)
@@ -27,14 +44,38 @@ class ModelInfo:
     description: str
 
 
-REGISTRY: dict[str, ModelInfo] = {}
+_REGISTRY: dict[str, ModelInfo] = {}
+_loaded = False
 
 
-def register(name: str, description: str) -> Callable[[Builder], Builder]:
-    """Decorator adding ``builder(in_channels, image_size, num_classes, width, **kw)`` to the zoo."""
+def _load_zoo() -> dict[str, ModelInfo]:
+    """The registry, with every built-in architecture's module imported (they register themselves)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in dict.fromkeys(m for m, _ in ZOO.values()):
+            importlib.import_module(f".{module}", __name__)
+    return _REGISTRY
+
+
+def __getattr__(name: str):
+    if name == "REGISTRY":  # every registered architecture (the zoo loads on first access)
+        return _load_zoo()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def register(name: str, description: str | None = None) -> Callable[[Builder], Builder]:
+    """Decorator adding ``builder(in_channels, image_size, num_classes, width, **kw)`` to the zoo.
+
+    ``description`` may be left out for a name declared in :data:`ZOO`.
+    """
+    if description is None:
+        if name not in ZOO:
+            raise ValueError(f"register({name!r}): give a description (only the ZOO's names have one)")
+        description = ZOO[name][1]
 
     def wrap(builder: Builder) -> Builder:
-        REGISTRY[name] = ModelInfo(name, builder, description)
+        _REGISTRY[name] = ModelInfo(name, builder, description)
         return builder
 
     return wrap
@@ -42,7 +83,15 @@ def register(name: str, description: str) -> Callable[[Builder], Builder]:
 
 def model_names() -> list[str]:
     """Names accepted by :func:`build_model` (``tv:<name>`` is accepted too)."""
-    return sorted(REGISTRY)
+    return sorted(_load_zoo())
+
+
+def zoo_descriptions() -> dict[str, str]:
+    """Name -> description of the built-in and registered architectures, without importing torch when nothing
+    else is registered."""
+    out = {name: desc for name, (_, desc) in ZOO.items()}
+    out.update({name: info.description for name, info in _REGISTRY.items()})
+    return dict(sorted(out.items()))
 
 
 def build_model(name: str, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
@@ -60,9 +109,10 @@ def build_model(name: str, in_channels: int = 3, image_size: int = 32, num_class
         from .torchvision_models import build_torchvision
 
         return build_torchvision(name[3:], in_channels, image_size, num_classes, width=width, **kwargs)
-    if name not in REGISTRY:
+    registry = _load_zoo()
+    if name not in registry:
         raise NetsiftError(f"unknown model {name!r}; choose from: {', '.join(model_names())}, or tv:<torchvision name>")
-    return REGISTRY[name].builder(in_channels=in_channels, image_size=image_size, num_classes=num_classes,
+    return registry[name].builder(in_channels=in_channels, image_size=image_size, num_classes=num_classes,
                                   width=width, **kwargs)
 
 
@@ -73,11 +123,15 @@ def scaled(channels: int, width: float) -> int:
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The Linear and Conv2d layers of ``model``, in registration order, with their names."""
+    from torch import nn
+
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
 def check_input(model: nn.Module, shape: tuple[int, ...]) -> None:
     """Run one sample of ``shape`` through ``model``; raise a one-line error if it cannot take it."""
+    import torch
+
     was_training = model.training
     model.eval()
     try:
@@ -91,6 +145,8 @@ def check_input(model: nn.Module, shape: tuple[int, ...]) -> None:
 
 
 def _device(model: nn.Module) -> torch.device:
+    import torch
+
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -120,6 +176,8 @@ def build_for(name: str, input_shape: tuple[int, ...], num_classes: int, width: 
     Raises:
         NetsiftError: unknown name, bad width, or an input the architecture cannot take.
     """
+    import torch
+
     if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
         raise NetsiftError(f"zoo models take square images (C, H, H), got input shape {tuple(input_shape)}")
     with torch.random.fork_rng(devices=[]):
@@ -151,5 +209,3 @@ def build_from_manifest(manifest: dict) -> nn.Module:
     setattr(model, MANIFEST_ATTR, dict(manifest))
     return model
 
-
-from . import convnets, mlp, mobilenet, resnet  # noqa: E402,F401  (registration side effects)

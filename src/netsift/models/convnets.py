@@ -53,7 +53,7 @@ for _depth in CONV_WIDTHS:
             return ConvNet(depth, in_channels, image_size, num_classes, width, bias)
         return builder
 
-    register(f"conv{_depth}", f"Conv-{_depth}: {'-'.join(map(str, CONV_WIDTHS[_depth]))} 3x3 convs, FC 256-256")(_make(_depth))
+    register(f"conv{_depth}")(_make(_depth))
 
 
 class VGG(nn.Module):
@@ -86,4 +86,4 @@ for _name, _cfg in VGG_CFGS.items():
             return VGG(cfg, in_channels, image_size, num_classes, width)
         return builder
 
-    register(_name, f"{_name.upper()} with batch norm, CIFAR style")(_make_vgg(_cfg))
+    register(_name)(_make_vgg(_cfg))

@@ -7,7 +7,7 @@ from torch import nn
 from . import register, scaled
 
 
-@register("lenet300", "LeNet-300-100: fully connected 300-100 with ReLU")
+@register("lenet300")
 def lenet300(in_channels: int, image_size: int, num_classes: int, width: float = 1.0, bias: bool = True) -> nn.Module:
     """LeNet-300-100 on flattened images."""
     h1, h2 = scaled(300, width), scaled(100, width)

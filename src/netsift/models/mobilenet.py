@@ -58,6 +58,6 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-@register("mobilenetv2", "MobileNetV2, CIFAR style (stride 1 stem)")
+@register("mobilenetv2")
 def mobilenetv2(in_channels: int, image_size: int, num_classes: int, width: float = 1.0) -> nn.Module:
     return MobileNetV2(in_channels, image_size, num_classes, width)

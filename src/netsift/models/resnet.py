@@ -52,11 +52,11 @@ class CifarResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-@register("resnet20", "ResNet-20, CIFAR style (16/32/64 channels, 1x1-conv shortcuts)")
+@register("resnet20")
 def resnet20(in_channels: int, image_size: int, num_classes: int, width: float = 1.0) -> nn.Module:
     return CifarResNet(20, in_channels, image_size, num_classes, width)
 
 
-@register("resnet56", "ResNet-56, CIFAR style (16/32/64 channels, 1x1-conv shortcuts)")
+@register("resnet56")
 def resnet56(in_channels: int, image_size: int, num_classes: int, width: float = 1.0) -> nn.Module:
     return CifarResNet(56, in_channels, image_size, num_classes, width)

@@ -11,11 +11,15 @@ from ..data import load_bundle
 from ..errors import NetsiftError
 from ..masks.compact import read_compact, rebuild
 from ..measure import measure
+from ..progress import observed
 
 
+@observed
 def evaluate(path: str | Path, data: str | None = None, data_dir: str | None = None,
-             latency_threads: int | None = None) -> dict[str, Any]:
+             latency_threads: int | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Measure the network saved in run folder or compact file ``path`` on its own data (or ``data``).
+
+    ``progress``: report the slow steps (measurement, latency timing) on stderr (``None``: as the caller).
 
     Returns the measurements of :func:`netsift.measure.measure` plus ``model`` (the network), ``arch``,
     ``data``, ``run`` and ``saved_test_acc`` (what the run recorded, to compare).

@@ -13,11 +13,12 @@ from .. import distributed, rundir
 from ..checkpoint import save_checkpoint
 from ..config import TrainConfig
 from ..errors import NetsiftError
-from ..masks import METHODS, MaskConfig, apply_masks, fit_masks, masks_and_scales, train_config
+from ..masks import EXTRACT_DEFAULTS, METHODS, MaskConfig, apply_masks, fit_masks, masks_and_scales, train_config
 from ..masks import extract as extract_masks
 from ..masks.compact import subnet_tensors
 from ..masks.frozen import INIT_SCHEMES, frozen_network, init_frozen, weights_sha256
 from ..measure import measure
+from ..progress import observed
 from ..models import manifest_of, model_manifest
 from ..results import Result
 from ..training import BNRecalibration, has_batch_norm, recalibrate_bn
@@ -26,16 +27,15 @@ from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_see
 
 MASK_FIELDS = {f.name for f in dataclasses.fields(MaskConfig)} - {"options", "method", "density", "init"}
 METHOD_OPTIONS = {name for spec in METHODS.values() for name in spec.options}
-EXTRACT_DEFAULTS = {"epochs": 10, "batch_size": 128}
-"""Loop defaults of ``extract`` (CPU-scaled; the published runs use up to 100-1000 epochs, see docs/masks.md)."""
 
 
+@observed
 @distributed.guard
 def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: float | None = None, *,
             init: str | None = "signed-constant", config: TrainConfig | None = None, seed: int = 0,
             data_seed: int | None = None, width: float = 1.0, recalibrate_bn_batches: int = 20,
             out: str | Path | bool | None = None, overwrite: bool = False, resume: bool = False,
-            **options: Any) -> Result:
+            progress: bool | None = None, log_with: str | list[str] | None = None, **options: Any) -> Result:
     """Freeze ``model`` at random weights, learn a ``method`` mask over them, and extract the subnetwork.
 
     Args:
@@ -53,6 +53,7 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
         recalibrate_bn_batches: batch-norm statistics are re-estimated on this many training minibatches under
             the extracted mask, before every validation and at the end (networks without batch norm: no-op).
         out, overwrite, resume: the run folder (see :func:`netsift.train`).
+        progress, log_with: progress on stderr and experiment trackers (see :func:`netsift.train`).
 
     Returns:
         a :class:`~netsift.results.Result`: ``.model`` is the extracted network (plain modules, masked weights
@@ -95,7 +96,8 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
     callbacks = []
     if recalibrate_bn_batches and has_batch_norm(masked):
         callbacks.append(BNRecalibration(bundle, recalibrate_bn_batches, train_cfg.batch_size, seed))
-    fitted = fit_masks(masked, bundle, train_cfg, run_dir, seed=seed, resume=resume, callbacks=callbacks)
+    fitted = fit_masks(masked, bundle, train_cfg, run_dir, seed=seed, resume=resume, callbacks=callbacks,
+                       log_with=log_with)
     extracted = extract_masks(masked).cpu()
     recalibrated = recalibrate_bn(extracted, bundle.batches("train", train_cfg.batch_size, seed + 1),
                                   recalibrate_bn_batches)

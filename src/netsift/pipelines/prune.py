@@ -18,6 +18,7 @@ from ..data import DataBundle
 from ..errors import NetsiftError
 from ..measure import count_macs, count_params, evaluate, measure
 from ..models import manifest_of, prunable_layers
+from ..progress import observed
 from ..results import Result
 from ..selection import METHODS, PruneConfig, finetune_defaults
 from ..selection.pruner import plan_channels, prune_channels
@@ -81,13 +82,14 @@ def _check_same_data(run: Any, saved: dict, data: Any) -> None:
                                "out to use the run's (only --data-dir may differ)")
 
 
+@observed
 @distributed.guard
 def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", macs: float | None = None, *,
           example_input: torch.Tensor | None = None, finetune: TrainConfig | None = None,
           ignored_layers: list | None = None, layer_density: dict | None = None, seed: int = 0,
           data_seed: int | None = None, width: float = 1.0, out: str | Path | bool | None = None,
-          overwrite: bool = False, progress: bool = True, source_measure: dict | None = None,
-          **options: Any) -> Result:
+          overwrite: bool = False, progress: bool | None = None, source_measure: dict | None = None,
+          log_with: str | list[str] | None = None, **options: Any) -> Result:
     """Select channels of a trained network, remove the others for real, fine-tune, and measure.
 
     Args:
@@ -104,8 +106,10 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
         seed: seeds the greedy minibatches, candidate subsets, random rankings and the fine-tune.
         data_seed: seeds the train/validation split (default: the source run's, else ``seed``).
         out, overwrite: the run folder (see :func:`netsift.train`).
-        progress: progress bars for the selection.
+        progress: report progress on stderr: the selection (one line per channel group in a log file, bars in a
+            terminal) and the fine-tune (see :func:`netsift.train`); ``None``: on unless the caller turned it off.
         source_measure: a measurement of the unpruned network to reuse (``measure(model, bundle)``).
+        log_with: experiment trackers for the fine-tune (see :func:`netsift.train`).
         options: :class:`~netsift.selection.PruneConfig` fields (``finetune_epochs``, ``tolerance``,
             ``round_to``, ``candidates``, ``bn_batch_stats``, ``recalibrate_bn``, ``distill``, ...), fine-tune
             loop fields (``lr``, ``batch_size``, ...) and the method's own options (``replacement``).
@@ -156,7 +160,7 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
         layer_ft = lambda m: fit(m, select_bundle, ft_layer, None, seed=seed, desc="layer fine-tune")  # noqa: E731
     teacher = copy.deepcopy(net) if cfg.distill else None
     pruned_out = prune_channels(plan, select_bundle.batches("train", cfg.select_batch, seed), holdout, seed=seed,
-                                progress=progress and distributed.is_main(), layer_finetune=layer_ft)
+                                progress=progress is not False, layer_finetune=layer_ft)
     pruned = pruned_out.model
     recalibrated = recalibrate_bn(pruned, select_bundle.batches("train", cfg.select_batch, seed + 1),
                                   cfg.recalibrate_bn)
@@ -167,7 +171,8 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     if cfg.finetune_epochs > 0:
         loss_fn = distill_loss(teacher, ft.label_smoothing) if teacher is not None else None
         t_ft = time.perf_counter()
-        fitted = fit(pruned, bundle, ft, run_dir, seed=seed, desc=f"fine-tune {cfg.method}", loss_fn=loss_fn)
+        fitted = fit(pruned, bundle, ft, run_dir, seed=seed, desc=f"fine-tune {cfg.method}", loss_fn=loss_fn,
+                     log_with=log_with)
         finetune_s = time.perf_counter() - t_ft
     pruned.eval()
     after = measure(pruned, bundle, latency_threads=cfg.latency_threads, source=net, source_macs=before["macs"])

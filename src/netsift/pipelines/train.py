@@ -12,16 +12,19 @@ from torch import nn
 from .. import distributed, rundir
 from ..config import TrainConfig
 from ..measure import measure
+from ..progress import observed
 from ..results import Result
 from ..training import fit
 from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, data_config, network_for,
                      split_options)
 
 
+@observed
 @distributed.guard
 def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, *, seed: int = 0,
           data_seed: int | None = None, width: float = 1.0, out: str | Path | None = None, overwrite: bool = False,
-          resume: bool = False, latency_threads: int | None = 1, **options: Any) -> Result:
+          resume: bool = False, latency_threads: int | None = 1, progress: bool | None = None,
+          log_with: str | list[str] | None = None, **options: Any) -> Result:
     """Train ``model`` on ``data`` with the shared loop; keep the best validation epoch.
 
     Args:
@@ -36,6 +39,10 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
             ``runs/`` named by a hash of the settings; ``None`` writes nothing.
         overwrite, resume: replace a non-empty ``out``, or continue the interrupted run in it.
         latency_threads: threads for the latency measurement (``None``: skip it; 0: torch's default).
+        progress: report progress on stderr (bars in a terminal, one line per epoch in a log file; ``None``:
+            on unless the caller turned it off, see :mod:`netsift.progress`).
+        log_with: experiment trackers (``"tensorboard"``, ``"csv"``, ``"wandb"``, ...; see
+            :mod:`netsift.tracking`) that get the settings and every epoch's metrics; logs in ``out/logs``.
 
     Returns:
         a :class:`~netsift.results.Result`: ``.model`` is the trained network.
@@ -56,7 +63,7 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
         run_dir = distributed.on_main(lambda: rundir.prepare(None if out is True else out, config_json, overwrite,
                                                              resume), "preparing the run folder")
     arch, w = arch_of(net)
-    fitted = fit(net, bundle, cfg, run_dir, seed=seed, resume=resume, desc=f"train {arch}")
+    fitted = fit(net, bundle, cfg, run_dir, seed=seed, resume=resume, desc=f"train {arch}", log_with=log_with)
     if run_dir is not None:
         distributed.on_main(lambda: rundir.save_model(run_dir, net), "saving the model")
     result = {"command": "train", "method": "dense", "model": arch, "width": w, "data": bundle.name, "seed": seed,

@@ -1,9 +1,10 @@
 """Neuron (channel) selection in trained networks: the methods, one file each, behind one interface.
 
-Each method file declares a :class:`~.base.SelectionMethod` (name, ``select(ctx, **options) -> Selection``,
-its own options and defaults) and is listed once in :data:`METHODS`. :mod:`.groups` finds the channel
-groups (Torch-Pruning's dependency graph), :mod:`.scoring` scores candidates fast, :mod:`.budget` allocates
-a MACs budget, :mod:`.removal` removes channels physically and :mod:`.pruner` strings them together.
+Each method is declared once in :data:`METHODS` (:mod:`.methods`: name, summary, its own options and
+defaults; torch-free) and implemented in its own file (``select(ctx, **options) -> Selection``).
+:mod:`.groups` finds the channel groups (Torch-Pruning's dependency graph), :mod:`.scoring` scores
+candidates fast, :mod:`.budget` allocates a MACs budget, :mod:`.removal` removes channels physically and
+:mod:`.pruner` strings them together. Importing this package is cheap; torch loads on first use.
 """
 
 from __future__ import annotations
@@ -12,20 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._lazy import lazy_exports
 from ..config import check_finite, method_options, opt
 from ..errors import NetsiftError, check_density, choose
-from . import backward, bn_scale, gfs, l1, random_select, taylor
-from .base import Selection, SelectionContext, SelectionMethod
-
-METHODS: dict[str, SelectionMethod] = {m.name: m for m in (
-    gfs.METHOD,
-    backward.METHOD,
-    l1.METHOD,
-    taylor.METHOD,
-    bn_scale.METHOD,
-    random_select.METHOD,
-)}
-"""Selection methods by the name ``netsift prune --method`` takes."""
+from .methods import METHODS, SelectionMethod
 
 
 @dataclass
@@ -33,27 +24,28 @@ class PruneConfig:
     """Settings of channel selection and removal (each field is also a ``netsift prune`` flag)."""
 
     method: str = opt("gfs", "selection method", tuple(METHODS))
-    macs: float | None = opt(None, "keep this fraction of the MACs, in (0, 1] (default: stop by --tolerance)")
-    tolerance: float | None = opt(None, "stop each layer once held-out accuracy is >= (1 - T) x its start "
-                                        "(used when --macs is not given; default 0.02)")
+    macs: float | None = opt(None, "keep this fraction of the MACs, in (0, 1]", shown="none: stop by --tolerance")
+    tolerance: float | None = opt(None, "stop each layer once held-out accuracy is >= (1 - T) x its start",
+                                  shown="0.02 when --macs is not given")
     round_to: int = opt(1, "with --macs: keep a multiple of N channels in every group (8 or 16 suits CPU vector "
                            "kernels; groups narrower than 2N round to single channels)")
     published: bool = opt(False, "every published GFS setting at once: eval-mode BN scoring, no BN re-estimation, "
                                  "--layer-finetune 0.1, 50 candidates, 128-image minibatches")
     candidates: int = opt(50, "candidates scored per greedy step (0: all)")
-    epsilon: float | None = opt(None, "derive the candidates per step from epsilon: (N/k) log(1/eps)")
+    epsilon: float | None = opt(None, "derive the candidates per step from epsilon: (N/k) log(1/eps)",
+                                shown="none: --candidates decides")
     select_batch: int = opt(128, "images in the fresh minibatch of each greedy step")
     holdout: int = opt(1000, "training images held out to check the tolerance")
-    layer_finetune: float | None = opt(None, "fine-tune this fraction of an epoch after each layer "
-                                             "(default 0; --published: 0.1)")
+    layer_finetune: float | None = opt(None, "fine-tune this fraction of an epoch after each layer",
+                                       shown="0; --published: 0.1")
     finetune_epochs: int = opt(1, "epochs of fine-tuning after removal (0: none)")
     distill: bool = opt(False, "fine-tune with distillation from the original network")
     reinit: bool = opt(False, "ablation: re-initialise the pruned architecture before fine-tuning")
     bn_batch_stats: bool | None = opt(None, "greedy methods: score with each candidate's minibatch BN statistics "
-                                            "(as fine-tuning will see them) instead of the running ones "
-                                            "(default: on for networks with batch norm; --published: off)")
+                                            "(as fine-tuning will see them) instead of the running ones",
+                                      shown="on for networks with batch norm; --published: off")
     recalibrate_bn: int | None = opt(None, "after removal, re-estimate BN running statistics on N training "
-                                           "minibatches (default: 20 for networks with batch norm; --published: 0)")
+                                           "minibatches", shown="20 for networks with batch norm; --published: 0")
     rescale: str = opt("auto", "fold the N/n rescale into the weights at removal (auto: as the method selected)",
                        ("auto", "on", "off"))
     onnx: bool = opt(False, "also export the pruned network as model.onnx")
@@ -109,5 +101,7 @@ def finetune_defaults() -> dict:
     return {"lr": 0.01, "nesterov": True, "momentum": 0.9, "label_smoothing": 0.1, "weight_decay": 4e-5,
             "schedule": "cosine", "batch_size": 128}
 
+
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(["Selection", "SelectionContext"], ".base"), globals())
 
 __all__ = ["METHODS", "PruneConfig", "Selection", "SelectionContext", "SelectionMethod", "finetune_defaults"]

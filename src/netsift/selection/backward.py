@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import distributed
-from .base import Selection, SelectionContext, SelectionMethod
+from .base import Selection, SelectionContext
 from .scoring import kept_mask
 
 
@@ -22,7 +22,7 @@ def select(ctx: SelectionContext) -> Selection:
         start_acc = ctx.accuracy() if ctx.widths is None else None
         target = ctx.widths[gi] if ctx.widths is not None else 1
         current = list(range(n))
-        bar = ctx.bar(n - target, f"backward {g.name}")
+        bar = ctx.bar(n - target, f"backward group {gi + 1}/{len(ctx.groups)} ({g.name})")
         acc = None
         while len(current) > target:
             x, y = ctx.next_batch()
@@ -43,9 +43,7 @@ def select(ctx: SelectionContext) -> Selection:
         ctx.masker.set_kept(gi, current)
         kept[g.name] = current
         info.append({"group": g.name, "size": n, "kept": len(current), "acc_start": start_acc, "acc_end": acc})
+        ctx.group_done(gi, info[-1])
         if ctx.layer_finetune is not None:
             ctx.layer_finetune(ctx.model)
     return Selection(kept, rescale=True, info=info)
-
-
-METHOD = SelectionMethod(name="backward", summary="backward elimination: remove the channel whose removal raises the loss least", select=select)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .. import progress as _progress
 from .groups import ChannelGroup
+from .methods import SelectionMethod  # noqa: F401  (declared torch-free)
 from .scoring import BatchedScorer, Masker, masked_accuracy
 
 
@@ -40,7 +41,8 @@ class SelectionContext:
     layer_finetune: Callable[[nn.Module], None] | None = None
     max_batch: int = 256
     bn_batch_stats: bool = False  # score with batch-norm statistics of the minibatch (per candidate), not running
-    progress: bool = True
+    progress: bool = True  # report each group's steps and one line per finished group (netsift.progress)
+    label: str = "selection"  # how progress lines name the selection (the method's name)
     masker: Masker = field(init=False)
     scorer: BatchedScorer = field(init=False)
 
@@ -48,6 +50,7 @@ class SelectionContext:
         self.masker = Masker(self.model, self.groups)
         self.scorer = BatchedScorer(self.model, self.masker, self.max_batch, self.bn_batch_stats)
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.report: _progress.Task | None = None  # the whole selection's progress (see start_report)
 
     def accuracy(self) -> float:
         """Held-out accuracy of the network with the masks set so far."""
@@ -69,30 +72,39 @@ class SelectionContext:
         idx = torch.randperm(len(pool), generator=self.generator)[:k]
         return [pool[i] for i in idx.tolist()]
 
-    def bar(self, total: int, desc: str):
-        """A tqdm progress bar (hidden when ``progress`` is off)."""
-        return tqdm(total=total, desc=desc, leave=False, disable=None if self.progress else True)
+    def bar(self, total: int, desc: str) -> _progress.Task:
+        """Progress of one group's steps: a live bar in a terminal, heartbeat lines in a log file (nothing when
+        ``progress`` is off). ``update(n)`` it, ``close()`` it."""
+        return _progress.begin(desc, total, "channel", enabled=None if self.progress else False)
 
+    def _weight(self, gi: int) -> int:
+        """A group's share of the selection's work, for the ETA: its kept width (budget mode) or its size."""
+        return max(1, self.widths[gi] if self.widths is not None else self.groups[gi].size)
 
-@dataclass(frozen=True)
-class SelectionMethod:
-    """A channel-selection method: declared once, in the method's own file, and listed in ``selection.METHODS``.
+    def start_report(self) -> None:
+        """Begin the selection's progress report (:func:`~.pruner.prune_channels` does; end it with :meth:`done`).
+        Its units are channels (kept widths, or group sizes in tolerance mode), so the ETA weighs wide groups."""
+        total = sum(self._weight(gi) for gi in range(len(self.groups)))
+        self.report = _progress.begin(f"{self.label} selection", total, "channel",
+                                      enabled=None if self.progress else False, summary_after=2.0)
 
-    Attributes:
-        name: what ``--method`` takes.
-        summary: one line for ``--help`` and the docs.
-        select: ``select(ctx, **options) -> Selection``.
-        options: settings only this method has, by name (each becomes a CLI flag).
-        defaults: the method's defaults for shared :class:`~netsift.selection.PruneConfig` settings left unset.
-        check: ``check(ctx)`` raises a one-line error when the method cannot handle the network.
-    """
+    def group_done(self, gi: int, row: dict) -> None:
+        """One progress line for a finished group: channels kept, held-out accuracy when known, elapsed, ETA."""
+        if self.report is None:
+            self.start_report()
+        self.report.update(self._weight(gi))
+        acc = row.get("acc_end")
+        start = row.get("acc_start")
+        acc_text = "" if acc is None else \
+            f", held-out acc {acc:.4f}" + ("" if start is None else f" (start {start:.4f})")
+        self.report.log(f"{self.label} group {gi + 1}/{len(self.groups)} ({row['group']}): kept {row['kept']}/"
+                        f"{row['size']} channels{acc_text}, {self.report.timing()}")
 
-    name: str
-    summary: str
-    select: Callable[..., "Selection"]
-    options: dict[str, Any] = field(default_factory=dict)
-    defaults: dict[str, Any] = field(default_factory=dict)
-    check: Callable[["SelectionContext"], None] | None = None
+    def done(self) -> None:
+        """End the selection's progress report."""
+        if self.report is not None:
+            self.report.end()
+            self.report = None
 
 
 @dataclass
@@ -133,6 +145,7 @@ def ranked_selection(ctx: SelectionContext, scores: list[Tensor], rescale: bool 
         ctx.masker.set_kept(gi, kept[g.name], rescale)
         if ctx.widths is None:
             row["acc_end"] = ctx.accuracy()
+            ctx.group_done(gi, row)  # tolerance mode searches per group: report each; budget mode is instant
         info.append(row)
     return Selection(kept, rescale, info)
 

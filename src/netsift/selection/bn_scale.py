@@ -7,7 +7,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import NetsiftError
-from .base import Selection, SelectionContext, SelectionMethod, ranked_selection, tp_importance_scores
+from .base import Selection, SelectionContext, ranked_selection, tp_importance_scores
 
 
 def select(ctx: SelectionContext) -> Selection:
@@ -22,7 +22,3 @@ def check(ctx: SelectionContext) -> None:
         group = ctx.graph.get_pruning_group(g.root, ctx.graph.get_pruner_of_module(g.root).prune_out_channels, [0])
         if not any(isinstance(it.dep.target.module, nn.modules.batchnorm._BatchNorm) for it in group.items):
             raise NetsiftError(f"--method bn-scale needs batch norm, but channel group {g.name} has none")
-
-
-METHOD = SelectionMethod(name="bn-scale", summary="|gamma| of each channel's batch norm (network slimming, Liu et al.)",
-                         select=select, check=check)

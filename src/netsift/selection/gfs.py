@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Option
 from .. import distributed
-from .base import Selection, SelectionContext, SelectionMethod
+from .base import Selection, SelectionContext
 from .scoring import kept_mask
 
 
@@ -44,7 +43,7 @@ def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
         losses: list[float] = []
         acc = None
         limit = ctx.widths[gi] if ctx.widths is not None else n
-        bar = ctx.bar(limit, f"gfs {g.name}")
+        bar = ctx.bar(limit, f"gfs group {gi + 1}/{len(ctx.groups)} ({g.name})")
         max_steps = 4 * n if ctx.replacement else n
         while len(chosen) < max_steps:
             x, y = ctx.next_batch()
@@ -66,15 +65,7 @@ def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
         kept[g.name] = sorted(chosen)
         info.append({"group": g.name, "size": n, "kept": len(set(chosen)), "steps": len(chosen),
                      "acc_start": start_acc, "acc_end": acc, "final_loss": losses[-1] if losses else None})
+        ctx.group_done(gi, info[-1])
         if ctx.layer_finetune is not None:
             ctx.layer_finetune(ctx.model)
     return Selection(kept, rescale=True, info=info)
-
-
-METHOD = SelectionMethod(
-    name="gfs",
-    summary="Greedy Forward Selection (Ye et al. 2020): add the channel whose addition lowers the loss most",
-    select=select,
-    options={"replacement": Option(False, "theory variant with replacement (multiset, Frank-Wolfe step 1/(n+1))",
-                                   bool)},
-)

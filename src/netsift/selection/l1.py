@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import torch_pruning as tp
 
-from .base import Selection, SelectionContext, ranked_selection, tp_importance_scores, SelectionMethod
+from .base import Selection, SelectionContext, ranked_selection, tp_importance_scores
 
 
 def select(ctx: SelectionContext) -> Selection:
     """Rank each group's channels by L1 norm."""
     imp = tp.importance.MagnitudeImportance(p=1, group_reduction="mean", normalizer=None)
     return ranked_selection(ctx, tp_importance_scores(ctx, imp))
-
-
-METHOD = SelectionMethod(name="l1", summary="L1 norm of each channel's weights across coupled layers (Li et al. 2017)", select=select)

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 from torch import Tensor, nn
 
+from .. import progress as _progress
 from ..errors import NetsiftError
 from . import METHODS, PruneConfig
 from .base import Selection, SelectionContext
@@ -119,7 +120,8 @@ def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConf
     limit = float(os.environ.get(GRAPH_TIMEOUT_ENV, 300))
     try:
         with time_limit(limit, f"Torch-Pruning could not resolve the model's channel dependencies within {limit:g} s "
-                               f"(a layer it cannot follow?); pass that layer in ignored_layers or simplify the model"):
+                               f"(a layer it cannot follow?); pass that layer in ignored_layers or simplify the model"), \
+                _progress.stage("analysing the channel dependencies (Torch-Pruning)"):
             graph = build_graph(model, input_shape)
             groups = find_groups(model, input_shape, graph,
                                  ignored_layers=_modules(model, ignored_layers, "ignored_layers"))
@@ -148,7 +150,7 @@ def _context(plan: Plan, next_batch, holdout, seed: int, progress: bool, layer_f
     return SelectionContext(plan.model, plan.groups, plan.graph, plan.input_shape, next_batch, holdout,
                             widths=plan.widths, tolerance=cfg.tolerance if plan.widths is None else None,
                             candidates=cfg.candidates, epsilon=cfg.epsilon, seed=seed, layer_finetune=layer_finetune,
-                            progress=progress, bn_batch_stats=cfg.bn_batch_stats)
+                            progress=progress, bn_batch_stats=cfg.bn_batch_stats, label=cfg.method)
 
 
 def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], holdout: tuple[Tensor, Tensor],
@@ -169,9 +171,12 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
     ctx = _context(plan, next_batch, holdout, seed, progress, layer_finetune)
     try:
         t0 = time.perf_counter()
-        selection = METHODS[cfg.method].select(ctx, **cfg.options)
+        ctx.start_report()
+        with _progress.scope():  # ends the per-group bars a failing method leaves open
+            selection = METHODS[cfg.method].select(ctx, **cfg.options)
         selection_s = time.perf_counter() - t0
     finally:
+        ctx.done()
         ctx.masker.remove()
         model.train(was_training)
     rescale = selection.rescale if cfg.rescale == "auto" else cfg.rescale == "on"

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from .. import distributed
-from .base import Selection, SelectionContext, ranked_selection, tp_importance_scores, SelectionMethod
+from .base import Selection, SelectionContext, ranked_selection, tp_importance_scores
 
 BATCHES = 8
 
@@ -34,6 +34,3 @@ def select(ctx: SelectionContext, batches: int = BATCHES) -> Selection:
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return ranked_selection(ctx, scores)
-
-
-METHOD = SelectionMethod(name="taylor", summary="first-order Taylor importance |w * dL/dw| (Molchanov et al.)", select=select)
