@@ -187,7 +187,8 @@ def test_killed_process_ends_the_job_and_resume_matches_uninterrupted_run(extrac
     finally:
         if job.poll() is None:
             job.kill()
-    assert job.returncode != 0 and "SIGKILL" in err  # ... and says which process died
+    # ... and says what happened: the launcher names the killed rank, process 0 the failed exchange
+    assert job.returncode != 0 and ("SIGKILL" in err or "another process of the job stopped" in err), err[-3000:]
     epochs_done = len((folder / "metrics.jsonl").read_text().splitlines())
     assert 1 <= epochs_done < 12 and not (folder / "result.json").exists()
     proc = launch(cmd + ["--resume"], tmp_path)

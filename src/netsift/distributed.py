@@ -111,9 +111,17 @@ def timeout_s() -> float:
     return value
 
 
+LAUNCHER_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "ROLE_WORLD_SIZE")
+"""What launchers set to say "one of several processes" (Accelerate reads it too)."""
+
+
 def single_process() -> None:
-    """Run this process alone even under a launcher (commands that do not split their work)."""
+    """Run this process alone even under a launcher (commands that do not split their work): forget the
+    launcher's process variables, so that Accelerate does not wait for the other processes either."""
     _state["single"] = True
+    for name in LAUNCHER_ENV:
+        os.environ.pop(name, None)
 
 
 def cli_runs_here(command: str) -> bool:
@@ -129,8 +137,9 @@ def cli_runs_here(command: str) -> bool:
         if _env_int("RANK", 0) != 0:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
         return True
+    main = _env_int("RANK", 0) == 0
     single_process()
-    return _env_int("RANK", 0) == 0
+    return main
 
 
 def _warn_single_accelerate() -> None:
