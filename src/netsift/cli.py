@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.command:
             parser.print_help()
             return 2
+        if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun / accelerate launch
+            from .distributed import cli_runs_here
+
+            if not cli_runs_here(args.command):
+                return 0
         from . import progress
         from .tracking import check_trackers
 
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             with progress.stage(f"netsift {args.command}", summary_after=10.0):
                 return int(args.run(args) or 0)
     except NetsiftError as e:
-        print(f"netsift: error: {e}", file=sys.stderr)
+        if not getattr(e, "quiet", False):  # the main process's error, mirrored on the others: printed once
+            print(f"netsift: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("netsift: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)

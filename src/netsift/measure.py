@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import distributed
 from . import progress as _progress
 from .errors import NetsiftError
 from .models import prunable_layers
@@ -32,8 +33,12 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | None = None) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` (in eval mode) over ``loader``.
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | None = None,
+             sharded: bool = False) -> dict[str, float]:
+    """Accuracy, mean cross-entropy and number ``n`` of samples of ``model`` (in eval mode) over ``loader``.
+
+    ``sharded``: ``loader`` is this process's share of a split (:func:`netsift.distributed.eval_loader`); the
+    counts are summed over the processes, so every process returns the figures of the whole split.
 
     Raises:
         NetsiftError: the data does not fit the model (input shape, or labels outside its outputs).
@@ -52,9 +57,12 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
             total += len(y)
     finally:
         model.train(was_training)
+    if sharded:
+        correct, total, loss = distributed.sum_counts(correct, total, loss)
+        correct, total = int(correct), int(total)
     if total == 0:
-        return {"acc": float("nan"), "loss": float("nan")}
-    return {"acc": correct / total, "loss": loss / total}
+        return {"acc": float("nan"), "loss": float("nan"), "n": 0}
+    return {"acc": correct / total, "loss": loss / total, "n": total}
 
 
 def run_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -246,20 +254,22 @@ def measure(model: nn.Module, bundle, batch_size: int = 512, latency_threads: in
     device = _device(model)
     shape = bundle.input_shape
     with _progress.stage("measuring test and validation accuracy, parameters and MACs"):
-        test = evaluate(model, bundle.loader("test", batch_size), device)
-        val = evaluate(model, bundle.loader("val", batch_size), device) if bundle.size("val") else {"acc": None}
+        # with several processes each evaluates its share and the counts are summed: the whole split, once
+        test = evaluate(model, distributed.eval_loader(bundle, "test", batch_size), device, sharded=True)
+        val = evaluate(model, distributed.eval_loader(bundle, "val", batch_size), device, sharded=True) \
+            if bundle.size("val") else {"acc": None}
         layers = layer_table(model)
         kept, total = sum(r["kept"] for r in layers), sum(r["total"] for r in layers)
         nonzero, params_total = count_params(model)
         macs = count_macs(model, shape)
         if source is not None and source_macs is None:
             source_macs = count_macs(source, shape)
-    out = {"test_acc": test["acc"], "test_loss": test["loss"], "val_acc": val["acc"],
+    out = {"test_acc": test["acc"], "test_loss": test["loss"], "test_samples": test["n"], "val_acc": val["acc"],
            "density": kept / total if total else 1.0, "params": nonzero, "params_total": params_total,
            "macs": macs, "macs_sparse": sparse_macs(model, shape),
            "macs_fraction": macs / source_macs if source_macs else 1.0,
            "layers": [{"name": r["name"], "shape": r["shape"], "density": r["density"]} for r in layers]}
-    if latency_threads is not None:
+    if latency_threads is not None and distributed.is_main():  # timed once, by the process that writes
         nets = {"net": model, **({"source": source} if source is not None else {})}
         lat = compare_latency(nets, shape, threads=latency_threads or None)
         spread = max(lat[n]["spread"] for n in nets)

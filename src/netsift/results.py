@@ -41,6 +41,8 @@ class Result:
     test_acc: float | None = _f("accuracy on the whole test split (fraction 0-1)")
     val_acc: float | None = _f("accuracy on the validation split (fraction 0-1; `null` without one)")
     test_loss: float | None = _f("mean cross-entropy on the test split")
+    test_samples: int | None = _f("test images `test_acc` was computed on (the whole test split, each once, with any "
+                                  "number of processes)")
     density: float = _f("kept fraction of the prunable (Linear/Conv2d) weights, relative to the source network", 1.0)
     params: int = _f("non-zero parameters", 0)
     params_total: int = _f("all parameters", 0)
@@ -95,6 +97,7 @@ class Result:
     machine: str = _f("CPU architecture", "")
     threads: int = _f("torch intra-op threads (same seed gives the same bits only with the same thread count)", 0)
     cpu_capability: str = _f("ATen's CPU kernel set (e.g. AVX512, AVX2): same seed, same bits only on the same one", "")
+    processes: int = _f("processes of the job (`torchrun`/`accelerate launch`; 1 without a launcher)", 1)
 
     def to_dict(self) -> dict:
         """The ``result.json`` contents (``arch`` under ``"model"``; the network itself is left out)."""

@@ -31,7 +31,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import atomic_write_bytes, fault_point, json_bytes, load_checkpoint, read_json, save_checkpoint
 from .errors import NetsiftError
 from .models import build_from_manifest, manifest_of
@@ -69,7 +69,7 @@ def run_config(command: str, method: str, seed: int, data_seed: int, model: dict
 
 def is_main_process() -> bool:
     """Whether this is the process that writes run folders (rank 0 under ``torchrun``/``accelerate launch``)."""
-    return os.environ.get("RANK", "0") in ("", "0")
+    return distributed.is_main()
 
 
 # ------------------------------------------------------------------------------------------- what a folder holds
@@ -450,6 +450,7 @@ def _reopen(path: Path, config: dict, ignores: tuple[str, ...]) -> RunFolder:
 def _resumable(run: RunFolder, config: dict, ignores: tuple[str, ...]) -> RunFolder:
     """Check (under the lock) that ``run`` holds this run and readable resume state; update its config."""
     check_resume_config(run.path, config, ignores)
+    distributed.check_resume(run.path)  # the same number of processes as the checkpoint's
     for stem, schema in RESUME_FILES.items():
         if (run.path / f"{stem}.json").is_file():
             read_json(run.path / f"{stem}.json", f"{stem} metadata", schema)
@@ -484,7 +485,14 @@ def open_run(out: str | Path | bool | None, config: dict, **kwargs: Any):
 
     if out is None or out is False:
         return contextlib.nullcontext(None)
-    return prepare(None if out is True else out, config, **kwargs)
+    target = None if out is True else out
+    if not distributed.active():
+        return prepare(target, config, **kwargs)
+    # one of several processes: the main one creates, locks and checks the folder (its refusal is every
+    # process's); then the others learn where it writes (they write nothing there themselves)
+    opened: list[RunFolder] = []
+    distributed.on_main(lambda: opened.append(prepare(target, config, **kwargs)), "preparing the run folder")
+    return opened[0] if opened else prepare(target, config, **kwargs)
 
 
 # -------------------------------------------------------------------------------------------- models and results
@@ -559,7 +567,8 @@ def write_result(run_dir: RunFolder | str | Path | None, result: dict) -> dict:
         raise ValueError(f"result has keys outside the schema: {sorted(unknown)}")
     result = {**{k: None for k in RESULT_KEYS}, **result, "netsift_version": __version__,
               "torch_version": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "processes": distributed.world_size()}
     if run_dir is not None:
         final = run_dir.final if isinstance(run_dir, RunFolder) else run_dir
         result["run_dir"] = str(final)

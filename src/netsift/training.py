@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from . import progress as _progress
 from .checkpoint import atomic_write_bytes, flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .config import TrainConfig
@@ -208,19 +209,20 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
 
     train_loader = bundle.loader("train", cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
                                  num_shards=accelerator.num_processes, shard_index=accelerator.process_index)
-    val_loader = bundle.loader("val", max(cfg.batch_size, 256))
+    val_loader = distributed.eval_loader(bundle, "val", max(cfg.batch_size, 256))  # this process's share
     steps_per_epoch = len(train_loader) if not cfg.max_steps else min(cfg.max_steps, len(train_loader))
+    steps_per_epoch = distributed.min_int(steps_per_epoch)  # shards may differ by a batch: same steps everywhere
     total_steps = steps_per_epoch * cfg.epochs
 
     result = FitResult()
     start_epoch, step, best_state, since_best = 0, 0, None, 0
-    if resume and run_dir is not None and (run_dir / f"{CHECKPOINT}.json").exists():
+    if distributed.broadcast(resume and run_dir is not None and (run_dir / f"{CHECKPOINT}.json").exists()):
         start_epoch, step, best_state, since_best = _restore(run_dir, accelerator, model, optimizers, callbacks, result)
     else:
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        if run_dir is not None and accelerator.is_main_process:
+        if run_dir is not None and distributed.is_main():
             (run_dir / METRICS).unlink(missing_ok=True)
 
     t_start = time.perf_counter()
@@ -233,6 +235,7 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
             cb.on_epoch_start(epoch)
         model.train()
         train_loader.set_epoch(epoch)
+        distributed.seed_rank(seed, epoch)  # processes > 0: their own random stream (masks, dropout)
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         report.set(epoch=f"{epoch + 1}/{cfg.epochs}")
@@ -272,11 +275,15 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
         if bad:
             raise NetsiftError(f"{bad[0]} became non-finite in epoch {epoch + 1}; lower the learning rate "
                                "(the last good checkpoint is kept)")
+        loss_sum, correct, seen = distributed.sum_counts(loss_sum, correct, seen)  # the epoch over all processes
+        seen = int(seen)
         train_time += epoch_time
         images_seen += seen
+        distributed.sync_buffers(accelerator.unwrap_model(model))  # every process validates the main one's network
         for cb in callbacks:
             cb.before_validation(accelerator.unwrap_model(model))
-        val = evaluate(model, val_loader, accelerator.device) if bundle.size("val") else {"acc": float("nan"), "loss": float("nan")}
+        val = evaluate(accelerator.unwrap_model(model), val_loader, accelerator.device, sharded=True) \
+            if bundle.size("val") else {"acc": float("nan"), "loss": float("nan")}
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                "train_acc": correct / max(seen, 1), "val_loss": val["loss"], "val_acc": val["acc"],
                "lr": optimizers[0].param_groups[0]["lr"], "epoch_s": round(epoch_time, 3),
@@ -328,12 +335,13 @@ def _save(run_dir: Path, accelerator, model, optimizers, callbacks, epoch, step,
     tensors.update(rng_tensors)
     meta = {"epoch": epoch, "step": step, "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
             "since_best": since_best, "stopped": stopped, "optimizers": opt_meta, "callbacks": cb_meta,
-            "rng": rng_meta, "history": result.history}
+            "rng": rng_meta, "history": result.history, "processes": distributed.world_size()}
     save_checkpoint(run_dir / CHECKPOINT, tensors, meta)
 
 
 def _restore(run_dir: Path, accelerator, model, optimizers, callbacks, result: FitResult):
     tensors, meta = load_checkpoint(run_dir / CHECKPOINT, "checkpoint", TRAIN_CHECKPOINT)
+    distributed.check_resume(run_dir, meta)
     best_state = None
     if (run_dir / f"{BEST}.json").exists():
         best_state, _ = load_checkpoint(run_dir / BEST, "best checkpoint", BEST_CHECKPOINT)
@@ -359,7 +367,7 @@ def _restore(run_dir: Path, accelerator, model, optimizers, callbacks, result: F
     if result.best_val_acc is None:
         result.best_val_acc = float("nan")
     lines = [json.dumps(r) for r in result.history]
-    if accelerator.is_main_process:
+    if distributed.is_main():
         atomic_write_bytes(run_dir / METRICS, "".join(line + "\n" for line in lines).encode())
     epoch = meta["epoch"]
     if meta.get("stopped"):

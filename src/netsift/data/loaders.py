@@ -111,7 +111,8 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self._order()
-        gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch + 1)
+        # augmentation draws of (seed, epoch), and of the shard when the epoch is split across processes
+        gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch + 1 + 104729 * self.shard_index)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:

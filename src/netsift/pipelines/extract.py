@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import rundir
+from .. import distributed, rundir
 from ..checkpoint import save_checkpoint
 from ..config import TrainConfig
 from ..errors import NetsiftError
@@ -19,7 +19,7 @@ from ..masks.compact import subnet_tensors
 from ..masks.frozen import INIT_SCHEMES, frozen_network, init_frozen, weights_sha256
 from ..measure import measure
 from ..progress import observed
-from ..models import manifest_of, model_manifest
+from ..models import manifest_of
 from ..results import Result
 from ..training import BNRecalibration, has_batch_norm, recalibrate_bn
 from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, check_width, data_config,
@@ -30,6 +30,7 @@ METHOD_OPTIONS = {name for spec in METHODS.values() for name in spec.options}
 
 
 @observed
+@distributed.guard
 def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: float | None = None, *,
             init: str | None = "signed-constant", config: TrainConfig | None = None, seed: int = 0,
             data_seed: int | None = None, width: float = 1.0, recalibrate_bn_batches: int = 20,
@@ -69,6 +70,7 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
     cfg = MaskConfig(method=method, density=density, init=init or "signed-constant", **shared, options=own).resolved()
     base = dataclasses.replace(config, **loop) if config else TrainConfig(**{**EXTRACT_DEFAULTS, **loop})
     train_cfg = train_config(cfg.method, base)
+    distributed.setup(train_cfg.cpu)  # under torchrun / accelerate launch: join the other processes
     if isinstance(recalibrate_bn_batches, bool) or not isinstance(recalibrate_bn_batches, int) \
             or not 0 <= recalibrate_bn_batches <= 10**6:
         raise NetsiftError(f"--recalibrate-bn must be an integer in [0, 1,000,000], got {recalibrate_bn_batches!r}")
@@ -101,22 +103,26 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
         extracted = extract_masks(masked).cpu()
         recalibrated = recalibrate_bn(extracted, bundle.batches("train", train_cfg.batch_size, seed + 1),
                                       recalibrate_bn_batches)
+        # logits and scales are synchronised like weights: every process holds the same mask (checked, not assumed)
+        distributed.check_same(distributed.tensors_digest(extracted.state_dict()), "extracted masks and weights")
         measured = measure(extracted, bundle)
         scales = {k: float(v[1]) for k, v in masks_and_scales(masked).items()}
         for row in measured["layers"]:
             row["scale"] = scales.get(row["name"])
-        subnet = None
-        if run_dir is not None and manifest is not None and init is not None and not cfg.options.get("train_weights"):
-            subnet = "subnet.safetensors"
-        if run_dir is not None and rundir.is_main_process():
-            if subnet is not None:
+
+        def save() -> str | None:
+            rundir.save_model(run_dir, extracted, manifest)
+            if manifest is not None and init is not None and not cfg.options.get("train_weights"):
                 # the subnet contract: frozen weights regenerated from (manifest, init, seed), one bit per weight
                 meta = {"manifest": manifest, "init": {"scheme": cfg.init, "seed": seed},
                         "weights_sha256": weights_hash, "method": cfg.method, "data": bundle.name,
                         "test_acc": measured["test_acc"]}
                 save_checkpoint(run_dir / "subnet",
                                 subnet_tensors(masked, extracted, frozen_network(manifest, cfg.init, seed)), meta)
-            rundir.save_model(run_dir, extracted, manifest)
+                return "subnet.safetensors"
+            return None
+
+        subnet = distributed.on_main(save, "saving the model and the mask") if run_dir is not None else None
         arch, w = arch_of(extracted if manifest is None else net)
         result = {"command": "extract", "method": cfg.method, "model": manifest["model"] if manifest else arch,
                   "width": manifest.get("width") if manifest else w, "data": bundle.name, "seed": seed,
@@ -126,4 +132,5 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
                   "recalibrated_bn": recalibrated, "epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
                   "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
                   "weights_sha256": weights_hash, "subnet": subnet, "wall_s": time.perf_counter() - t0}
-        return Result.from_dict(rundir.write_result(run, result), model=extracted)
+        result = distributed.on_main(lambda: rundir.write_result(run, result), "writing result.json")
+        return Result.from_dict(result, model=extracted)

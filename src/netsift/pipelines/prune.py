@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import rundir
+from .. import distributed, rundir
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data import DataBundle
@@ -84,6 +84,7 @@ def _check_same_data(run: Any, saved: dict, data: Any) -> None:
 
 
 @observed
+@distributed.guard
 def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", macs: float | None = None, *,
           example_input: torch.Tensor | None = None, finetune: TrainConfig | None = None,
           ignored_layers: list | None = None, layer_density: dict | None = None, seed: int = 0,
@@ -126,6 +127,7 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     cfg = PruneConfig(method=method, macs=macs, **shared, options=own)
     ft = dataclasses.replace(finetune or TrainConfig(**{k: v for k, v in finetune_defaults().items()}), **loop)
     ft = dataclasses.replace(ft, epochs=max(1, cfg.finetune_epochs)).resolved(**finetune_defaults())
+    distributed.setup(ft.cpu)  # under torchrun / accelerate launch: join the other processes
     if out is not None and out is not False and out is not True:
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force,
                         sources=[model] if isinstance(model, (str, Path)) else [])
@@ -157,7 +159,9 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
         select_bundle, holdout = split_holdout(bundle, cfg.holdout)
         layer_ft = None
         if cfg.layer_finetune > 0:
-            steps = max(1, int(cfg.layer_finetune * select_bundle.size("train") / ft.batch_size))
+            # a fraction of an epoch of the whole data: each of the N processes takes a minibatch per step
+            images = cfg.layer_finetune * select_bundle.size("train")
+            steps = max(1, int(images / (ft.batch_size * distributed.world_size())))
             ft_layer = dataclasses.replace(ft, epochs=1, max_steps=steps)
             layer_ft = lambda m: fit(m, select_bundle, ft_layer, None, seed=seed, desc="layer fine-tune")  # noqa: E731
         teacher = copy.deepcopy(net) if cfg.distill else None
@@ -174,7 +178,7 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
                                       cfg.recalibrate_bn)
         if cfg.reinit:
             _reinit(pruned, seed)
-        selected = evaluate(pruned, bundle.loader("test", 512))
+        selected = evaluate(pruned, distributed.eval_loader(bundle, "test", 512), sharded=True)
         finetune_s, fitted = 0.0, None
         if cfg.finetune_epochs > 0:
             loss_fn = distill_loss(teacher, ft.label_smoothing) if teacher is not None else None
@@ -185,12 +189,16 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
         pruned.eval()
         after = measure(pruned, bundle, latency_threads=cfg.latency_threads, source=net, source_macs=before["macs"])
         after["density"] = _prunable_weights(pruned) / _prunable_weights(net)
-        if run_dir is not None and rundir.is_main_process():
+
+        def save() -> None:
             rundir.save_model(run_dir, pruned)
             if cfg.onnx:
                 from ..onnx_export import export_onnx
 
                 export_onnx(pruned, shape, run_dir / "model.onnx")
+
+        if run_dir is not None:
+            distributed.on_main(save, "saving the pruned model")
         arch, w = arch_of(net)
         result = {"command": "prune", "method": cfg.method, "model": arch, "width": w, "data": bundle.name,
                   "seed": seed, "data_seed": data_seed, **after, "source": source, "macs_target": cfg.macs,
@@ -202,7 +210,8 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
                   "train_images_per_s": fitted.images_per_s if fitted else None,
                   "recalibrated_bn": recalibrated, "selection_s": pruned_out.selection_s, "finetune_s": finetune_s,
                   "groups": pruned_out.selection.info, "wall_s": time.perf_counter() - t0}
-        return Result.from_dict(rundir.write_result(run, result), model=pruned)
+        result = distributed.on_main(lambda: rundir.write_result(run, result), "writing result.json")
+        return Result.from_dict(result, model=pruned)
 
 
 class SelectionState:

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import rundir
+from .. import distributed, rundir
 from ..config import TrainConfig
 from ..measure import check_threads, measure
 from ..progress import observed
@@ -20,6 +20,7 @@ from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_see
 
 
 @observed
+@distributed.guard
 def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, *, seed: int = 0,
           data_seed: int | None = None, width: float = 1.0, out: str | Path | None = None, overwrite: bool = False,
           resume: bool = False, force: bool = False, latency_threads: int | None = 1,
@@ -55,6 +56,7 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
     check_threads(latency_threads, "latency_threads")
     (loop,) = split_options(options, TRAIN_FIELDS)
     cfg = (dataclasses.replace(config, **loop) if config else TrainConfig(**loop)).resolved()
+    distributed.setup(cfg.cpu)  # under torchrun / accelerate launch: join the other processes
     if out is not None and out is not False and out is not True:
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force)
     bundle = bundle_for(data, data_seed)
@@ -66,11 +68,12 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
         arch, w = arch_of(net)
         fitted = fit(net, bundle, cfg, run and run.path, seed=seed, resume=resume, desc=f"train {arch}",
                      log_with=log_with)
-        if run is not None and rundir.is_main_process():
-            rundir.save_model(run.path, net)
+        if run is not None:
+            distributed.on_main(lambda: rundir.save_model(run.path, net), "saving the model")
         result = {"command": "train", "method": "dense", "model": arch, "width": w, "data": bundle.name,
                   "seed": seed, "data_seed": data_seed, **measure(net, bundle, latency_threads=latency_threads),
                   "epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
                   "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
                   "wall_s": time.perf_counter() - t0}
-        return Result.from_dict(rundir.write_result(run, result), model=net)
+        result = distributed.on_main(lambda: rundir.write_result(run, result), "writing result.json")
+        return Result.from_dict(result, model=net)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from .base import Selection, SelectionContext
 from .scoring import candidate_masks
 
@@ -31,7 +32,7 @@ def select(ctx: SelectionContext) -> Selection:
             x, y = ctx.next_batch()
             cands = ctx.sample(current, ctx.n_candidates(gi, len(current)))
             masks = candidate_masks(n, current, drop=cands)  # row k: current without cands[k]
-            scores = ctx.scorer.score(gi, masks, x, y)
+            scores = distributed.split_scores(lambda m: ctx.scorer.score(gi, m, x, y), masks)  # split over processes
             drop = cands[int(torch.argmin(scores))]
             trial = [i for i in current if i != drop]
             ctx.masker.set_kept(gi, trial)

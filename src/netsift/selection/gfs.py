@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from .base import Selection, SelectionContext
 from .scoring import candidate_masks
 
@@ -53,7 +54,8 @@ def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
             pool = range(n) if ctx.replacement else sorted(set(range(n)) - set(chosen))
             cands = ctx.sample(pool, ctx.n_candidates(gi, len(pool)))
             masks = candidate_masks(n, chosen, add=cands)  # row k: kept_mask(n, chosen + [cands[k]])
-            scores = ctx.scorer.score(gi, masks, x, y)
+            # every process scores its share of the candidates on the same minibatch; all get every score
+            scores = distributed.split_scores(lambda m: ctx.scorer.score(gi, m, x, y), masks)
             best = int(torch.argmin(scores))
             before = len(set(chosen))
             chosen.append(cands[best])
