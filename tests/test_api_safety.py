@@ -254,9 +254,8 @@ class _Gated(nn.Module):
 
 def test_extra_per_channel_parameter_is_recorded_and_reloads(digits, tmp_path):
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match="Unwrapped parameters"):
-        r = netsift.prune(_Gated(), digits, method="l1", macs=0.5, finetune_epochs=0, out=tmp_path / "p",
-                          progress=False, latency_threads=None)
+    r = netsift.prune(_Gated(), digits, method="l1", macs=0.5, finetune_epochs=0, out=tmp_path / "p",
+                      progress=False, latency_threads=None)
     assert r.model.gate.shape[0] < 16
     manifest = json.loads((tmp_path / "p" / "model.json").read_text())["manifest"]
     assert manifest["modules"]["gate"] == {"type": "parameter", "shape": [r.model.gate.shape[0]]}
