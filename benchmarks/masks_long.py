@@ -148,10 +148,10 @@ _BUNDLES: dict = {}
 
 
 def bundle_for(arch: str, seed: int, args):
-    k = (arch, seed, args.arch_settings[arch]["train_subset"])
+    k = (args.data, arch, seed, args.arch_settings[arch]["train_subset"])
     if k not in _BUNDLES:
         _BUNDLES.clear()
-        _BUNDLES[k] = load_bundle(DataConfig("fashion-mnist", data_dir=args.data_dir,
+        _BUNDLES[k] = load_bundle(DataConfig(args.data, data_dir=args.data_dir,
                                              train_subset=args.arch_settings[arch]["train_subset"]), seed)
     return _BUNDLES[k]
 
@@ -161,7 +161,7 @@ def cell_settings(arch: str, variant: str, seed: int, args) -> dict:
     options = variants(args.tuned_lr)[variant]
     return {"arch": arch, "variant": variant, "seed": seed, "width": s["width"], "train_subset": s["train_subset"],
             "epochs_cap": s["epochs"], "patience": s["patience"], "batch_size": args.batch_size,
-            "schedule": schedule_for(options), "mask": options, "data": "fashion-mnist", "val_fraction": 0.1}
+            "schedule": schedule_for(options), "mask": options, "data": args.data, "val_fraction": 0.1}
 
 
 def run_cell(arch: str, variant: str, seed: int, args) -> dict:
@@ -437,7 +437,8 @@ def check_fit_helper(args) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``args.arch_settings`` (each architecture's budget, cut down by ``--quick``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 2-3 epochs, small subsets, tmp outputs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -446,13 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tuned-lr", type=float, default=TUNED_LR, help="the tuned gumbel mask lr")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--shard", default="0/1", help="I/N: run only cells i with i %% N == I (a second worker)")
+    p.add_argument("--data", default="fashion-mnist", help="data set (tests use digits)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="benchmarks/results/masks_long")
     p.add_argument("--runs", default="runs/masks_long", help="per-cell run folders (metrics.jsonl, checkpoints)")
     p.add_argument("--report", action="store_true", help="only write the tables and plots")
     p.add_argument("--list", action="store_true", help="only list the cells and whether they are done")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
     args.arch_settings = {k: dict(v) for k, v in ARCHS.items()}
     if args.quick:
         args.seeds = args.seeds[:1]
@@ -463,6 +464,13 @@ def main(argv: list[str] | None = None) -> int:
     shard, nshards = (int(x) for x in args.shard.split("/"))
     if not 0 <= shard < nshards:
         p.error(f"--shard {args.shard}: need 0 <= I < N")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    shard, nshards = (int(x) for x in args.shard.split("/"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".jsonl")

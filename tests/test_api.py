@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import netsift
 from netsift.errors import NetsiftError
 from netsift.results import RESULT_KEYS, Result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -204,3 +207,25 @@ def test_image_folder_data_trains(tmp_path, run_cli):
     assert code == 0, err
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["data"] == "imagenet" and 0 <= result["test_acc"] <= 1
+
+
+def test_same_seed_same_mask_from_cli_api_and_the_long_benchmark(run_cli, tmp_path):
+    """One gumbel cell of ``benchmarks/masks_long.py`` on digits gives the result of ``netsift extract`` and of
+    ``netsift.extract`` with the same seed and settings (the benchmark's numbers are what a user gets)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("masks_long", ROOT / "benchmarks" / "masks_long.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--data", "digits", "--runs", str(tmp_path / "bench"), "--out", str(tmp_path / "b")])
+    args.arch_settings["lenet300"].update(width=0.2, train_subset=None, epochs=2, patience=2)
+    row = bench.run_cell("lenet300", "gumbel-lr1000", 3, args)
+    flags = dict(width=0.2, epochs=2, patience=2, batch_size=128, lr=1000.0, schedule="constant", seed=3)
+    api = netsift.extract("lenet300", "digits", "gumbel", **flags)
+    code, _, err = run_cli("extract", "--method", "gumbel", "--model", "lenet300", "--data", "digits",
+                           *[a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))],
+                           "--out", tmp_path / "cli")
+    assert code == 0, err
+    cli = json.loads((tmp_path / "cli" / "result.json").read_text())
+    assert row["test_acc"] == api.test_acc == cli["test_acc"]
+    assert row["density"] == api.density == cli["density"]
