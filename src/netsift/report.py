@@ -399,6 +399,11 @@ def plot_accuracy_vs_macs(summary: list[dict], runs: list[Run], path: Path) -> b
         for c, budget in enumerate(budgets):
             ax = axes[p][c]
             by_series = points.get((panel, budget), {})
+            if not by_series:  # this network has no runs with this fine-tune budget: say so, draw no empty axes
+                ax.axis("off")
+                ax.text(0.5, 0.5, f"{panel}: no runs with {budget} fine-tune epoch{'s' if budget != 1 else ''}",
+                        ha="center", va="center", fontsize=9, color="0.4", transform=ax.transAxes)
+                continue
             for series in sorted(by_series):
                 pts = sorted(by_series[series].values())
                 ax.errorbar([pt[0] / scale for pt in pts], [pt[1] for pt in pts], yerr=[pt[2] or 0.0 for pt in pts],
