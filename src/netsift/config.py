@@ -102,6 +102,8 @@ class DataConfig:
     val_fraction: float = opt(0.1, "share of the training set held out for validation")
     train_subset: int | None = opt(None, "keep only N training images (quick experiments)", shown="all")
     download: bool = opt(False, "let torchvision download missing data where the network allows")
+    image_size: int | None = opt(None, "resize the images to N x N px (bilinear, batch by batch) for training, "
+                                       "validation and test alike", shown="the data set's own")
 
     def __post_init__(self):
         check_types(self)
@@ -110,6 +112,7 @@ class DataConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise NetsiftError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         check_range(self, "train_subset", 1, 10**9)
+        check_range(self, "image_size", 1, MAX_IMAGE_SIZE)
         if self.data_dir is not None and (not self.data_dir or len(self.data_dir) > 4096 or "\0" in self.data_dir):
             raise NetsiftError(f"--data-dir must be a folder path, got {self.data_dir!r}")
 
@@ -121,6 +124,9 @@ class ModelConfig:
     model: str = opt("lenet300", f"architecture: {', '.join(ZOO)} (see `netsift models`), or tv:<torchvision name>")
     width: float = opt(1.0, "width multiplier for the zoo's architectures")
     pretrained: bool = opt(False, "tv:<name> only: start from torchvision's published weights (needs the network)")
+    weights: str | None = opt(None, "start from the state dict in this local file (.safetensors, or a torch.save "
+                                    "file read with weights_only); classifier, stem and ViT positions are adapted",
+                              shown="none")
 
     def __post_init__(self):
         from .models import REGISTRY, model_names
@@ -131,6 +137,19 @@ class ModelConfig:
         check_finite(self)
         if not 0 < self.width <= 64:
             raise NetsiftError(f"--width must be in (0, 64], got {self.width}")
+        check_weights_path(self.weights)
+        if self.weights is not None and self.pretrained:
+            raise NetsiftError("--weights and --pretrained both choose the starting weights; give one of them")
+
+
+MAX_IMAGE_SIZE = 1024
+"""Largest ``--image-size`` (a 1024 px side is already 4 MB per RGB image in float32)."""
+
+
+def check_weights_path(path: Any) -> None:
+    """Refuse a ``--weights`` value that cannot be a file path (one line); ``None`` passes."""
+    if path is not None and (not isinstance(path, str) or not path or len(path) > 4096 or "\0" in path):
+        raise NetsiftError(f"--weights must be a file path, got {path!r}")
 
 
 MAX_INT = 10**12
