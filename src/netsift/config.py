@@ -26,15 +26,17 @@ T = TypeVar("T")
 
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, values: tuple[str, ...] | None = None,
-        shown: str | None = None) -> Any:
+        shown: str | None = None, metavar: str | None = None) -> Any:
     """A dataclass field carrying its CLI help text.
 
     Args:
         choices: the allowed values (argparse checks them; listed in ``--help``).
         values: the allowed values listed in ``--help`` but checked by the config itself (its own error message).
         shown: what ``--help`` says the default is, when it is resolved later (``default`` is ``None``).
+        metavar: the value's name in ``--help`` (default: the field's name in capitals).
     """
-    return field(default=default, metadata={"help": help, "choices": choices, "values": values, "shown": shown})
+    return field(default=default, metadata={"help": help, "choices": choices, "values": values, "shown": shown,
+                                            "metavar": metavar})
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,8 @@ class DataConfig:
     val_fraction: float = opt(0.1, "share of the training set held out for validation")
     train_subset: int | None = opt(None, "keep only N training images (quick experiments)", shown="all")
     download: bool = opt(False, "let torchvision download missing data where the network allows")
-    image_size: int | None = opt(None, "resize the images to N x N px (bilinear, batch by batch) for training, "
-                                       "validation and test alike", shown="the data set's own")
+    image_size: int | None = opt(None, "resize the images to N x N px, 1-1024 (bilinear, batch by batch) for "
+                                       "training, validation and test alike", shown="the data set's own", metavar="N")
 
     def __post_init__(self):
         check_types(self)
@@ -126,7 +128,7 @@ class ModelConfig:
     pretrained: bool = opt(False, "tv:<name> only: start from torchvision's published weights (needs the network)")
     weights: str | None = opt(None, "start from the state dict in this local file (.safetensors, or a torch.save "
                                     "file read with weights_only); classifier, stem and ViT positions are adapted",
-                              shown="none")
+                              shown="none", metavar="FILE")
 
     def __post_init__(self):
         from .models import REGISTRY, model_names
@@ -280,11 +282,11 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, An
         default = defaults.get(f.name, f.default)
         text = default_help.get(f.name, f.metadata.get("shown") if default is None else None)
         _add(group, f.name, default, f.metadata.get("help", ""), str(f.type), f.metadata.get("choices"), text,
-             f.metadata.get("values"))
+             f.metadata.get("values"), f.metadata.get("metavar"))
 
 
 def _add(group, name: str, default: Any, help_text: str, type_name: str, choices, default_text: str | None,
-         values: tuple[str, ...] | None = None) -> None:
+         values: tuple[str, ...] | None = None, metavar: str | None = None) -> None:
     flag = "--" + name.replace("_", "-")
     shown = default_text if default_text is not None else ("none" if default is None else str(default))
     suffix = f" (default: {shown})"
@@ -296,7 +298,7 @@ def _add(group, name: str, default: Any, help_text: str, type_name: str, choices
     kind = {"int": int, "float": float, "int | None": int, "float | None": float, "<class 'int'>": int,
             "<class 'float'>": float}.get(type_name, str)
     listed = choices or values
-    metavar = "{" + ",".join(listed) + "}" if listed else name.upper()
+    metavar = "{" + ",".join(listed) + "}" if listed else metavar or name.upper()
     group.add_argument(flag, type=kind, default=default, metavar=metavar, help=help_text + suffix, choices=choices)
 
 

@@ -212,7 +212,8 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
             distributed.on_main(save, "saving the pruned model")
         arch, w = arch_of(net)
         result = {"command": "prune", "method": cfg.method, "model": arch, "width": w, "data": bundle.name,
-                  "image_size": image_side(bundle), "weights": loaded, "seed": seed, "data_seed": data_seed, **after, "source": source, "macs_target": cfg.macs,
+                  "image_size": image_side(bundle), "weights": loaded, "seed": seed, "data_seed": data_seed, **after,
+                  "source": source, "macs_target": cfg.macs,
                   "tolerance": cfg.tolerance, "source_test_acc": before["test_acc"], "source_macs": before["macs"],
                   "source_params": before["params"], "test_acc_selected": selected["acc"],
                   "finetuned": fitted is not None, "finetune_epochs": cfg.finetune_epochs,
