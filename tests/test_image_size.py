@@ -12,6 +12,7 @@ import netsift
 from netsift.config import DataConfig
 from netsift.data import load_data
 from netsift.errors import NetsiftError
+from netsift.rundir import read_run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,6 +84,18 @@ def test_train_records_the_size_and_prune_and_eval_keep_it(resized_run, run_cli,
     assert code == 0, err
 
 
+def test_an_edited_size_in_config_json_is_refused(resized_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(resized_run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["data"]["image_size"] = 100_000
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(NetsiftError, match=r"data.image_size must be an integer in \[1, 1024\]"):
+        read_run_config(copy)
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["prune", "--image-size", "16"], "was trained with image_size=12, not 16"),
     (["eval", "--image-size", "16"], "does not fit the saved model"),
@@ -151,7 +164,7 @@ def test_weights_round_trip(trained, run_cli, tmp_path, fmt):
     assert code == 0, err
     result = json.loads((out / "result.json").read_text())
     assert result["source_test_acc"] == pytest.approx(acc)  # the network pruned is the trained one
-    record = json.loads((out / "config.json").read_text())["weights"]
+    record = read_run_config(out)["weights"]  # schema-checked
     assert record == result["weights"]
     assert record["file"] == path.name and record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert f"weights: {path.name}" in stdout
