@@ -26,15 +26,17 @@ T = TypeVar("T")
 
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, values: tuple[str, ...] | None = None,
-        shown: str | None = None) -> Any:
+        shown: str | None = None, metavar: str | None = None) -> Any:
     """A dataclass field carrying its CLI help text.
 
     Args:
         choices: the allowed values (argparse checks them; listed in ``--help``).
         values: the allowed values listed in ``--help`` but checked by the config itself (its own error message).
         shown: what ``--help`` says the default is, when it is resolved later (``default`` is ``None``).
+        metavar: the value's name in ``--help`` (default: the field's name in capitals).
     """
-    return field(default=default, metadata={"help": help, "choices": choices, "values": values, "shown": shown})
+    return field(default=default, metadata={"help": help, "choices": choices, "values": values, "shown": shown,
+                                            "metavar": metavar})
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class DataConfig:
     val_fraction: float = opt(0.1, "share of the training set held out for validation")
     train_subset: int | None = opt(None, "keep only N training images (quick experiments)", shown="all")
     download: bool = opt(False, "let torchvision download missing data where the network allows")
+    image_size: int | None = opt(None, "resize the images to N x N px, 1-1024 (bilinear, batch by batch) for "
+                                       "training, validation and test alike", shown="the data set's own", metavar="N")
 
     def __post_init__(self):
         check_types(self)
@@ -110,6 +114,7 @@ class DataConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise NetsiftError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         check_range(self, "train_subset", 1, 10**9)
+        check_range(self, "image_size", 1, MAX_IMAGE_SIZE)
         if self.data_dir is not None and (not self.data_dir or len(self.data_dir) > 4096 or "\0" in self.data_dir):
             raise NetsiftError(f"--data-dir must be a folder path, got {self.data_dir!r}")
 
@@ -121,6 +126,9 @@ class ModelConfig:
     model: str = opt("lenet300", f"architecture: {', '.join(ZOO)} (see `netsift models`), or tv:<torchvision name>")
     width: float = opt(1.0, "width multiplier for the zoo's architectures")
     pretrained: bool = opt(False, "tv:<name> only: start from torchvision's published weights (needs the network)")
+    weights: str | None = opt(None, "start from the state dict in this local file (.safetensors, or a torch.save "
+                                    "file read with weights_only); classifier, stem and ViT positions are adapted",
+                              shown="none", metavar="FILE")
 
     def __post_init__(self):
         from .models import REGISTRY, model_names
@@ -131,6 +139,19 @@ class ModelConfig:
         check_finite(self)
         if not 0 < self.width <= 64:
             raise NetsiftError(f"--width must be in (0, 64], got {self.width}")
+        check_weights_path(self.weights)
+        if self.weights is not None and self.pretrained:
+            raise NetsiftError("--weights and --pretrained both choose the starting weights; give one of them")
+
+
+MAX_IMAGE_SIZE = 1024
+"""Largest ``--image-size`` (a 1024 px side is already 4 MB per RGB image in float32)."""
+
+
+def check_weights_path(path: Any) -> None:
+    """Refuse a ``--weights`` value that cannot be a file path (one line); ``None`` passes."""
+    if path is not None and (not isinstance(path, str) or not path or len(path) > 4096 or "\0" in path):
+        raise NetsiftError(f"--weights must be a file path, got {path!r}")
 
 
 MAX_INT = 10**12
@@ -261,11 +282,11 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, An
         default = defaults.get(f.name, f.default)
         text = default_help.get(f.name, f.metadata.get("shown") if default is None else None)
         _add(group, f.name, default, f.metadata.get("help", ""), str(f.type), f.metadata.get("choices"), text,
-             f.metadata.get("values"))
+             f.metadata.get("values"), f.metadata.get("metavar"))
 
 
 def _add(group, name: str, default: Any, help_text: str, type_name: str, choices, default_text: str | None,
-         values: tuple[str, ...] | None = None) -> None:
+         values: tuple[str, ...] | None = None, metavar: str | None = None) -> None:
     flag = "--" + name.replace("_", "-")
     shown = default_text if default_text is not None else ("none" if default is None else str(default))
     suffix = f" (default: {shown})"
@@ -277,7 +298,7 @@ def _add(group, name: str, default: Any, help_text: str, type_name: str, choices
     kind = {"int": int, "float": float, "int | None": int, "float | None": float, "<class 'int'>": int,
             "<class 'float'>": float}.get(type_name, str)
     listed = choices or values
-    metavar = "{" + ",".join(listed) + "}" if listed else name.upper()
+    metavar = "{" + ",".join(listed) + "}" if listed else metavar or name.upper()
     group.add_argument(flag, type=kind, default=default, metavar=metavar, help=help_text + suffix, choices=choices)
 
 

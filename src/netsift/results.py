@@ -35,6 +35,8 @@ class Result:
                    "`model`)", "")
     width: float | None = _f("width multiplier of a zoo architecture")
     data: str = _f("data set name (`custom` for your own data)", "")
+    image_size: int | None = _f("side (px) of the square images fed to the network (after any `--image-size` "
+                                "resize; `null` for other inputs)")
     seed: int = _f("seed of the initialisation, sampling, selection and training", 0)
     data_seed: int = _f("seed of the train/validation split", 0)
     # --- the network
@@ -77,6 +79,8 @@ class Result:
     recalibrated_bn: int | None = _f("extract/prune: batch-norm statistics re-estimated on this many minibatches")
     weights_sha256: str | None = _f("extract: SHA-256 of the frozen weights (what a compact file regenerates)")
     subnet: str | None = _f("extract: the mask file in the run folder (`subnet.safetensors`)")
+    weights: dict | None = _f("the `--weights` file the network started from: `file` (name), `sha256`, `adapted` "
+                              "(one line per adaptation: classifier, stem, position embedding); `null` without one")
     # --- prune
     source: str | None = _f("prune: the run folder of the source network (`null` for an in-memory module)")
     macs_target: float | None = _f("prune: requested MACs fraction (`null`: stopped by the tolerance)")

@@ -61,10 +61,13 @@ def default_name(command: str, config: dict) -> str:
 
 
 def run_config(command: str, method: str, seed: int, data_seed: int, model: dict, data: dict, train: dict | None,
-               mask: dict | None = None, prune: dict | None = None, source: str | None = None) -> dict:
-    """The ``config.json`` of any command (one shape: unused sections are ``null``)."""
-    return {"command": command, "method": method, "seed": seed, "data_seed": data_seed, "model": model,
-            "data": data, "train": train, "mask": mask, "prune": prune, "source": source}
+               mask: dict | None = None, prune: dict | None = None, source: str | None = None,
+               weights: dict | None = None) -> dict:
+    """The ``config.json`` of any command (one shape: unused sections are ``null``; ``weights``, the record of a
+    ``--weights`` file, only when one was given)."""
+    config = {"command": command, "method": method, "seed": seed, "data_seed": data_seed, "model": model,
+              "data": data, "train": train, "mask": mask, "prune": prune, "source": source}
+    return {**config, "weights": weights} if weights is not None else config
 
 
 def is_main_process() -> bool:

@@ -373,9 +373,13 @@ CHECKPOINT_RECORD = Obj({"tensors_sha256": HEX64}, required=("tensors_sha256",))
 """What every ``NAME.json`` of a safetensors pair holds besides its own contents."""
 
 DATA_SETTINGS = Obj({"data": Str(100), "data_dir": Opt(Str(4096)), "val_fraction": Num(0, 1),
-                     "train_subset": Opt(Int(1, 10**9)), "download": Bool(),
+                     "train_subset": Opt(Int(1, 10**9)), "download": Bool(), "image_size": Opt(Int(1, 1024)),
                      "train": Int(0), "val": Int(0), "test": Int(0), "input_shape": List(Int(1, MAX_SIZE), 8)},
                     required=("data",))
+
+WEIGHTS_RECORD = Obj({"file": Str(4096), "sha256": HEX64, "adapted": List(Str(1000), 1000)},
+                     required=("file", "sha256"))
+"""The ``--weights`` file a network started from: its name, SHA-256 and the adaptations made while loading."""
 
 RUN_CONFIG = Obj({
     "command": Str(choices=("train", "extract", "prune")),
@@ -388,6 +392,7 @@ RUN_CONFIG = Obj({
     "mask": Opt(Map(JSON, 1000)),
     "prune": Opt(Map(JSON, 1000)),
     "source": Opt(Str(4096)),
+    "weights": Opt(WEIGHTS_RECORD),
 }, required=("command", "method", "seed", "data"))
 """``config.json`` of a run folder (netsift writes every key; readers need the required ones)."""
 

@@ -32,3 +32,13 @@ def add_run_flags(parser: argparse.ArgumentParser, resume: bool = True, data_see
 def out_arg(args: argparse.Namespace):
     """``--out``, or ``True`` (a folder named by the settings) when it is not given."""
     return args.out if args.out else True
+
+
+def print_weights(result) -> None:
+    """Say which ``--weights`` file the network started from and how it was adapted (nothing without one)."""
+    record = getattr(result, "weights", None)
+    if not record:
+        return
+    print(f"weights: {record['file']} (sha256 {record['sha256'][:16]}...)")
+    for note in record.get("adapted") or []:
+        print(f"  adapted: {note}")

@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", metavar="{" + ",".join(DATASETS) + "}", help="data set to evaluate on (default: the run's)")
     p.add_argument("--data-dir", metavar="DIR", help=f"where data files live (default: the run's, else ${DATA_ENV} or "
                                                      "~/.cache/netsift/data)")
+    p.add_argument("--image-size", type=int, metavar="N", help="resize the images to N x N px (default: the run's)")
     p.add_argument("--latency", action="store_true", help="also measure CPU latency at batch 1 and 64 (1 thread)")
     p.set_defaults(run=run)
 
@@ -22,7 +23,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..pipelines import evaluate
 
-    result = evaluate(args.path, args.data, args.data_dir, latency_threads=1 if args.latency else None)
+    result = evaluate(args.path, args.data, args.data_dir, latency_threads=1 if args.latency else None,
+                      image_size=args.image_size)
     columns = ["arch", "data", "test_acc", "saved_test_acc", "val_acc", "density", "params", "macs"]
     if args.latency:
         columns += ["latency_b1_ms", "latency_b64_ms"]

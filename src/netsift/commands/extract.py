@@ -7,7 +7,7 @@ import dataclasses
 
 from ..config import DataConfig, ModelConfig, TrainConfig, add_flags, add_method_options, from_args, method_args
 from ..masks import EXTRACT_DEFAULTS, METHODS, MaskConfig
-from . import add_run_flags, format_table, out_arg
+from . import add_run_flags, format_table, out_arg, print_weights
 
 
 def _per_method(key: str) -> str:
@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
                      config=from_args(TrainConfig, args), seed=args.seed, data_seed=args.data_seed,
                      width=model_cfg.width, recalibrate_bn_batches=args.recalibrate_bn, out=out_arg(args),
                      overwrite=args.overwrite, resume=args.resume, force=args.force, log_with=args.log_with,
-                     **shared, **mask.options)
+                     weights=model_cfg.weights, **shared, **mask.options)
+    print_weights(result)
     print(format_table([result], ["method", "model", "data", "test_acc", "val_acc", "density", "params", "wall_s"]))
     print(f"run saved in {result.run_dir}")
     return 0

@@ -33,6 +33,7 @@ class DataBundle:
         augment: the augmentation that suits the data: ``"crop"``, ``"crop-flip"``, ``"imagenet"`` or ``"none"``.
         loaders: ``DataLoader``\\ s given by the user, by split, used as they are (their batch size wins).
         config: how to load the data again (a ``DataConfig`` as a dict), ``None`` for user data.
+        resize: side (px) the in-memory images are resized to, batch by batch (``None``: their own size).
     """
 
     name: str
@@ -47,6 +48,7 @@ class DataBundle:
     loaders: dict[str, Any] = field(default_factory=dict)
     config: dict | None = None
     loader_kwargs: dict[str, Any] = field(default_factory=dict)
+    resize: int | None = None
 
     @property
     def in_channels(self) -> int:
@@ -73,10 +75,26 @@ class DataBundle:
         if isinstance(dataset, TensorDataset):
             return TensorLoader(dataset, batch_size, self.mean, self.std, shuffle=shuffle,
                                 augment=self.augment if augment else "none", seed=seed, drop_last=drop_last,
-                                num_shards=num_shards, shard_index=shard_index)
+                                num_shards=num_shards, shard_index=shard_index, size=self.resize)
         return DatasetLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                              num_shards=num_shards, shard_index=shard_index,
                              check=split if self.name == "custom" else None, **self.loader_kwargs)
+
+    def resized(self, size: int | None) -> "DataBundle":
+        """This bundle with its images resized to ``size`` x ``size`` px as they are batched (``None``: as it is).
+
+        Raises:
+            NetsiftError: a size outside [1, 1024], or data other than netsift's in-memory images.
+        """
+        if size is None:
+            return self
+        size = check_image_size(size)
+        splits = [getattr(self, s) for s in SPLITS if getattr(self, s) is not None and len(getattr(self, s))]
+        if self.loaders or not all(isinstance(d, TensorDataset) and d.images.dim() == 4 for d in splits):
+            raise NetsiftError("image_size resizes netsift's in-memory image data sets; resize your own data in its "
+                               "transforms")
+        config = {**self.config, "image_size": size} if self.config is not None else None
+        return dataclasses.replace(self, input_shape=(self.input_shape[0], size, size), config=config, resize=size)
 
     def batches(self, split: str, batch_size: int, seed: int):
         """A function returning a fresh shuffled minibatch of ``split`` at each call (greedy selection steps)."""
@@ -104,6 +122,13 @@ class DataBundle:
         return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
 
 
+def check_image_size(size: Any) -> int:
+    """``size`` as an image side in [1, 1024] px, or a one-line error."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1024:
+        raise NetsiftError(f"image_size must be an integer from 1 to 1024 (px), got {size!r}")
+    return size
+
+
 def split_train_val(train, val_fraction: float, seed: int):
     """Split a training set deterministically from ``seed``; ``val_fraction`` of it becomes validation."""
     if not 0.0 <= val_fraction < 1.0:
@@ -117,13 +142,15 @@ def split_train_val(train, val_fraction: float, seed: int):
             torch.utils.data.Subset(train, perm[:n_val].tolist()))
 
 
-def as_bundle(data: Any, seed: int = 0, val_fraction: float = 0.1) -> DataBundle:
+def as_bundle(data: Any, seed: int = 0, val_fraction: float = 0.1, image_size: int | None = None) -> DataBundle:
     """The :class:`DataBundle` for ``data``: a bundle, a data-set name, a ``DataConfig`` or a dict of splits.
 
     Args:
         data: see the module docstring.
         seed: seeds the train/validation split of a name (and of a dict without ``val``).
         val_fraction: share of the training set carved out for validation when a dict has no ``val``.
+        image_size: resize the images to this side (px) as they are batched (built-in data sets and
+            bundles of in-memory images; a ``DataConfig`` may carry it too, and must then agree).
 
     Raises:
         NetsiftError: unknown name, a dict without ``train``/``test``, splits that are not data sets or
@@ -132,12 +159,18 @@ def as_bundle(data: Any, seed: int = 0, val_fraction: float = 0.1) -> DataBundle
     from ..config import DataConfig
     from .sources import load_bundle, load_data
 
+    if image_size is not None:
+        check_image_size(image_size)
     if isinstance(data, DataBundle):
-        return data
+        return data.resized(image_size)
     if isinstance(data, str):
-        return load_data(data, seed=seed, val_fraction=val_fraction)
+        return load_data(data, seed=seed, val_fraction=val_fraction, image_size=image_size)
     if isinstance(data, DataConfig):
-        return load_bundle(data, seed)
+        if image_size is not None and data.image_size not in (None, image_size):
+            raise NetsiftError(f"image_size={image_size} conflicts with the DataConfig's image_size={data.image_size}")
+        return load_bundle(dataclasses.replace(data, image_size=image_size or data.image_size), seed)
+    if image_size is not None:
+        raise NetsiftError("image_size resizes the built-in data sets; resize your own data in its transforms")
     if not isinstance(data, Mapping):
         raise NetsiftError(f"data must be a data-set name, a DataBundle or a dict of DataLoaders/datasets, got "
                            f"{type(data).__name__}")

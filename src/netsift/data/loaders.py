@@ -74,19 +74,32 @@ def augment_batch(x: Tensor, kind: str, generator: torch.Generator | None = None
     return out.contiguous()
 
 
+def resize_batch(x: Tensor, size: int) -> Tensor:
+    """A float image batch (N, C, H, W) resized to ``size`` x ``size`` (bilinear; antialiased when shrinking)."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    shrink = x.shape[-1] > size or x.shape[-2] > size
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=shrink)
+
+
 class TensorLoader:
     """Batches a :class:`TensorDataset` without per-item overhead.
 
-    Images are converted to float (uint8 / 255), optionally augmented, and normalised per batch with
-    ``mean``/``std`` (per channel; ``None`` leaves them as they are).
+    Images are converted to float (uint8 / 255), resized to ``size`` x ``size`` px when given (bilinear, one
+    batch at a time: the data set stays at its own size in memory), optionally augmented, and normalised per
+    batch with ``mean``/``std`` (per channel; ``None`` leaves them as they are).
     """
 
     def __init__(self, data: TensorDataset, batch_size: int, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, shuffle: bool = False, augment: str = "none", seed: int = 0,
-                 drop_last: bool = False, num_shards: int = 1, shard_index: int = 0):
+                 drop_last: bool = False, num_shards: int = 1, shard_index: int = 0, size: int | None = None):
         if batch_size <= 0:
             raise NetsiftError(f"batch size must be positive, got {batch_size}")
-        self.data, self.batch_size, self.shuffle, self.augment = data, batch_size, shuffle, augment
+        if size is not None and data.images.dim() != 4:
+            raise NetsiftError(f"only images (N, C, H, W) can be resized, got samples of shape "
+                               f"{tuple(data.images.shape[1:])}")
+        self.data, self.batch_size, self.shuffle, self.augment, self.size = data, batch_size, shuffle, augment, size
         self.seed, self.drop_last, self.epoch = seed, drop_last, 0
         self.num_shards, self.shard_index = num_shards, shard_index
         self.mean = self.std = None
@@ -122,6 +135,8 @@ class TensorLoader:
     def transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Convert raw samples to normalised float, augmenting when a generator is given."""
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if self.size is not None:
+            x = resize_batch(x, self.size)
         if generator is not None:
             x = augment_batch(x, self.augment, generator)
         return x if self.mean is None else (x - self.mean) / self.std

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import NetsiftError, choose
-from .bundle import DataBundle, split_train_val
+from .bundle import DataBundle, check_image_size, split_train_val
 from .formats import read_cifar_binary, read_idx
 from .loaders import TensorDataset
 from .sets import (CIFAR_FILES, DATA_ENV, DATASETS, MNIST_STEMS, DatasetInfo, candidate_dirs, data_root,  # noqa: F401
@@ -117,7 +117,7 @@ def synthetic(n_train: int = 1024, n_test: int = 256, channels: int = 1, size: i
 
 
 def load_data(name: str, data_dir: str | None = None, seed: int = 0, val_fraction: float = 0.1,
-              download: bool = False, train_subset: int | None = None) -> DataBundle:
+              download: bool = False, train_subset: int | None = None, image_size: int | None = None) -> DataBundle:
     """Load a data set by name and split off a validation set.
 
     Args:
@@ -127,19 +127,25 @@ def load_data(name: str, data_dir: str | None = None, seed: int = 0, val_fractio
         val_fraction: share of the training set held out for validation.
         download: allow torchvision's downloaders where files are missing.
         train_subset: keep only the first N training images after the split (a seed-dependent random subset).
+        image_size: feed the images as ``image_size`` x ``image_size`` px (bilinear, resized batch by batch, so
+            memory holds them at their own size; an image folder crops and resizes to it instead of 224).
 
     Raises:
-        NetsiftError: unknown name, missing or corrupt files, labels outside the classes.
+        NetsiftError: unknown name, missing or corrupt files, labels outside the classes, a bad image size.
     """
     choose(name, DATASETS, "data set")
     if train_subset is not None and train_subset <= 0:
         raise NetsiftError(f"train_subset must be positive, got {train_subset}")
+    if image_size is not None:
+        check_image_size(image_size)
     info = DATASETS[name]
     root = data_root(data_dir)
     config = {"data": name, "data_dir": str(data_dir) if data_dir else None, "val_fraction": val_fraction,
               "train_subset": train_subset, "download": download}
     if name == "imagenet":
-        return _load_image_folder(root, info, seed, val_fraction, train_subset, config)
+        if image_size is not None:
+            config["image_size"] = image_size
+        return _load_image_folder(root, info, seed, val_fraction, train_subset, config, image_size or 224)
     if name == "digits":
         train, test = _load_digits()
     elif name == "synthetic":
@@ -160,27 +166,29 @@ def load_data(name: str, data_dir: str | None = None, seed: int = 0, val_fractio
     if train_subset is not None:
         train = train.subset(torch.arange(min(train_subset, len(train))))
     return DataBundle(name, train, val, test, tuple(train.images.shape[1:]), classes, info.mean, info.std,
-                      info.augment, config=config)
+                      info.augment, config=config).resized(image_size)
 
 
 def load_bundle(cfg, seed: int = 0) -> DataBundle:
     """Load the data a :class:`~netsift.config.DataConfig` names, split with ``seed``."""
     return load_data(cfg.data, cfg.data_dir, seed=seed, val_fraction=cfg.val_fraction, download=cfg.download,
-                     train_subset=cfg.train_subset)
+                     train_subset=cfg.train_subset, image_size=getattr(cfg, "image_size", None))
 
 
 def _load_image_folder(root: Path, info: DatasetInfo, seed: int, val_fraction: float, train_subset: int | None,
-                       config: dict) -> DataBundle:
-    """``root/train/<class>/*`` (train + a validation slice of it) and ``root/val/<class>/*`` (the test split)."""
+                       config: dict, size: int = 224) -> DataBundle:
+    """``root/train/<class>/*`` (train + a validation slice of it) and ``root/val/<class>/*`` (the test split),
+    cropped to ``size`` px (evaluation: resized to ``size * 256 / 224``, then centre-cropped)."""
     from torchvision import datasets, transforms
 
     train_dir, test_dir = root / "train", root / "val"
     if not train_dir.is_dir() or not test_dir.is_dir():
         raise NetsiftError(f"imagenet: expected image folders {train_dir} and {test_dir} (pass --data-dir DIR)")
     norm = transforms.Normalize(info.mean, info.std)
-    train_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), norm])
-    eval_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm])
+    eval_tf = transforms.Compose([transforms.Resize(max(size, round(size * 256 / 224))), transforms.CenterCrop(size),
+                                  transforms.ToTensor(), norm])
     try:
         train_all = datasets.ImageFolder(str(train_dir), train_tf)
         train_eval = datasets.ImageFolder(str(train_dir), eval_tf)
@@ -194,5 +202,5 @@ def _load_image_folder(root: Path, info: DatasetInfo, seed: int, val_fraction: f
     keep = perm[n_val:] if train_subset is None else perm[n_val:n_val + train_subset]
     train = torch.utils.data.Subset(train_all, keep.tolist())
     val = torch.utils.data.Subset(train_eval, perm[:n_val].tolist())  # validation images without augmentation
-    return DataBundle("imagenet", train, val, test, (3, 224, 224), len(train_all.classes), None, None, "imagenet",
+    return DataBundle("imagenet", train, val, test, (3, size, size), len(train_all.classes), None, None, "imagenet",
                       config=config)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -234,7 +235,9 @@ def load_weights_file(model: nn.Module, path: str | Path) -> list[str]:
                                f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on the pickle protocol would break the one-line error
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise NetsiftError(f"weights file {path} holds Python objects other than tensors; refusing to "
                                "unpickle it (save model.state_dict() instead)") from None

@@ -31,9 +31,51 @@ def check_width(width: Any) -> float:
     return float(width)
 
 
-def bundle_for(data: Any, data_seed: int, val_fraction: float = 0.1) -> DataBundle:
-    """The data as a :class:`DataBundle` (see :func:`netsift.data.as_bundle`)."""
-    return as_bundle(data, seed=data_seed, val_fraction=val_fraction)
+def bundle_for(data: Any, data_seed: int, val_fraction: float = 0.1, image_size: int | None = None) -> DataBundle:
+    """The data as a :class:`DataBundle` (see :func:`netsift.data.as_bundle`), resized to ``image_size`` px."""
+    return as_bundle(data, seed=data_seed, val_fraction=val_fraction, image_size=image_size)
+
+
+def image_side(bundle: DataBundle) -> int | None:
+    """Side (px) of the square images the network is fed, ``None`` for other inputs."""
+    shape = bundle.input_shape
+    return int(shape[-1]) if len(shape) == 3 and shape[1] == shape[2] else None
+
+
+def check_weights(weights: Any, model: Any) -> Path | None:
+    """``weights`` as an existing file path (``None`` passes), refused unless ``model`` is a zoo / tv name."""
+    if weights is None:
+        return None
+    from ..config import check_weights_path
+
+    check_weights_path(str(weights) if isinstance(weights, Path) else weights)
+    if not isinstance(model, str) or not (model.startswith("tv:") or model in REGISTRY):
+        raise NetsiftError("weights apply to a network built by name (a zoo name or tv:<name>); load your own "
+                           "module's state dict yourself")
+    path = Path(weights)
+    if not path.is_file():
+        raise NetsiftError(f"weights file {path} does not exist" if not path.exists() else
+                           f"weights file {path} is not a file")
+    return path
+
+
+def load_weights(net: nn.Module, path: Path) -> dict:
+    """Load the state dict in ``path`` into ``net``; the record ``config.json`` keeps of it (name, SHA-256,
+    adaptations made). The adaptations are also reported on stderr (with progress on)."""
+    import hashlib
+
+    from .. import progress
+    from ..models.torchvision_models import load_weights_file
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    notes = load_weights_file(net, path)
+    if progress.mode() != "off":
+        for note in notes:
+            progress.write(f"weights {path.name}: {note}")
+    return {"file": path.name, "sha256": digest.hexdigest(), "adapted": notes}
 
 
 def data_config(bundle: DataBundle) -> dict:

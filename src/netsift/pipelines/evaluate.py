@@ -17,8 +17,11 @@ from ..schema import RESULT_FILE
 
 @observed
 def evaluate(path: str | Path, data: str | None = None, data_dir: str | None = None,
-             latency_threads: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+             latency_threads: int | None = None, progress: bool | None = None,
+             image_size: int | None = None) -> dict[str, Any]:
     """Measure the network saved in run folder or compact file ``path`` on its own data (or ``data``).
+
+    The images are resized as the run recorded (``image_size`` overrides it; the network must take the size).
 
     ``progress``: report the slow steps (measurement, latency timing) on stderr (``None``: as the caller).
 
@@ -50,7 +53,7 @@ def evaluate(path: str | Path, data: str | None = None, data_dir: str | None = N
         seed = config.get("data_seed", config.get("seed", 0))
         result = rundir.read_json_if(path / rundir.RESULT, RESULT_FILE)
         saved_acc = result.get("test_acc") if isinstance(result, dict) else None
-    cfg = _data_config(saved, data, data_dir)
+    cfg = _data_config(saved, data, data_dir, image_size)
     bundle = load_bundle(cfg, seed)
     want = (manifest["in_channels"], manifest["image_size"], manifest["num_classes"])
     if (bundle.in_channels, bundle.image_size, bundle.num_classes) != want:
@@ -60,10 +63,11 @@ def evaluate(path: str | Path, data: str | None = None, data_dir: str | None = N
             **measure(model, bundle, latency_threads=latency_threads), "saved_test_acc": saved_acc, "model": model}
 
 
-def _data_config(saved: dict, data: str | None, data_dir: str | None) -> DataConfig:
-    known = {"data", "data_dir", "val_fraction", "train_subset", "download"}
+def _data_config(saved: dict, data: str | None, data_dir: str | None, image_size: int | None = None) -> DataConfig:
+    known = {"data", "data_dir", "val_fraction", "train_subset", "download", "image_size"}
+    given = {"data": data, "data_dir": data_dir, "image_size": image_size}
     try:
         values = {k: v for k, v in saved.items() if k in known}
-        return DataConfig(**{**values, **({"data": data} if data else {}), **({"data_dir": data_dir} if data_dir else {})})
+        return DataConfig(**{**values, **{k: v for k, v in given.items() if v is not None}})
     except TypeError as e:
         raise NetsiftError(f"saved data settings are malformed: {e}") from None

@@ -22,8 +22,8 @@ from ..progress import observed
 from ..models import manifest_of
 from ..results import Result
 from ..training import BNRecalibration, has_batch_norm, recalibrate_bn
-from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, check_width, data_config,
-                     network_for, split_options)
+from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, check_weights, check_width,
+                     data_config, image_side, load_weights, network_for, split_options)
 
 MASK_FIELDS = {f.name for f in dataclasses.fields(MaskConfig)} - {"options", "method", "density", "init"}
 METHOD_OPTIONS = {name for spec in METHODS.values() for name in spec.options}
@@ -36,7 +36,7 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
             data_seed: int | None = None, width: float = 1.0, recalibrate_bn_batches: int = 20,
             out: str | Path | bool | None = None, overwrite: bool = False, resume: bool = False,
             force: bool = False, progress: bool | None = None, log_with: str | list[str] | None = None,
-            **options: Any) -> Result:
+            image_size: int | None = None, weights: str | Path | None = None, **options: Any) -> Result:
     """Freeze ``model`` at random weights, learn a ``method`` mask over them, and extract the subnetwork.
 
     Args:
@@ -55,6 +55,10 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
             the extracted mask, before every validation and at the end (networks without batch norm: no-op).
         out, overwrite, resume, force: the run folder (see :func:`netsift.train`).
         progress, log_with: progress on stderr and experiment trackers (see :func:`netsift.train`).
+        image_size: feed the images resized to this side in px (see :func:`netsift.train`).
+        weights: a local state-dict file the network named by ``model`` is frozen at (see
+            :func:`netsift.train`); ``init`` is then not drawn (recorded as ``keep``) and no compact subnet file
+            is written (the weights cannot be regenerated from a seed).
 
     Returns:
         a :class:`~netsift.results.Result`: ``.model`` is the extracted network (plain modules, masked weights
@@ -67,6 +71,9 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
     loop, shared, own = split_options(options, TRAIN_FIELDS, MASK_FIELDS, METHOD_OPTIONS)
     if init is not None and init not in INIT_SCHEMES:
         raise NetsiftError(f"unknown --init {init!r}; choose from: {', '.join(INIT_SCHEMES)}")
+    weights_path = check_weights(weights, model)
+    if weights_path is not None:
+        init = None  # the frozen weights are the file's
     cfg = MaskConfig(method=method, density=density, init=init or "signed-constant", **shared, options=own).resolved()
     base = dataclasses.replace(config, **loop) if config else TrainConfig(**{**EXTRACT_DEFAULTS, **loop})
     train_cfg = train_config(cfg.method, base)
@@ -76,12 +83,15 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
         raise NetsiftError(f"--recalibrate-bn must be an integer in [0, 1,000,000], got {recalibrate_bn_batches!r}")
     if out is not None and out is not False and out is not True:
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force)
-    bundle = bundle_for(data, data_seed)
-    manifest = None
+    bundle = bundle_for(data, data_seed, image_size=image_size)
+    manifest, loaded = None, None
     if isinstance(model, str):
         net = network_for(model, bundle, seed, width)  # validates the name and the input before anything else
         manifest = manifest_of(net)
-        net = frozen_network(manifest, cfg.init, seed)
+        if weights_path is not None:
+            loaded = load_weights(net, weights_path)
+        else:
+            net = frozen_network(manifest, cfg.init, seed)
     else:
         net = network_for(model, bundle, seed)
         if init is not None:
@@ -91,7 +101,7 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
     config_json = rundir.run_config(
         "extract", cfg.method, seed, data_seed, rundir.describe_model(net), data_config(bundle),
         dataclasses.asdict(train_cfg), mask={**dataclasses.asdict(cfg), "init": init or "keep",
-                                             "recalibrate_bn": recalibrate_bn_batches})
+                                             "recalibrate_bn": recalibrate_bn_batches}, weights=loaded)
     with rundir.open_run(out, config_json, overwrite=overwrite, resume=resume, force=force) as run:
         run_dir = run.path if run is not None else None
         masked = apply_masks(net, cfg, seed=seed)
@@ -125,7 +135,8 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
         subnet = distributed.on_main(save, "saving the model and the mask") if run_dir is not None else None
         arch, w = arch_of(extracted if manifest is None else net)
         result = {"command": "extract", "method": cfg.method, "model": manifest["model"] if manifest else arch,
-                  "width": manifest.get("width") if manifest else w, "data": bundle.name, "seed": seed,
+                  "width": manifest.get("width") if manifest else w, "data": bundle.name,
+                  "image_size": image_side(bundle), "weights": loaded, "seed": seed,
                   "data_seed": data_seed, **measured, "init": init or "keep", "rescale": cfg.rescale,
                   "density_target": cfg.density, "mask_lr": train_cfg.lr,
                   "mask_weight_decay": train_cfg.weight_decay, "mask_schedule": train_cfg.schedule,

@@ -24,8 +24,8 @@ from ..schema import SELECTION_STATE
 from ..selection import METHODS, PruneConfig, finetune_defaults
 from ..selection.pruner import plan_channels, prune_channels
 from ..training import distill_loss, fit, has_batch_norm, recalibrate_bn
-from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, check_width, data_config,
-                     is_run_folder, network_for, split_options)
+from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, check_weights, check_width,
+                     data_config, image_side, is_run_folder, load_weights, network_for, split_options)
 
 PRUNE_FIELDS = {f.name for f in dataclasses.fields(PruneConfig)} - {"options", "method", "macs"}
 METHOD_OPTIONS = {name for spec in METHODS.values() for name in spec.options}
@@ -40,8 +40,10 @@ def split_holdout(bundle: DataBundle, n: int) -> tuple[DataBundle, tuple[torch.T
     return rest, held.tensors("train")
 
 
-def _source(model: Any, data: Any, data_seed: int | None, seed: int, width: float):
-    """(network, data, data_seed, source folder) of what is being pruned: a run folder, a module or a zoo name."""
+def _source(model: Any, data: Any, data_seed: int | None, seed: int, width: float, image_size: int | None = None):
+    """(network, data, data_seed, source folder) of what is being pruned: a run folder, a module or a zoo name.
+
+    From a run folder, ``image_size`` (when given) must be the run's own."""
     if not is_run_folder(model):
         if isinstance(model, (str, Path)) and ("/" in str(model) or Path(model).exists()):
             if not Path(model).exists():
@@ -64,6 +66,8 @@ def _source(model: Any, data: Any, data_seed: int | None, seed: int, width: floa
             raise NetsiftError(f"{model}/config.json has malformed data settings: {e}") from None
     elif isinstance(saved_data, dict) and saved_data.get("data") not in (None, "custom"):
         _check_same_data(model, saved_data, data)
+    if image_size is not None and isinstance(saved_data, dict) and saved_data.get("data") not in (None, "custom"):
+        _check_same_data(model, saved_data, {"image_size": image_size})
     return net, data, saved_seed if data_seed is None else data_seed, str(model)
 
 
@@ -72,13 +76,13 @@ def _check_same_data(run: Any, saved: dict, data: Any) -> None:
     from ..config import DataConfig
 
     given = {"data": data} if isinstance(data, str) else dataclasses.asdict(data) if isinstance(data, DataConfig) \
-        else None
+        else data if isinstance(data, dict) and set(data) == {"image_size"} else None
     if given is None:
         return  # a bundle or your own loaders: your call
     for key, value in given.items():
-        if key in ("data_dir", "download") or key not in saved:
+        if key in ("data_dir", "download") or (key not in saved and key != "image_size"):
             continue
-        if value != saved[key]:
+        if value != saved.get(key):
             raise NetsiftError(f"{run} was trained with {key}={saved[key]!r}, not {value!r}; leave the data settings "
                                "out to use the run's (only --data-dir may differ)")
 
@@ -90,7 +94,8 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
           ignored_layers: list | None = None, layer_density: dict | None = None, seed: int = 0,
           data_seed: int | None = None, width: float = 1.0, out: str | Path | bool | None = None,
           overwrite: bool = False, resume: bool = False, force: bool = False, progress: bool | None = None,
-          source_measure: dict | None = None, log_with: str | list[str] | None = None, **options: Any) -> Result:
+          source_measure: dict | None = None, log_with: str | list[str] | None = None, image_size: int | None = None,
+          weights: str | Path | None = None, **options: Any) -> Result:
     """Select channels of a trained network, remove the others for real, fine-tune, and measure.
 
     Args:
@@ -113,6 +118,10 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
             terminal) and the fine-tune (see :func:`netsift.train`); ``None``: on unless the caller turned it off.
         source_measure: a measurement of the unpruned network to reuse (``measure(model, bundle)``).
         log_with: experiment trackers for the fine-tune (see :func:`netsift.train`).
+        image_size: feed the images resized to this side in px (see :func:`netsift.train`); a run folder's own
+            size is used by default, and a different one is refused.
+        weights: a local state-dict file the network named by ``model`` starts from (see :func:`netsift.train`;
+            not with a run folder or a module).
         options: :class:`~netsift.selection.PruneConfig` fields (``finetune_epochs``, ``tolerance``,
             ``round_to``, ``candidates``, ``bn_batch_stats``, ``recalibrate_bn``, ``distill``, ...), fine-tune
             loop fields (``lr``, ``batch_size``, ...) and the method's own options (``replacement``).
@@ -131,9 +140,10 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     if out is not None and out is not False and out is not True:
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force,
                         sources=[model] if isinstance(model, (str, Path)) else [])
-    source_model, data, data_seed, source = _source(model, data, data_seed, seed, width)
+    source_model, data, data_seed, source = _source(model, data, data_seed, seed, width, image_size)
     data_seed = check_seed(data_seed, "data_seed")
-    bundle = bundle_for(data, data_seed)
+    weights_path = check_weights(weights, source_model)
+    bundle = bundle_for(data, data_seed, image_size=image_size)
     manifest = manifest_of(source_model) if isinstance(source_model, nn.Module) else None
     if manifest and "in_channels" in manifest:
         have = (manifest["in_channels"], manifest["image_size"], manifest["num_classes"])
@@ -142,6 +152,7 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
             raise NetsiftError(f"{source} was trained on inputs (channels, size, classes) = {have}, but the data "
                                f"{bundle.name} has {want}")
     net = network_for(source_model, bundle, seed, width)
+    loaded = load_weights(net, weights_path) if weights_path else None
     check_classes(net, bundle)
     cfg = cfg.resolved(has_batch_norm(net))
     shape = bundle.input_shape
@@ -151,7 +162,7 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     plan = plan_channels(net, shape, cfg, ignored_layers, layer_density)
     config_json = rundir.run_config("prune", cfg.method, seed, data_seed, rundir.describe_model(net),
                                     data_config(bundle), dataclasses.asdict(ft), prune=dataclasses.asdict(cfg),
-                                    source=source)
+                                    source=source, weights=loaded)
     with rundir.open_run(out, config_json, overwrite=overwrite, resume=resume, force=force, sources=[source],
                          resume_ignores=("train.epochs", "prune.finetune_epochs")) as run:
         run_dir = run.path if run is not None else None
@@ -201,7 +212,8 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
             distributed.on_main(save, "saving the pruned model")
         arch, w = arch_of(net)
         result = {"command": "prune", "method": cfg.method, "model": arch, "width": w, "data": bundle.name,
-                  "seed": seed, "data_seed": data_seed, **after, "source": source, "macs_target": cfg.macs,
+                  "image_size": image_side(bundle), "weights": loaded, "seed": seed, "data_seed": data_seed, **after,
+                  "source": source, "macs_target": cfg.macs,
                   "tolerance": cfg.tolerance, "source_test_acc": before["test_acc"], "source_macs": before["macs"],
                   "source_params": before["params"], "test_acc_selected": selected["acc"],
                   "finetuned": fitted is not None, "finetune_epochs": cfg.finetune_epochs,

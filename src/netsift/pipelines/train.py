@@ -15,8 +15,8 @@ from ..measure import check_threads, measure
 from ..progress import observed
 from ..results import Result
 from ..training import fit
-from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, check_width, data_config,
-                     network_for, split_options)
+from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_seed, check_weights, check_width,
+                     data_config, image_side, load_weights, network_for, split_options)
 
 
 @observed
@@ -24,7 +24,8 @@ from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_see
 def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, *, seed: int = 0,
           data_seed: int | None = None, width: float = 1.0, out: str | Path | None = None, overwrite: bool = False,
           resume: bool = False, force: bool = False, latency_threads: int | None = 1,
-          progress: bool | None = None, log_with: str | list[str] | None = None, **options: Any) -> Result:
+          progress: bool | None = None, log_with: str | list[str] | None = None, image_size: int | None = None,
+          weights: str | Path | None = None, **options: Any) -> Result:
     """Train ``model`` on ``data`` with the shared loop; keep the best validation epoch.
 
     Args:
@@ -45,6 +46,13 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
             on unless the caller turned it off, see :mod:`netsift.progress`).
         log_with: experiment trackers (``"tensorboard"``, ``"csv"``, ``"wandb"``, ...; see
             :mod:`netsift.tracking`) that get the settings and every epoch's metrics; logs in ``out/logs``.
+        image_size: feed the images resized to ``image_size`` x ``image_size`` px (1-1024; bilinear, batch by
+            batch, the same for train, validation and test); recorded in ``config.json``, so ``prune`` and
+            ``evaluate`` of the run use it too.
+        weights: a local state-dict file (``.safetensors``, or a ``torch.save`` file read with ``weights_only``)
+            the zoo / ``tv:`` network named by ``model`` starts from (see
+            :func:`netsift.models.torchvision_models.load_weights_file`); its name and SHA-256 go to
+            ``config.json`` and ``result.json``.
 
     Returns:
         a :class:`~netsift.results.Result`: ``.model`` is the trained network.
@@ -59,11 +67,13 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
     distributed.setup(cfg.cpu)  # under torchrun / accelerate launch: join the other processes
     if out is not None and out is not False and out is not True:
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force)
-    bundle = bundle_for(data, data_seed)
+    weights_path = check_weights(weights, model)
+    bundle = bundle_for(data, data_seed, image_size=image_size)
     net = network_for(model, bundle, seed, width)
+    loaded = load_weights(net, weights_path) if weights_path else None
     check_classes(net, bundle)
     config_json = rundir.run_config("train", "dense", seed, data_seed, rundir.describe_model(net),
-                                    data_config(bundle), dataclasses.asdict(cfg))
+                                    data_config(bundle), dataclasses.asdict(cfg), weights=loaded)
     with rundir.open_run(out, config_json, overwrite=overwrite, resume=resume, force=force) as run:
         arch, w = arch_of(net)
         fitted = fit(net, bundle, cfg, run and run.path, seed=seed, resume=resume, desc=f"train {arch}",
@@ -71,7 +81,8 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
         if run is not None:
             distributed.on_main(lambda: rundir.save_model(run.path, net), "saving the model")
         result = {"command": "train", "method": "dense", "model": arch, "width": w, "data": bundle.name,
-                  "seed": seed, "data_seed": data_seed, **measure(net, bundle, latency_threads=latency_threads),
+                  "image_size": image_side(bundle), "seed": seed, "data_seed": data_seed,
+                  **measure(net, bundle, latency_threads=latency_threads), "weights": loaded,
                   "epochs_run": len(fitted.history), "best_epoch": fitted.best_epoch,
                   "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
                   "wall_s": time.perf_counter() - t0}
