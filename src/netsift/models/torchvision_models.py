@@ -238,7 +238,10 @@ def load_weights_file(model: nn.Module, path: str | Path) -> list[str]:
             with warnings.catch_warnings():  # torch's notes on the pickle protocol would break the one-line error
                 warnings.simplefilter("ignore")
                 state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError as e:
+            if "Unsupported global" not in str(e) and "GLOBAL" not in str(e):  # not a refused object: bad bytes
+                raise NetsiftError(f"weights file {path} cannot be read: it is not a file written by torch.save "
+                                   "or a safetensors file") from None
             raise NetsiftError(f"weights file {path} holds Python objects other than tensors; refusing to "
                                "unpickle it (save model.state_dict() instead)") from None
         except Exception as e:
