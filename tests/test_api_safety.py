@@ -276,9 +276,7 @@ def test_nothing_is_unpickled(tmp_path, monkeypatch):
     netsift.train("lenet300", "digits", epochs=2, max_steps=2, batch_size=64, out=out, resume=True)
     assert netsift.evaluate(out)["test_acc"] > 0
     netsift.extract("lenet300", "digits", epochs=1, max_steps=2, batch_size=64, out=tmp_path / "e")
-    from netsift.commands.export import export
-
-    export(tmp_path / "e", "compact")
+    netsift.export(tmp_path / "e", "compact")
     assert netsift.evaluate(tmp_path / "e" / "model.nsc")["test_acc"] > 0
     netsift.prune(out, method="l1", macs=0.5, finetune_epochs=1, max_steps=2, out=tmp_path / "p", progress=False)
     netsift.load_model(tmp_path / "p")

@@ -76,6 +76,11 @@ def test_light_declarations_match_the_implementations():
         assert registry[name].description == description
     builtin = {n for n, info in registry.items() if info.builder.__module__.startswith("netsift.models.")}
     assert builtin == set(models.ZOO)
+    import importlib
+
+    from netsift.commands import export as export_command
+
+    assert export_command.FORMATS == importlib.import_module("netsift.pipelines.export").FORMATS
 
 
 # ---------------------------------------------------------------------------------------------- help

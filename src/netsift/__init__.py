@@ -10,6 +10,8 @@ Two published methods and the measurement around them, on your own ``nn.Module``
 * :func:`extract`: Gumbel-Softmax weight masks on untrained networks (ASLP parametrisation + Smart Rescale).
 * :func:`prune`: Greedy Forward Selection of neurons on trained networks, physical removal and fine-tuning.
 * :func:`train`: the dense training every comparison starts from.
+* :func:`evaluate` and :func:`export`: measure a saved network again; write it as a compact file, safetensors or
+  ONNX.
 
 Importing ``netsift`` is cheap: torch loads on first use of these names.
 """
@@ -20,7 +22,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "train": "netsift.pipelines", "extract": "netsift.pipelines", "prune": "netsift.pipelines",
-    "evaluate": "netsift.pipelines", "Result": "netsift.results", "DataBundle": "netsift.data",
+    "evaluate": "netsift.pipelines", "export": "netsift.pipelines", "Result": "netsift.results", "DataBundle": "netsift.data",
     "load_data": "netsift.data", "load_model": "netsift.rundir", "load_weights": "netsift.rundir",
     "save_model": "netsift.rundir", "build_model": "netsift.models", "NetsiftError": "netsift.errors",
     "TrainConfig": "netsift.config",

@@ -1,23 +1,17 @@
 """``netsift export``: write a run's network as a compact subnetwork file, a safetensors file or ONNX.
 
-Default output paths, next to the source: ``RUN_DIR/model.nsc`` (compact), ``RUN_DIR/dense.safetensors`` +
-``dense.json`` (safetensors) and ``RUN_DIR/model.onnx`` (onnx); for a compact file ``X.nsc`` as the source,
-``X.safetensors`` + ``X.json`` or ``X.onnx``.
+The pipeline is :func:`netsift.pipelines.export.export` (``netsift.export`` in Python); this module parses and
+prints.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..errors import NetsiftError
 from ..masks import COMPACT_SUFFIX as SUFFIX
 
-if TYPE_CHECKING:
-    from torch import nn
-
 FORMATS = ("compact", "safetensors", "onnx")
+"""The formats of :func:`netsift.pipelines.export.export`, declared here so that ``--help`` needs no torch."""
 
 
 def add_parser(sub) -> None:
@@ -35,87 +29,8 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def default_out(src: Path, fmt: str) -> Path:
-    """Where ``export`` writes when ``--out`` is not given."""
-    ext = {"compact": SUFFIX, "safetensors": ".safetensors", "onnx": ".onnx"}[fmt]
-    if src.is_file():
-        return src.with_suffix(ext)
-    return src / ("dense.safetensors" if fmt == "safetensors" else f"model{ext}")
-
-
-def load_source(src: Path) -> tuple[nn.Module, dict]:
-    """The network and manifest of a run folder (``model.safetensors``) or of a compact file."""
-    from ..masks.compact import read_compact, rebuild
-    from ..rundir import load_model
-
-    if src.is_file():
-        subnet = read_compact(src)
-        return rebuild(subnet, str(src)), subnet.manifest
-    return load_model(src)
-
-
-def export(src: str | Path, fmt: str, out: str | Path | None = None, overwrite: bool = False) -> dict:
-    """Export ``src`` (run folder or compact file) as ``fmt``; returns the paths written and their sizes."""
-    from ..masks.compact import dense_bytes, write_compact
-    from ..rundir import save_model
-
-    src = Path(src)
-    if not src.exists():
-        raise NetsiftError(f"no such run folder or file: {src}")
-    out = Path(out) if out else default_out(src, fmt)
-    targets = [out.with_suffix(".safetensors"), out.with_suffix(".json")] if fmt == "safetensors" else [out]
-    if fmt == "safetensors" and "." in out.with_suffix("").name:
-        raise NetsiftError(f"--out {out}: name the safetensors file without extra dots, e.g. dense.safetensors")
-    for t in {out, *targets}:
-        if t.is_symlink():
-            raise NetsiftError(f"--out {t} is a symbolic link; give the real file name")
-        if t.is_dir():
-            raise NetsiftError(f"--out {t} is a folder; give a file name (e.g. {t / default_out(src, fmt).name})")
-    if src.is_dir() and src.resolve() in {t.resolve() for t in targets}:
-        raise NetsiftError(f"--out {out} is a file of the run being exported")
-    if src.is_dir() and fmt == "safetensors" and out.with_suffix("").name in ("model", "checkpoint", "best", "subnet",
-                                                                             "selection"):
-        if out.parent.resolve() == src.resolve():
-            raise NetsiftError(f"--out {out} would replace the run's own {out.with_suffix('').name} files")
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise NetsiftError(f"{existing[0]} exists; pass --overwrite to replace it")
-    if fmt == "compact" and src.is_file():
-        raise NetsiftError(f"{src} is a file: compact export needs a run folder of `netsift extract`")
-    with _lock_if_run(out.parent):
-        if fmt == "compact":
-            return write_compact(src, out)
-        model, manifest = load_source(src)
-        if fmt == "safetensors":
-            save_model(out.parent, model, manifest, name=out.with_suffix("").name)
-        else:
-            from ..onnx_export import export_onnx
-
-            export_onnx(model, (manifest["in_channels"], manifest["image_size"], manifest["image_size"]), out)
-        return {"path": str(targets[0]), "bytes": targets[0].stat().st_size, "dense_bytes": dense_bytes(model)}
-
-
-def _lock_if_run(folder: Path):
-    """The run folder's lock while an export writes into it (no other netsift process writes it meanwhile)."""
-    import contextlib
-
-    from ..rundir import RunLock, is_run
-
-    if not is_run(folder):
-        return contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def held():
-        lock = RunLock(folder)
-        try:
-            yield
-        finally:
-            lock.release()
-
-    return held()
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..pipelines import export
     from ..progress import stage
 
     with stage(f"exporting {args.path} as {args.format}", summary_after=None):  # "netsift export: done" follows

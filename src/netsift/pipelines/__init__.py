@@ -1,4 +1,4 @@
-"""The pipelines: :func:`train`, :func:`extract`, :func:`prune` and :func:`evaluate`.
+"""The pipelines: :func:`train`, :func:`extract`, :func:`prune`, :func:`evaluate` and :func:`export`.
 
 They are the public Python API (``netsift.train`` etc.) and what every CLI command, benchmark and the demo
 runs: the CLI only parses arguments, calls one of them and prints. Each takes plain PyTorch objects (any
@@ -7,8 +7,9 @@ runs: the CLI only parses arguments, calls one of them and prints. Each takes pl
 """
 
 from .evaluate import evaluate
+from .export import export
 from .extract import extract
 from .prune import prune
 from .train import train
 
-__all__ = ["evaluate", "extract", "prune", "train"]
+__all__ = ["evaluate", "export", "extract", "prune", "train"]
