@@ -54,8 +54,8 @@ class Result:
     layers: list = field(default_factory=list, metadata={
         "help": "per Linear/Conv2d layer: `name`, `shape`, `density` (and `scale` for masks)"})
     # --- latency (one protocol: measure.compare_latency, the network and its source interleaved)
-    latency_b1_ms: float | None = _f("median CPU forward latency at batch 1 (ms)")
-    latency_b64_ms: float | None = _f("median CPU forward latency at batch 64 (ms)")
+    latency_b1_ms: float | None = _f("CPU forward latency at batch 1 (ms): the fastest of the interleaved timing rounds")
+    latency_b64_ms: float | None = _f("CPU forward latency at batch 64 (ms): the fastest of the interleaved timing rounds")
     latency_threads: int | None = _f("CPU threads of the latency measurement")
     latency_spread: float | None = _f("largest (max - min) / median over the timing rounds")
     latency_note: str | None = _f("a warning when the spread exceeds 10%")
