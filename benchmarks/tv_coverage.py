@@ -100,9 +100,11 @@ def _other_methods(records: list[dict]) -> list[str]:
         if method == "l1" or not mine:
             continue
         passed = [r["model"] for r in mine if r["status"] == "pass"]
-        failed = sorted(r["model"] for r in mine if r["status"] != "pass")
+        refused = sorted(r["model"] for r in mine if r["status"] == "refused")
+        failed = sorted(r["model"] for r in mine if r["status"] not in ("pass", "refused"))
         lines.append(f"- {method}: {len(passed)}/{len(mine)} of the models it was run on pass"
-                     + (f" (not: {', '.join(failed)})" if failed else "") + ".")
+                     + (f"; refused up front with one line: {', '.join(refused)}" if refused else "")
+                     + (f"; failed: {', '.join(failed)}" if failed else "") + ".")
     return [*lines, ""] if lines else []
 
 
