@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import importlib.util
 import json
 import statistics
@@ -117,14 +118,20 @@ def before_scorer_class(commit: str):
     return mod.BatchedScorer
 
 
-def run_before(name, width, shape, args, scorer_cls):
-    """GFS with the scorer before this change on the same network, minibatches and candidates."""
+def setup(name, width, shape, args):
+    """The network (and a dense copy), its graph and channel groups, the widths to reach and the minibatches."""
     model = make_model(name, width, shape, args.seed)
     dense = copy.deepcopy(model)
     graph = build_graph(model, shape)
     groups = find_groups(model, shape, graph)
     widths = widths_for(model, groups, shape, args)
     batches = make_batches(sum(widths) + 1, args.batch, shape, args.seed)
+    return model, dense, graph, groups, widths, batches
+
+
+def run_before(name, width, shape, args, scorer_cls):
+    """GFS with the scorer before this change on the same network, minibatches and candidates."""
+    model, dense, graph, groups, widths, batches = setup(name, width, shape, args)
     it = iter(batches)
     ctx = SelectionContext(model, groups, graph, shape, lambda: next(it), batches[0], widths=widths,
                            candidates=args.candidates, seed=args.seed, progress=False,
@@ -139,12 +146,7 @@ def run_before(name, width, shape, args, scorer_cls):
 
 
 def run_gfs(name, width, shape, args, record_only=False):
-    model = make_model(name, width, shape, args.seed)
-    dense = copy.deepcopy(model)
-    graph = build_graph(model, shape)
-    groups = find_groups(model, shape, graph)
-    widths = widths_for(model, groups, shape, args)
-    batches = make_batches(sum(widths) + 1, args.batch, shape, args.seed)
+    model, dense, graph, groups, widths, batches = setup(name, width, shape, args)
     it = iter(batches)
     kwargs = dict(widths=widths, candidates=args.candidates, seed=args.seed, progress=False,
                   bn_batch_stats=args.bn_batch_stats)
@@ -163,7 +165,7 @@ def run_gfs(name, width, shape, args, record_only=False):
     ctx.masker.remove()
     # Taylor on the same network (unmasked), same budget and minibatches
     model_t = copy.deepcopy(dense)
-    it_t = iter(batches)
+    it_t = itertools.cycle(batches)  # Taylor may need more minibatches than the greedy steps
     ctx_t = SelectionContext(model_t, find_groups(model_t, shape, build_graph(model_t, shape)),
                              build_graph(model_t, shape), shape, lambda: next(it_t), batches[0], **kwargs)
     t = time.perf_counter()
