@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quiet-machine timings: pause the long benchmarks (SIGSTOP), time start-up, latency repeatability, the demo and
 # scale-out, then resume them (SIGCONT). Run from anywhere: bash benchmarks/quiet_timings.sh > timing.log 2>&1
-cd /work/main
+cd "$(dirname "$0")/.."
 PIDS=$(pgrep -f "benchmarks/(masks_long|structured|tv_coverage).py" | tr '\n' ' ')
 echo "pausing: $PIDS"; kill -STOP $PIDS 2>/dev/null
 trap 'kill -CONT $PIDS 2>/dev/null; echo resumed' EXIT
