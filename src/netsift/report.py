@@ -179,14 +179,15 @@ def _value(v: Any) -> str:
 
 def label_runs(runs: list[Run]) -> dict[int, str]:
     """The series label of each run: ``<method>`` plus the settings in which it differs from the usual value
-    among the runs of the same command and method (a declared default, else the most common value)."""
+    among the runs of the same command and method on the same network and data (a declared default, else the
+    most common value): settings that only tell two networks' runs apart stay out of the legends."""
     defaults = _known_defaults()
     by_method: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(runs):
         if r.kind != "fine-tune":
-            by_method[(r.row.get("command"), r.row.get("method"))].append(i)
+            by_method[(r.row.get("command"), r.row.get("method"), _panel(r.row))].append(i)
     labels: dict[int, str] = {}
-    for (command, method), idx in by_method.items():
+    for (command, method, _), idx in by_method.items():
         keys = sorted({k for i in idx for k in runs[i].settings} - IGNORED_SETTINGS)
         varying = []
         for k in keys:
