@@ -177,6 +177,10 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+PUBLISHED_IMPLIES = {"bn_batch_stats", "recalibrate_bn", "layer_finetune", "candidates", "select_batch"}
+"""Prune settings that ``--published`` sets: a published run's label says ``published=true`` instead."""
+
+
 def label_runs(runs: list[Run]) -> dict[int, str]:
     """The series label of each run: ``<method>`` plus the settings in which it differs from the usual value
     among the runs of the same command and method on the same network and data (a declared default, else the
@@ -199,9 +203,10 @@ def label_runs(runs: list[Run]) -> dict[int, str]:
                 varying.append((k, usual))
         for i in idx:
             parts = [str(method or command)]
+            published = runs[i].settings.get("prune.published") is True
             for k, usual in varying:
                 v = runs[i].settings.get(k)
-                if v != usual:
+                if v != usual and not (published and k.split(".")[-1] in PUBLISHED_IMPLIES):
                     parts.append(f"{k.split('.')[-1]}={_value(v)}")
             labels[i] = " ".join(parts)
     index = {id(r): i for i, r in enumerate(runs)}
