@@ -278,8 +278,9 @@ def measure(model: nn.Module, bundle, batch_size: int = 512, latency_threads: in
         spread = max(lat[n]["spread"] for n in nets)
         out.update({"latency_b1_ms": lat["net"]["b1_ms"], "latency_b64_ms": lat["net"]["b64_ms"],
                     "latency_threads": lat["threads"], "latency_spread": spread,
-                    "latency_note": (f"timing rounds disagreed by {spread:.0%} (> {SPREAD_WARNING:.0%}): the "
-                                     "machine was busy" if spread > SPREAD_WARNING else None)})
+                    "latency_note": (f"timing rounds disagreed by {spread:.0%} (> {SPREAD_WARNING:.0%}): something "
+                                     "else slowed some rounds; the figures use the fastest round"
+                                     if spread > SPREAD_WARNING else None)})
         if source is not None:
             out.update({"source_latency_b1_ms": lat["source"]["b1_ms"], "source_latency_b64_ms": lat["source"]["b64_ms"],
                         "speedup_b1": lat["source"]["b1_ms"] / lat["net"]["b1_ms"],
