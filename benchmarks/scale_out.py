@@ -15,11 +15,12 @@ Runs alternate 1, 2, 1, 2, ... (``--repeats``) so that a change of load hits bot
 the machine's load average around every run go to ``benchmarks/results/scale_out.json``, one entry per
 configuration (``<model>_x<width>``).
 
-What bounds the GFS speed-up: every process computes the step's *prefix* (the network up to the pruned group's
-first consumer, on the step's minibatch) itself, and a step's K candidates split into shares of ceil(K/N).
-Where the candidates' work dominates (VGG11 x0.25: early, wide layers; 50 candidates per step) the split
-approaches N; where the prefix is a large share (ResNet-20 x0.5: groups of 8-32 channels, so K <= 32, and
-deep groups whose prefix is most of the network) it cannot.
+What bounds the GFS speed-up: a step's K candidates split into shares of ceil(K/N), and the step's *prefix*
+(the network up to the pruned group's first consumers, on the step's minibatch) is computed by one process per
+step and sent to the others (``NETSIFT_SHARE_PREFIX``, docs/distributed.md). What every process still does
+itself: the product over the channels all candidates share at the first consumers, and the wait for the
+slowest process at every step's all-gather (484 steps here). ``benchmarks/cpu_ceiling.py`` gives the ratio
+two independent compute-only processes reach on the same machine.
 
     PYTHONPATH=src .venv/bin/python benchmarks/scale_out.py                            # vgg11 x0.25, Fashion-MNIST
     PYTHONPATH=src .venv/bin/python benchmarks/scale_out.py --model resnet20 --width 0.5
@@ -87,8 +88,10 @@ def _load() -> list[float]:
         return []
 
 
-def launch(step: str, n: int, args: argparse.Namespace, run: Path, source: Path | None = None) -> dict:
-    """Run one step with ``n`` processes; returns rank 0's figures plus the wall time and the load."""
+def launch(step: str, n: int, args: argparse.Namespace, run: Path, source: Path | None = None,
+           share: str = "auto") -> dict:
+    """Run one step with ``n`` processes (``share``: ``NETSIFT_SHARE_PREFIX``); returns rank 0's figures plus the
+    wall time and the load."""
     out = run.with_suffix(".json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
            str(Path(__file__).resolve()), "--worker", step, "--json", str(out), "--run-dir", str(run),
@@ -100,6 +103,7 @@ def launch(step: str, n: int, args: argparse.Namespace, run: Path, source: Path 
     if source is not None:
         cmd += ["--source", str(source)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+           "NETSIFT_SHARE_PREFIX": share,
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     load_before, t0 = _load(), time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -107,9 +111,9 @@ def launch(step: str, n: int, args: argparse.Namespace, run: Path, source: Path 
     if proc.returncode != 0:
         sys.exit(f"{step} with {n} processes failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     row = json.loads(out.read_text())
-    row.update({"step": step, "processes": n, "job_wall_s": round(wall, 2), "load_before": load_before,
-                "load_after": _load()})
-    print(f"  {step} x{n}: " + ", ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}"
+    row.update({"step": step, "processes": n, "share_prefix": share, "job_wall_s": round(wall, 2),
+                "load_before": load_before, "load_after": _load()})
+    print(f"  {step} x{n}{'' if share == 'auto' else ' (prefix ' + share + ')'}: " + ", ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}"
                                          for k in ("selection_s", "train_images_per_s", "steps", "job_wall_s")
                                          if k in row), flush=True)
     return row
@@ -129,6 +133,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs per process count (interleaved)")
     p.add_argument("--processes", type=int, default=2, help="the process count compared with 1")
     p.add_argument("--quick", action="store_true", help="smoke test: lenet300 x0.5 on digits, 1 repeat")
+    p.add_argument("--unshared", action="store_true",
+                   help="also time GFS with N processes that do not share the steps' prefixes (the previous split)")
     p.add_argument("--note", default="", help="free text stored with the results (the machine's state)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale_out.json"))
     p.add_argument("--worker", choices=("train", "gfs"), help=argparse.SUPPRESS)
@@ -153,17 +159,25 @@ def main() -> None:
         for rep in range(args.repeats):
             for n in counts:
                 runs.append({"repeat": rep, **launch("gfs", n, args, tmp / f"gfs{n}-{rep}", source)})
+            if args.unshared:  # the same split without sharing the prefixes (every process computes them all)
+                runs.append({"repeat": rep, **launch("gfs", args.processes, args, tmp / f"gfs-never-{rep}", source,
+                                                     share="never")})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def med(step: str, n: int, key: str) -> float:
-        return statistics.median(r[key] for r in runs if r["step"] == step and r["processes"] == n)
+    def med(step: str, n: int, key: str, share: str = "auto") -> float:
+        return statistics.median(r[key] for r in runs if r["step"] == step and r["processes"] == n
+                                 and r["share_prefix"] == share)
 
     gfs = [r for r in runs if r["step"] == "gfs"]
     identical = all(r["kept"] == gfs[0]["kept"] for r in gfs)
     summary = {
         "gfs_selection_s": {str(n): med("gfs", n, "selection_s") for n in counts},
         "gfs_speedup": med("gfs", 1, "selection_s") / med("gfs", args.processes, "selection_s"),
+        **({"gfs_selection_s_unshared_prefix": med("gfs", args.processes, "selection_s", "never"),
+            "gfs_speedup_unshared_prefix": med("gfs", 1, "selection_s") / med("gfs", args.processes, "selection_s",
+                                                                               "never")}
+           if args.unshared else {}),
         "gfs_channels_identical": identical,
         "gfs_steps": gfs[0]["steps"], "gfs_channels_kept": gfs[0]["channels"],
         "train_images_per_s": {str(n): med("train", n, "train_images_per_s") for n in counts},

@@ -48,8 +48,8 @@ def accelerate_launch(*argv: str) -> list[str]:
             "-m", "netsift", *argv]
 
 
-def launch(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+def launch(cmd: list[str], cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -133,7 +133,9 @@ def test_extract_two_processes(extracted):
 
 def test_prune_gfs_two_processes_same_channels_as_one(trained, tmp_path, run_cli):
     source = trained[0]
-    proc = launch(torchrun(*PRUNE, "--checkpoint", str(source), "--out", "run2"), tmp_path)
+    # the steps' prefixes computed by one process each and sent (too cheap to pay on lenet300 by default)
+    proc = launch(torchrun(*PRUNE, "--checkpoint", str(source), "--out", "run2"), tmp_path,
+                  NETSIFT_SHARE_PREFIX="always")
     check_run(tmp_path / "run2", proc, {"selection.json", "selection.safetensors"})
     code, _, err = run_cli(*PRUNE, "--checkpoint", source, "--out", tmp_path / "run1")
     assert code == 0, err
@@ -220,6 +222,12 @@ def _helpers_worker(rank: int, store: str, out: str) -> None:
         masks = torch.randn(k, 3, generator=torch.Generator().manual_seed(k))
         got = D.split_scores(score, masks)
         assert got.dtype == torch.float32 and torch.equal(got, score(masks)), (k, got)
+    # a payload carried in the same collective as the scores, and a plain gather
+    payload = torch.tensor([rank + 0.5, -rank], dtype=torch.float32).view(torch.uint8)
+    got, carried = D.split_scores(score, masks, carry=lambda: payload)
+    assert torch.equal(got, score(masks)) and len(carried) == 2
+    assert [c.view(torch.float32).tolist() for c in carried] == [[0.5, 0.0], [1.5, -1.0]]
+    assert [t.tolist() for t in D.gather(torch.tensor([rank, 7]))] == [[0, 7], [1, 7]]
     assert D.sum_counts(rank + 1, 10) == (3.0, 20.0)
     assert D.min_int(rank + 5) == 5
     assert D.on_main(lambda: {"v": 42}) == {"v": 42}
@@ -299,3 +307,75 @@ def test_shards_partition_every_epoch():
         spans = [share(k, r, n) for r in range(n)]
         assert spans[0][0] == 0 and spans[-1][1] == k and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
         assert max(h - lo for lo, h in spans) - min(h - lo for lo, h in spans) <= 1
+
+
+# --- greedy selection with the steps' prefixes shared between the processes --------------------------------
+
+SELECT_CASES = [("resnet20", "gfs"), ("vgg11", "gfs"), ("vgg11", "gfs-replacement"), ("resnet20", "backward")]
+
+
+def _greedy(name: str, method: str) -> tuple[list[list[int]], int, int]:
+    """Channels kept by a greedy method on a random 16x16 network (BN with batch statistics, 5 steps per group
+    for GFS, 5 eliminations per group for backward), the scorer's prefix MACs, and the minibatches drawn."""
+    import itertools
+
+    from torch import nn
+
+    from netsift.models import build_model
+    from netsift.selection import backward, gfs
+    from netsift.selection.base import SelectionContext
+    from netsift.selection.groups import build_graph, find_groups
+
+    shape = (1, 16, 16)
+    torch.manual_seed(0)
+    model = build_model(name, 1, 16, 10, 0.25)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(64, *shape, generator=torch.Generator().manual_seed(5)))
+    model.eval()
+    graph = build_graph(model, shape)
+    groups = find_groups(model, shape, graph)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(24, *shape, generator=g), torch.randint(0, 10, (24,), generator=g)) for _ in range(7)]
+    drawn = itertools.count()
+    it = itertools.cycle(batches)
+
+    def next_batch():
+        next(drawn)
+        return next(it)
+
+    widths = [max(1, gr.size - 5) if method == "backward" else min(5, gr.size) for gr in groups]
+    ctx = SelectionContext(model, groups, graph, shape, next_batch, batches[0], widths=widths, candidates=6, seed=0,
+                           progress=False, max_batch=48, bn_batch_stats=True,
+                           replacement=method == "gfs-replacement")
+    sel = (backward.select if method == "backward" else gfs.select)(ctx)
+    return [sel.kept[gr.name] for gr in groups], ctx.scorer.stats.prefix_macs, next(drawn)
+
+
+def _greedy_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ["NETSIFT_SHARE_PREFIX"] = "always"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    results = {f"{name}/{method}": _greedy(name, method) for name, method in SELECT_CASES}
+    Path(out, f"greedy{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def test_greedy_selection_with_shared_prefixes_keeps_the_same_channels(tmp_path, monkeypatch):
+    """GFS (with and without replacement) and backward elimination in 2 processes that share each step's prefix:
+    the same channels as 1 process, every minibatch of the stream used once, each process computing about half
+    of the prefixes."""
+    import torch.multiprocessing as mp
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    mp.spawn(_greedy_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    two = [json.loads((tmp_path / f"greedy{r}.json").read_text()) for r in range(2)]
+    for name, method in SELECT_CASES:
+        kept, prefix_macs, drawn = _greedy(name, method)
+        for r in range(2):
+            got_kept, got_macs, got_drawn = two[r][f"{name}/{method}"]
+            assert got_kept == kept, (name, method, r)
+            assert got_drawn == drawn  # no minibatch drawn ahead and left unused
+            assert 0 < got_macs < 0.75 * prefix_macs, (name, method, r, got_macs, prefix_macs)

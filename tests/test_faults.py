@@ -231,6 +231,11 @@ CASES = [
     ("prune-width-nan", None, ["prune", "--model", "lenet300", "--width", "nan", "--out", "new"], "--width"),
     ("prune-width-nan-checkpoint", None, [*PRUNE, "--width", "nan", "--out", "new"], "--width"),
     ("prune-without-source", None, ["prune", "--out", "new"], "--checkpoint"),
+    ("prune-share-prefix-env", lambda w: _setenv("NETSIFT_SHARE_PREFIX", "sometimes"),
+     ["prune", "--checkpoint", "train", "--method", "gfs", "--macs", "0.5", "--out", "new"],
+     "NETSIFT_SHARE_PREFIX must be auto, always or never"),
+    ("prune-over-run-share-prefix-env", lambda w: _setenv("NETSIFT_SHARE_PREFIX", "yes"),
+     [*PRUNE, "--out", "prune", "--overwrite"], "NETSIFT_SHARE_PREFIX"),
     ("prune-model-mismatch", None, [*PRUNE, "--model", "conv4", "--out", "new"], "holds a lenet300"),
     ("prune-data-mismatch", None, [*PRUNE, "--data", "synthetic", "--out", "new"], "trained with data='digits'"),
 
@@ -389,6 +394,13 @@ CASES = [
      "labels must lie in 0..9"),
     ("data-dir-is-a-file", None, ["train", "--data", "mnist", "--data-dir", "afile", "--out", "new"], "not found"),
 ]
+
+
+def _setenv(name: str, value: str):
+    """Set an environment variable for one case; returns the clean-up."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    return lambda: os.environ.pop(name, None) if old is None else os.environ.__setitem__(name, old)
 
 
 def _flip(path: Path) -> None:

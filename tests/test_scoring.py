@@ -360,3 +360,62 @@ def test_candidate_masks_equal_kept_masks_bit_for_bit():
     assert torch.equal(candidate_masks(9, current, drop=[2, 8]), want)
     assert torch.equal(candidate_masks(9, current, drop=[2], rescale=False),
                        kept_mask(9, [0, 3, 5, 8], rescale=False).unsqueeze(0))
+
+
+# ------------------------------------------------------------------ a step's prefix computed by another process
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg11", "mobilenetv2", "lenet300"])
+def test_prefix_values_computed_elsewhere_give_the_same_scores(name, monkeypatch):
+    """Scores from received prefix values (another scorer, as in another process) equal the local ones bit for
+    bit; the receiving call computes no prefix MACs; the values are only what the suffix reads."""
+    monkeypatch.setenv("NETSIFT_SHARE_PREFIX", "always")
+    model = _model(name)
+    groups = find_groups(model, SHAPE)
+    masker = Masker(model, groups)
+    for gi in range(0, len(groups), 2):
+        masker.set_kept(gi, list(range(0, groups[gi].size, 3)))
+    x, y = _data(24)
+    here = BatchedScorer(model, masker, max_batch=32, bn_batch_stats=True, mode="graph")
+    there = BatchedScorer(model, masker, max_batch=32, bn_batch_stats=True, mode="graph")
+    for gi in range(0, len(groups), max(1, len(groups) // 6)):
+        n = groups[gi].size
+        masks = torch.stack([kept_mask(n, [0, j]) for j in range(1, min(n, 6))])
+        assert there.shares_prefix(gi, x) and here.shares_prefix(gi, x)
+        sent = there.prefix_values(gi, x)
+        blank = here.prefix_values(gi, x, compute=False)
+        assert [(v.shape, v.dtype) for v in blank] == [(v.shape, v.dtype) for v in sent] and len(sent) >= 1
+        received = [b.copy_(v) for b, v in zip(blank, sent)]  # what the collective does
+        before = here.stats.prefix_macs
+        fast = here.score(gi, masks, x, y, prefix=received)
+        assert here.stats.prefix_macs == before  # nothing of the prefix computed here
+        assert torch.equal(fast, here.score(gi, masks, x, y))
+        assert torch.equal(fast, there.score(gi, masks, x, y))
+
+
+def test_prefix_sharing_policy(monkeypatch):
+    """auto shares only prefixes that cost more than sending them; never never; a bad value is one clear error."""
+    from netsift.errors import NetsiftError
+    from netsift.selection import scoring
+
+    model = _model("vgg11")
+    groups = find_groups(model, SHAPE)
+    x, _ = _data(64)
+    decisions = {}
+    for policy in ("auto", "never", "always"):
+        monkeypatch.setenv("NETSIFT_SHARE_PREFIX", policy)
+        scorer = BatchedScorer(model, Masker(model, groups), mode="graph")
+        decisions[policy] = [scorer.shares_prefix(gi, x) for gi in range(len(groups))]
+    assert decisions["always"] == [True] * len(groups) and decisions["never"] == [False] * len(groups)
+    monkeypatch.setenv("NETSIFT_SHARE_PREFIX", "auto")
+    monkeypatch.setattr(scoring, "SEND_MIN_MACS", 0)
+    scorer = BatchedScorer(model, Masker(model, groups), mode="graph")
+    auto = [scorer.shares_prefix(gi, x) for gi in range(len(groups))]
+    # the first group's prefix is one convolution whose output is sent: not worth it; deep groups are
+    assert auto[0] is False and auto[-1] is True
+    monkeypatch.setenv("NETSIFT_SHARE_PREFIX", "sometimes")
+    with pytest.raises(NetsiftError, match="NETSIFT_SHARE_PREFIX must be auto, always or never"):
+        BatchedScorer(model, Masker(model, groups), mode="graph").shares_prefix(0, x)
+    hooks = BatchedScorer(model, Masker(model, groups), mode="hooks")
+    monkeypatch.setenv("NETSIFT_SHARE_PREFIX", "always")
+    assert not hooks.shares_prefix(1, x)  # the hook path computes its own prefix

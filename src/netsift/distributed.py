@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .errors import NetsiftError
 
 TIMEOUT_ENV = "NETSIFT_DIST_TIMEOUT"
+SHARE_ENV = "NETSIFT_SHARE_PREFIX"
 """Seconds a process waits for the others at a collective before giving up (default 1800)."""
 
 DEFAULT_TIMEOUT = 1800.0
@@ -109,6 +110,21 @@ def timeout_s() -> float:
     if not value > 0:
         raise NetsiftError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
     return value
+
+
+def share_policy() -> str:
+    """``NETSIFT_SHARE_PREFIX``: whether greedy selection shares each step's prefix between the processes (one
+    computes it, all receive it): "auto" (the default: where the scorer estimates that it pays, on CPUs),
+    "always" or "never".
+
+    Raises:
+        NetsiftError: another value.
+    """
+    raw = os.environ.get(SHARE_ENV, "auto")
+    policy = raw.strip().lower() or "auto"
+    if policy not in ("auto", "always", "never"):
+        raise NetsiftError(f"{SHARE_ENV} must be auto, always or never, got {raw!r}")
+    return policy
 
 
 LAUNCHER_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
@@ -353,19 +369,24 @@ def mine(i: int) -> bool:
     return i % world_size() == rank()
 
 
-def split_scores(score: Callable, masks, *args: Any):
+def split_scores(score: Callable, masks, *args: Any, carry: Callable[[], Any] | None = None):
     """``score(masks, *args)`` with the K candidate ``masks`` split across the processes; every process returns
     all K scores.
 
     Each process scores its contiguous share (``score`` sees only those rows, on the same ``args``: the same
     minibatch everywhere) and the shares are all-gathered in candidate order, so the first-best candidate is
     the same on every process and the same as with one process.
+
+    ``carry``: called after this process's share is scored; it returns a 1-D ``uint8`` tensor of the same size
+    in every process, gathered in the same collective (one wait instead of two). Then the result is
+    ``(scores, [every process's carried tensor])``.
     """
     import torch
 
     n = world_size()
     if n == 1:
-        return score(masks, *args)
+        scores = score(masks, *args)
+        return scores if carry is None else (scores, [carry()])
     k = masks.shape[0]
     lo, hi = share(k)
     local = score(masks[lo:hi], *args) if hi > lo else None
@@ -373,11 +394,30 @@ def split_scores(score: Callable, masks, *args: Any):
     buf = torch.full((width,), float("inf"), dtype=torch.float64)
     if local is not None:
         buf[:hi - lo] = local.detach().reshape(-1).to("cpu", torch.float64)
+    extra = carry() if carry is not None else None
+    if extra is not None:
+        buf = torch.cat([buf.view(torch.uint8), extra.reshape(-1).to("cpu", torch.uint8)])
     parts = [torch.empty_like(buf) for _ in range(n)]
     with waiting("gathering candidate scores"):
         _dist().all_gather(parts, buf, group=_group())
-    scores = torch.cat([p[:share(k, i, n)[1] - share(k, i, n)[0]] for i, p in enumerate(parts)])
-    return scores.to(local.dtype if local is not None else torch.get_default_dtype())
+    head = width * 8
+    scores = torch.cat([p[:head].view(torch.float64)[:share(k, i, n)[1] - share(k, i, n)[0]] if extra is not None
+                        else p[:share(k, i, n)[1] - share(k, i, n)[0]] for i, p in enumerate(parts)])
+    scores = scores.to(local.dtype if local is not None else torch.get_default_dtype())
+    return scores if carry is None else (scores, [p[head:] for p in parts])
+
+
+def gather(buf, what: str = "gathering values from the other processes") -> list:
+    """Every process's ``buf`` (a tensor of the same shape and dtype in all of them), in process order."""
+    import torch
+
+    n = world_size()
+    if n == 1:
+        return [buf]
+    parts = [torch.empty_like(buf) for _ in range(n)]
+    with waiting(what):
+        _dist().all_gather(parts, buf, group=_group())
+    return parts
 
 
 def sum_grads(params: Sequence) -> None:

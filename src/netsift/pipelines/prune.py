@@ -136,6 +136,7 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     cfg = PruneConfig(method=method, macs=macs, **shared, options=own)
     ft = dataclasses.replace(finetune or TrainConfig(**{k: v for k, v in finetune_defaults().items()}), **loop)
     ft = dataclasses.replace(ft, epochs=max(1, cfg.finetune_epochs)).resolved(**finetune_defaults())
+    distributed.share_policy()  # NETSIFT_SHARE_PREFIX: refused now, not mid-selection
     distributed.setup(ft.cpu)  # under torchrun / accelerate launch: join the other processes
     if out is not None and out is not False and out is not True:
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed
 from .base import Selection, SelectionContext
 from .scoring import candidate_masks
 
@@ -29,10 +28,12 @@ def select(ctx: SelectionContext) -> Selection:
         bar = ctx.bar(n - target, f"backward group {gi + 1}/{len(ctx.groups)} ({g.name})")
         acc = None
         while len(current) > target:
-            x, y = ctx.next_batch()
+            # in budget mode the steps left are known (tolerance mode: only this one is certain)
+            guaranteed = len(current) - target if ctx.widths is not None else 1
+            x, y, prefix = ctx.step_batch(gi, guaranteed)
             cands = ctx.sample(current, ctx.n_candidates(gi, len(current)))
             masks = candidate_masks(n, current, drop=cands)  # row k: current without cands[k]
-            scores = distributed.split_scores(lambda m: ctx.scorer.score(gi, m, x, y), masks)  # split over processes
+            scores = ctx.split_scores(gi, masks, x, y, prefix, left=guaranteed - 1)  # split over the processes
             drop = cands[int(torch.argmin(scores))]
             trial = [i for i in current if i != drop]
             ctx.masker.set_kept(gi, trial)

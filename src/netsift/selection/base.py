@@ -9,6 +9,7 @@ held-out slice of the training set) and the stopping rule: per-group widths (a M
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -16,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from .. import distributed
 from .. import progress as _progress
 from .groups import ChannelGroup
 from .methods import SelectionMethod  # noqa: F401  (declared torch-free)
@@ -71,6 +73,7 @@ class SelectionContext:
         self.report: _progress.Task | None = None  # the whole selection's progress (see start_report)
         self.records: dict[int, GroupRecord] = {}
         self._resumed = False
+        self._ahead: deque = deque()  # minibatches drawn ahead (see step_batch)
 
     def resumed(self, gi: int) -> GroupRecord | None:
         """Group ``gi``'s record if it was finished before an interruption (its mask is set again), else ``None``.
@@ -88,8 +91,85 @@ class SelectionContext:
             self.on_resume(self)
         return None
 
+    def step_batch(self, gi: int, guaranteed: int) -> tuple[Tensor, Tensor, list[Tensor] | None]:
+        """A greedy step's minibatch ``(x, y)`` and the prefix values of group ``gi`` for it (``None``: the scorer
+        computes them), for ``scorer.score(..., prefix=)``.
+
+        With one process this is ``next_batch()``. With N processes, the prefix (the network up to the group's
+        first consumers: the same for every candidate) would be computed by every process at every step; instead
+        up to N steps' minibatches are drawn at once, process i computes step i's prefix and all receive all of
+        them (where the scorer finds that cheaper than computing: :meth:`~.scoring.BatchedScorer.shares_prefix`).
+        ``guaranteed`` is how many steps the group will certainly still take, this one included: no more are drawn,
+        so at the group's end the minibatch stream is where one process leaves it (a saved state resumes alike).
+        """
+        if not self._ahead:
+            batches, shared = self._draw(gi, guaranteed)
+            if shared:
+                mine = self._own_prefix(gi, batches)
+                self._queue(batches, mine, distributed.gather(mine[0], "receiving a greedy step's prefix"))
+            else:
+                self._ahead.extend((x, y, None) for x, y in batches)
+        return self._ahead.popleft()
+
+    def split_scores(self, gi: int, masks: Tensor, x: Tensor, y: Tensor, prefix: list[Tensor] | None,
+                     left: int) -> Tensor:
+        """Every candidate's score for one greedy step of group ``gi``, the candidates split across the processes
+        (:func:`~netsift.distributed.split_scores`). ``left``: steps the group will certainly take after this one.
+
+        When this is the last step drawn ahead (:meth:`step_batch`) and the next steps' prefixes are shared, each
+        process computes its next prefix right after its candidates, and the prefixes travel with the scores:
+        one wait per step instead of two, and the work of both fills the time one process would wait.
+        """
+        def score(m: Tensor) -> Tensor:
+            return self.scorer.score(gi, m, x, y) if prefix is None else self.scorer.score(gi, m, x, y, prefix=prefix)
+
+        if self._ahead or distributed.world_size() == 1 or left < 2:
+            return distributed.split_scores(score, masks)
+        batches, shared = self._draw(gi, left)
+        if not shared:
+            self._ahead.extend((bx, by, None) for bx, by in batches)
+            return distributed.split_scores(score, masks)
+        mine: list = []
+        scores, parts = distributed.split_scores(score, masks,
+                                                 carry=lambda: mine.extend(self._own_prefix(gi, batches)) or mine[0])
+        self._queue(batches, mine, parts)
+        return scores
+
+    def _draw(self, gi: int, guaranteed: int) -> tuple[list[tuple[Tensor, Tensor]], bool]:
+        """The next min(N, ``guaranteed``) minibatches, and whether their prefixes are shared."""
+        n = min(distributed.world_size(), max(1, guaranteed))
+        batches = [self.next_batch() for _ in range(n)]
+        shared = n > 1 and all(x.shape == batches[0][0].shape for x, _ in batches) \
+            and self.scorer.shares_prefix(gi, batches[0][0])
+        return batches, shared
+
+    def _own_prefix(self, gi: int, batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, list[Tensor]]:
+        """Process i's part of a shared round: minibatch i's prefix values as bytes (a blank of the same size
+        beyond the round's last minibatch), and empty tensors shaped like them."""
+        r = distributed.rank()
+        x = batches[min(r, len(batches) - 1)][0]
+        like = self.scorer.prefix_values(gi, x, compute=False)
+        values = self.scorer.prefix_values(gi, x) if r < len(batches) else like
+        flat = torch.cat([v.detach().reshape(-1) for v in values]) if values else torch.zeros(0)
+        return flat.cpu().view(torch.uint8), like
+
+    def _queue(self, batches: list[tuple[Tensor, Tensor]], mine: tuple[Tensor, list[Tensor]],
+               parts: list[Tensor]) -> None:
+        """Queue the round's minibatches with the prefix values every process sent (views of what arrived)."""
+        like = mine[1]
+        for (x, y), part in zip(batches, parts):
+            views, at = [], 0
+            for v in like:
+                size = v.numel() * v.element_size()
+                views.append(part[at:at + size].view(v.dtype).view(v.shape).to(x.device))
+                at += size
+            self._ahead.append((x, y, views))
+
     def finish_group(self, gi: int, kept: Sequence[int], info: dict, rescale: bool = True) -> None:
         """Record group ``gi`` as finished (``kept`` as the masker has it) and call ``on_group_done``."""
+        if self._ahead:
+            raise RuntimeError(f"internal error: {len(self._ahead)} minibatch(es) drawn ahead for group {gi} were "
+                               "not used (the minibatch stream would not resume where it stopped)")
         self.records[gi] = GroupRecord(sorted(int(i) for i in kept), rescale, dict(info))
         if self.on_group_done is not None:
             self.on_group_done(self, gi)

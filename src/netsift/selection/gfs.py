@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed
 from .base import Selection, SelectionContext
 from .scoring import candidate_masks
 
@@ -30,6 +29,15 @@ def _stop(ctx: SelectionContext, gi: int, chosen: list[int], start_acc: float | 
         return size >= ctx.widths[gi], None
     acc = ctx.accuracy()
     return acc >= (1 - ctx.tolerance) * start_acc, acc
+
+
+def _guaranteed(ctx: SelectionContext, gi: int, chosen: list[int], max_steps: int) -> int:
+    """Steps group ``gi`` will certainly still take (this one included): in budget mode each step adds one to the
+    size :func:`_stop` compares with the width; in tolerance mode only this one is certain."""
+    if ctx.widths is None:
+        return 1
+    size = len(chosen) if ctx.replacement else len(set(chosen))
+    return max(1, min(ctx.widths[gi] - size, max_steps - len(chosen)))
 
 
 def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
@@ -50,12 +58,13 @@ def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
         bar = ctx.bar(limit, f"gfs group {gi + 1}/{len(ctx.groups)} ({g.name})")
         max_steps = 4 * n if ctx.replacement else n
         while len(chosen) < max_steps:
-            x, y = ctx.next_batch()
+            guaranteed = _guaranteed(ctx, gi, chosen, max_steps)
+            x, y, prefix = ctx.step_batch(gi, guaranteed)
             pool = range(n) if ctx.replacement else sorted(set(range(n)) - set(chosen))
             cands = ctx.sample(pool, ctx.n_candidates(gi, len(pool)))
             masks = candidate_masks(n, chosen, add=cands)  # row k: kept_mask(n, chosen + [cands[k]])
             # every process scores its share of the candidates on the same minibatch; all get every score
-            scores = distributed.split_scores(lambda m: ctx.scorer.score(gi, m, x, y), masks)
+            scores = ctx.split_scores(gi, masks, x, y, prefix, left=guaranteed - 1)
             best = int(torch.argmin(scores))
             before = len(set(chosen))
             chosen.append(cands[best])

@@ -17,13 +17,14 @@ import operator
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from .. import distributed
 from .groups import ChannelGroup
 
 
@@ -252,7 +253,8 @@ class BatchedScorer:
         self._graph: fx.Graph | None | bool = None  # None: not traced yet; False: tracing failed
         self._plans: dict[int, _Plan | None] = {}
         self._checked: set[int] = set()
-        self._act_sizes: dict[fx.Node, int] | None = None
+        self._nodes: dict[fx.Node, _NodeInfo] | None = None  # per-image shapes and MACs of the traced graph
+        self._sharing: dict[int, _Plan | None] = {}  # per group: the plan whose prefix values are sent, or None
 
     def reset_stats(self) -> None:
         self.stats = ScoringStats()
@@ -261,8 +263,12 @@ class BatchedScorer:
     # ------------------------------------------------------------------------------------------ entry point
 
     @torch.no_grad()
-    def score(self, gi: int, masks: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Mean cross-entropy on ``(x, y)`` for each of the (K, N) candidate ``masks`` of group ``gi``."""
+    def score(self, gi: int, masks: Tensor, x: Tensor, y: Tensor, prefix: Sequence[Tensor] | None = None) -> Tensor:
+        """Mean cross-entropy on ``(x, y)`` for each of the (K, N) candidate ``masks`` of group ``gi``.
+
+        ``prefix``: :meth:`prefix_values` of ``x`` for this group, computed elsewhere (another process); the call
+        then does not compute them. Ignored where the group is scored by the hook path.
+        """
         was_training = self.model.training
         self.model.eval()
         t = time.perf_counter()
@@ -271,7 +277,7 @@ class BatchedScorer:
             return torch.zeros(0)
         try:
             plan = self._plan(gi, x) if self.mode != "hooks" else None
-            out = self._score_checked(plan, gi, masks, x, y, st) if plan is not None else None
+            out = self._score_checked(plan, gi, masks, x, y, st, prefix) if plan is not None else None
             if out is None:
                 st = ScoringStats(calls=1, candidates=masks.shape[0], path="hooks")
                 out = self._score_hooks(gi, masks, x, y, st)
@@ -283,12 +289,12 @@ class BatchedScorer:
         return out
 
     def _score_checked(self, plan: "_Plan", gi: int, masks: Tensor, x: Tensor, y: Tensor,
-                       st: ScoringStats) -> Tensor | None:
+                       st: ScoringStats, prefix: Sequence[Tensor] | None = None) -> Tensor | None:
         """Graph-path scores; on a group's first call also one plain forward pass to check them. ``None``
         (after a warning) when the graph path turns out not to apply: the group then uses the hook path."""
         problem = None
         try:
-            out = self._score_graph(plan, gi, masks.float(), x, y, st)
+            out = self._score_graph(plan, gi, masks.float(), x, y, st, prefix)
         except _Modified:
             problem = "the network modifies a cached value in place"
         if problem is None and gi not in self._checked:
@@ -349,14 +355,16 @@ class BatchedScorer:
                 warnings.warn(f"netsift: graph scoring does not apply to group {gi} ({reason}); "
                               "scoring it with the hook path")
         if plan is not None:
-            plan.scale, plan.act = self._stack_scale(plan, x[:1])
+            self._measure(plan, x[:1])
         self._plans[gi] = plan
         return plan
 
-    def _stack_scale(self, plan: "_Plan", x: Tensor) -> tuple[int, int]:
-        """The ratio of the network's largest activation per image to the suffix's, and the suffix's."""
-        if self._act_sizes is None:
-            sizes: dict[fx.Node, int] = {}
+    def _measure(self, plan: "_Plan", x: Tensor) -> None:
+        """Fill in ``plan``'s per-image figures from one pass of one image through the graph (made once): the
+        stacking limits (the ratio of the network's largest activation to the suffix's, and the suffix's), the
+        prefix's MACs and the shapes of the prefix values the suffix reads."""
+        if self._nodes is None:
+            nodes: dict[fx.Node, _NodeInfo] = {}
             env: dict[fx.Node, Any] = {}
             for n in self._graph.nodes:
                 if n.op == "placeholder":
@@ -367,22 +375,67 @@ class BatchedScorer:
                     args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: env[a])
                     env[n] = plan.modules[n.target](*args, **kwargs) if n.op == "call_module" else \
                         _run_simple(n, args, kwargs, self.model)
-                    if isinstance(env[n], Tensor):
-                        sizes[n] = env[n].numel()
-            self._act_sizes = sizes
-        largest = max(self._act_sizes.values(), default=1)
-        suffix = max(1, max((self._act_sizes.get(n, 0) for n in plan.suffix), default=0))
-        return max(1, largest // suffix), suffix
+                v = env[n]
+                if isinstance(v, Tensor):
+                    per_image = v.dim() > 0 and v.shape[0] == 1  # (a value with a batch axis has 1 row here)
+                    nodes[n] = _NodeInfo(tuple(v.shape[1:]) if per_image else None, v.dtype, v.numel(),
+                                         layer_macs(plan.modules[n.target], v) if n.op == "call_module" else 0)
+                else:
+                    nodes[n] = _NodeInfo(None, None, 0, 0)
+            self._nodes = nodes
+        info = self._nodes
+        largest = max((i.numel for i in info.values()), default=1)
+        suffix = max(1, max((info[n].numel for n in plan.suffix if n in info), default=0))
+        plan.scale, plan.act = max(1, largest // suffix), suffix
+        plan.prefix_macs = sum(info[n].macs for n in plan.prefix if n in info)
+        plan.shared = [n for n in plan.prefix if n in plan.frontier and n in plan.batched and n is not plan.input]
+        sendable = all(n in info and info[n].shape is not None for n in plan.shared) and \
+            len({info[n].dtype for n in plan.shared}) <= 1
+        plan.shared_numel = sum(info[n].numel for n in plan.shared) if sendable else -1
 
-    def _call(self, mod: nn.Module, args, kwargs, blocks: int) -> Any:
-        if self.bn_batch_stats and isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            return _bn_blocks(mod, args[0], blocks)
-        return mod(*args, **kwargs)
+    # ------------------------------------------------------------------------- prefix computed elsewhere
 
-    def _score_graph(self, plan: "_Plan", gi: int, masks: Tensor, x: Tensor, y: Tensor, st: ScoringStats) -> Tensor:
-        b = x.shape[0]
-        modules = plan.modules
-        # candidate-independent values the suffix reads, once per call
+    def shares_prefix(self, gi: int, x: Tensor) -> bool:
+        """Whether group ``gi``'s prefix values for a minibatch like ``x`` are worth computing once and sending
+        (:meth:`prefix_values`) rather than computing in every process: the graph path applies, every value is
+        a tensor with a batch axis, and the prefix costs at least :data:`SEND_MACS_PER_VALUE` MACs per value
+        sent and :data:`SEND_MIN_MACS` in all, on a CPU (:func:`~netsift.distributed.share_policy` "auto";
+        "always" skips those conditions, "never" says no)."""
+        if gi not in self._sharing:  # decided once per group, so every process keeps deciding alike
+            policy = distributed.share_policy()
+            plan = self._plan(gi, x) if self.mode != "hooks" and policy != "never" else None
+            ok = plan is not None and plan.shared_numel >= 0
+            if ok and policy == "auto":  # (on a GPU the values would travel through the CPU: never worth it)
+                ok = x.device.type == "cpu"
+            if ok and policy == "auto":
+                macs, sent = plan.prefix_macs * x.shape[0], plan.shared_numel * x.shape[0]
+                ok = macs >= SEND_MIN_MACS and macs >= SEND_MACS_PER_VALUE * sent
+            self._sharing[gi] = plan if ok else None
+        return self._sharing[gi] is not None
+
+    @torch.no_grad()
+    def prefix_values(self, gi: int, x: Tensor, compute: bool = True) -> list[Tensor]:
+        """The candidate-independent values group ``gi``'s suffix reads for minibatch ``x`` (only where
+        :meth:`shares_prefix`), in a fixed order; with ``compute=False``, empty tensors of their shapes (to
+        receive them into)."""
+        plan = self._sharing[gi]
+        info = self._nodes
+        if not compute:
+            return [torch.empty((x.shape[0], *info[n].shape), dtype=info[n].dtype, device=x.device)
+                    for n in plan.shared]
+        was_training = self.model.training
+        self.model.eval()
+        st = ScoringStats(path="graph")
+        try:
+            env = self._prefix(plan, x, st)
+        finally:
+            self.model.train(was_training)
+        self.stats.add(st)
+        self.group_stats.setdefault(gi, ScoringStats()).add(st)
+        return [env[n] for n in plan.shared]
+
+    def _prefix(self, plan: "_Plan", x: Tensor, st: ScoringStats) -> dict[fx.Node, Any]:
+        """Run the prefix on ``x``: the values the suffix reads (and a few dead ones)."""
         env: dict[fx.Node, Any] = {}
         for n in plan.prefix:
             if n.op == "placeholder":
@@ -390,7 +443,7 @@ class BatchedScorer:
                 continue
             args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: env[a])
             if n.op == "call_module":
-                mod = modules[n.target]
+                mod = plan.modules[n.target]
                 out = self._call(mod, args, kwargs, 1)
                 st.prefix_macs += layer_macs(mod, out)
             else:
@@ -398,6 +451,36 @@ class BatchedScorer:
             env[n] = out
             for dead in plan.free_after.get(n, ()):
                 env.pop(dead, None)
+        return env
+
+    def _received(self, plan: "_Plan", x: Tensor, values: Sequence[Tensor]) -> dict[fx.Node, Any]:
+        """The prefix's values from :meth:`prefix_values` computed elsewhere; what does not depend on the
+        images (parameters, constants) is computed here."""
+        if len(values) != len(plan.shared) or any(v.shape[0] != x.shape[0] for v in values):
+            raise ValueError("prefix values do not match the group's plan or the minibatch")
+        env: dict[fx.Node, Any] = dict(zip(plan.shared, values))
+        for n in plan.prefix:
+            if n in env:
+                continue
+            if n.op == "placeholder":
+                env[n] = x if n is plan.input else (n.args[0] if n.args else None)
+            elif n not in plan.batched:
+                args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: env[a])
+                env[n] = plan.modules[n.target](*args, **kwargs) if n.op == "call_module" else \
+                    _run_simple(n, args, kwargs, self.model)
+        return env
+
+    def _call(self, mod: nn.Module, args, kwargs, blocks: int) -> Any:
+        if self.bn_batch_stats and isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            return _bn_blocks(mod, args[0], blocks)
+        return mod(*args, **kwargs)
+
+    def _score_graph(self, plan: "_Plan", gi: int, masks: Tensor, x: Tensor, y: Tensor, st: ScoringStats,
+                     prefix: Sequence[Tensor] | None = None) -> Tensor:
+        b = x.shape[0]
+        modules = plan.modules
+        # candidate-independent values the suffix reads, once per call (or received)
+        env = self._prefix(plan, x, st) if prefix is None else self._received(plan, x, prefix)
         # consumers reading candidate-independent inputs: the shared product, once per call
         direct: dict[fx.Node, _Direct] = {}
         for n in plan.direct:
@@ -635,6 +718,21 @@ def _channel_view(mod: nn.Module, v: Tensor, x_dim: int, stacked: bool = False) 
     return v.view(*lead, -1, *(1,) * (x_dim - len(lead) - 1))
 
 
+# When the processes share a greedy step's prefix (one computes it, all receive it), the prefix must cost at
+# least this many MACs per value sent and this many in all: sending a value took ~5 ns with gloo on a 2-core
+# CPU machine (all_gather at 0.8 GB/s, ~0.5-1 ms per call), about 40 MACs of one core's convolution time.
+SEND_MACS_PER_VALUE = 64
+SEND_MIN_MACS = 16_000_000
+
+
+@dataclass
+class _NodeInfo:
+    shape: tuple[int, ...] | None  # per image (None: not a tensor with a batch axis)
+    dtype: torch.dtype | None
+    numel: int  # per image
+    macs: int  # per image
+
+
 @dataclass
 class _Direct:
     x: Tensor  # the consumer's input with the fixed masks of other groups applied (B, C, …)
@@ -658,8 +756,12 @@ class _Plan:
     inplace: set[fx.Node]  # suffix nodes that may modify an input in place
     free_after: dict[fx.Node, list[fx.Node]]
     output_depends: bool
+    frontier: set[fx.Node] = field(default_factory=set)  # candidate-independent values the suffix reads
     scale: int = 1  # the network's largest activation per image / the suffix's
     act: int = 1  # the suffix's largest activation per image
+    prefix_macs: int = 0  # per image
+    shared: list[fx.Node] = field(default_factory=list)  # frontier values with a batch axis (not the input)
+    shared_numel: int = -1  # their elements per image (-1: some value is not a batched tensor)
 
 
 _ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul,
@@ -743,7 +845,7 @@ def _make_plan(graph: fx.Graph, model: nn.Module, group: ChannelGroup) -> tuple[
             return f"{n.name} modifies a candidate-independent value in place", None
     return "", _Plan(modules, placeholders[0], prefix, suffix, consumers, direct, batched, broadcast, inplace,
                      free_after,
-                     out_node in dep or any(a in dep for a in out_node.all_input_nodes))
+                     out_node in dep or any(a in dep for a in out_node.all_input_nodes), frontier)
 
 
 def _run_simple(n: fx.Node, args, kwargs, model: nn.Module) -> Any:
