@@ -174,6 +174,12 @@ def main() -> None:
     summary = {
         "gfs_selection_s": {str(n): med("gfs", n, "selection_s") for n in counts},
         "gfs_speedup": med("gfs", 1, "selection_s") / med("gfs", args.processes, "selection_s"),
+        # each repeat's 1-process run against the N-process run that followed it (a drift of the machine's speed
+        # between repeats cancels out)
+        "gfs_speedup_per_repeat": [
+            next(r["selection_s"] for r in gfs if r["repeat"] == rep and r["processes"] == 1)
+            / next(r["selection_s"] for r in gfs if r["repeat"] == rep and r["processes"] == args.processes
+                   and r["share_prefix"] == "auto") for rep in range(args.repeats)],
         **({"gfs_selection_s_unshared_prefix": med("gfs", args.processes, "selection_s", "never"),
             "gfs_speedup_unshared_prefix": med("gfs", 1, "selection_s") / med("gfs", args.processes, "selection_s",
                                                                                "never")}

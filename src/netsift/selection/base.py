@@ -150,6 +150,10 @@ class SelectionContext:
         x = batches[min(r, len(batches) - 1)][0]
         like = self.scorer.prefix_values(gi, x, compute=False)
         values = self.scorer.prefix_values(gi, x) if r < len(batches) else like
+        if [v.shape for v in values] != [v.shape for v in like]:
+            raise RuntimeError(f"internal error: group {gi}'s prefix values have shapes {[v.shape for v in values]}, "
+                               f"not the traced {[v.shape for v in like]}")
+        values = [v.to(t.dtype) for v, t in zip(values, like)]  # every process sends the same bytes per value
         flat = torch.cat([v.detach().reshape(-1) for v in values]) if values else torch.zeros(0)
         return flat.cpu().view(torch.uint8), like
 
