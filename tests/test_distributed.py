@@ -360,7 +360,7 @@ def _greedy_worker(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     results = {f"{name}/{method}": _greedy(name, method) for name, method in SELECT_CASES}
     Path(out, f"greedy{rank}.json").write_text(json.dumps(results))
-    dist.destroy_process_group()
+    dist.destroy_process_group()  # as a script that set up the group itself would (netsift's own group: atexit)
 
 
 def test_greedy_selection_with_shared_prefixes_keeps_the_same_channels(tmp_path, monkeypatch):

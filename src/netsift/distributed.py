@@ -210,10 +210,25 @@ def _teardown() -> None:
 def _group():
     """netsift's own gloo group (CPU tensors, with the timeout), created once on every process."""
     if _state["group"] is None:
+        import atexit
         from datetime import timedelta
 
         _state["group"] = _dist().new_group(backend="gloo", timeout=timedelta(seconds=timeout_s()))
+        atexit.register(_release_group)  # also when the caller set up (and tears down) the job's group itself
     return _state["group"]
+
+
+def _release_group() -> None:
+    """Destroy netsift's own group and drop it before the interpreter exits: a group (with its asynchronous
+    work) left to the C++ destructors can abort the process at exit after its work is done."""
+    group, _state["group"] = _state["group"], None
+    if group is None:
+        return
+    try:
+        if _dist().is_initialized():
+            _dist().destroy_process_group(group)
+    except Exception:  # noqa: BLE001 (exiting anyway; the caller may have destroyed every group already)
+        pass
 
 
 def _first_line(e: BaseException) -> str:
@@ -369,7 +384,8 @@ def mine(i: int) -> bool:
     return i % world_size() == rank()
 
 
-def split_scores(score: Callable, masks, *args: Any, carry: Callable[[], Any] | None = None):
+def split_scores(score: Callable, masks, *args: Any, carry: Callable[[], Any] | None = None,
+                 meanwhile: Callable[[], None] | None = None):
     """``score(masks, *args)`` with the K candidate ``masks`` split across the processes; every process returns
     all K scores.
 
@@ -379,13 +395,16 @@ def split_scores(score: Callable, masks, *args: Any, carry: Callable[[], Any] | 
 
     ``carry``: called after this process's share is scored; it returns a 1-D ``uint8`` tensor of the same size
     in every process, gathered in the same collective (one wait instead of two). Then the result is
-    ``(scores, [every process's carried tensor])``.
+    ``(scores, [every process's carried tensor])``. ``meanwhile``: work done while the collective runs (it fills
+    the time this process would wait for a slower one).
     """
     import torch
 
     n = world_size()
     if n == 1:
         scores = score(masks, *args)
+        if meanwhile is not None:
+            meanwhile()
         return scores if carry is None else (scores, [carry()])
     k = masks.shape[0]
     lo, hi = share(k)
@@ -399,7 +418,11 @@ def split_scores(score: Callable, masks, *args: Any, carry: Callable[[], Any] | 
         buf = torch.cat([buf.view(torch.uint8), extra.reshape(-1).to("cpu", torch.uint8)])
     parts = [torch.empty_like(buf) for _ in range(n)]
     with waiting("gathering candidate scores"):
-        _dist().all_gather(parts, buf, group=_group())
+        work = _dist().all_gather(parts, buf, group=_group(), async_op=meanwhile is not None)
+    if meanwhile is not None:
+        meanwhile()
+        with waiting("gathering candidate scores"):
+            work.wait()
     head = width * 8
     scores = torch.cat([p[:head].view(torch.float64)[:share(k, i, n)[1] - share(k, i, n)[0]] if extra is not None
                         else p[:share(k, i, n)[1] - share(k, i, n)[0]] for i, p in enumerate(parts)])

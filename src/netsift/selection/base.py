@@ -74,6 +74,7 @@ class SelectionContext:
         self.records: dict[int, GroupRecord] = {}
         self._resumed = False
         self._ahead: deque = deque()  # minibatches drawn ahead (see step_batch)
+        self._pending: tuple | None = None  # the next round: minibatches and this process's prefix share, unsent
 
     def resumed(self, gi: int) -> GroupRecord | None:
         """Group ``gi``'s record if it was finished before an interruption (its mask is set again), else ``None``.
@@ -116,24 +117,47 @@ class SelectionContext:
         """Every candidate's score for one greedy step of group ``gi``, the candidates split across the processes
         (:func:`~netsift.distributed.split_scores`). ``left``: steps the group will certainly take after this one.
 
-        When this is the last step drawn ahead (:meth:`step_batch`) and the next steps' prefixes are shared, each
-        process computes its next prefix right after its candidates, and the prefixes travel with the scores:
-        one wait per step instead of two, and the work of both fills the time one process would wait.
+        With several processes and shared prefixes (:meth:`step_batch`), the next round's prefixes are prepared
+        here: at a step followed by one already drawn, each process computes its share of the next round while
+        the scores are being gathered (the time it would wait for a slower process), and the next step's
+        collective carries them with its scores; at the last drawn step with none prepared, each process computes
+        its share right after its candidates and it travels with this step's scores.
         """
         def score(m: Tensor) -> Tensor:
             return self.scorer.score(gi, m, x, y) if prefix is None else self.scorer.score(gi, m, x, y, prefix=prefix)
 
-        if self._ahead or distributed.world_size() == 1 or left < 2:
+        if distributed.world_size() == 1:
             return distributed.split_scores(score, masks)
-        batches, shared = self._draw(gi, left)
+        if self._pending is not None:  # prepared during an earlier step's wait: it travels now
+            batches, mine = self._pending
+            self._pending = None
+            scores, parts = distributed.split_scores(score, masks, carry=lambda: mine[0])
+            self._queue(batches, mine, parts)
+            return scores
+        beyond = left - len(self._ahead)  # steps certain beyond those drawn already
+        if self._ahead:
+            if beyond < 2:
+                return distributed.split_scores(score, masks)
+            return distributed.split_scores(score, masks, meanwhile=lambda: self._prepare(gi, beyond))
+        if beyond < 2:
+            return distributed.split_scores(score, masks)
+        batches, shared = self._draw(gi, beyond)
         if not shared:
             self._ahead.extend((bx, by, None) for bx, by in batches)
             return distributed.split_scores(score, masks)
-        mine: list = []
+        own: list = []
         scores, parts = distributed.split_scores(score, masks,
-                                                 carry=lambda: mine.extend(self._own_prefix(gi, batches)) or mine[0])
-        self._queue(batches, mine, parts)
+                                                 carry=lambda: own.extend(self._own_prefix(gi, batches)) or own[0])
+        self._queue(batches, own, parts)
         return scores
+
+    def _prepare(self, gi: int, guaranteed: int) -> None:
+        """Draw the next round and compute this process's share of its prefixes (sent with the next scores)."""
+        batches, shared = self._draw(gi, guaranteed)
+        if shared:
+            self._pending = (batches, self._own_prefix(gi, batches))
+        else:
+            self._ahead.extend((x, y, None) for x, y in batches)
 
     def _draw(self, gi: int, guaranteed: int) -> tuple[list[tuple[Tensor, Tensor]], bool]:
         """The next min(N, ``guaranteed``) minibatches, and whether their prefixes are shared."""
@@ -171,9 +195,9 @@ class SelectionContext:
 
     def finish_group(self, gi: int, kept: Sequence[int], info: dict, rescale: bool = True) -> None:
         """Record group ``gi`` as finished (``kept`` as the masker has it) and call ``on_group_done``."""
-        if self._ahead:
-            raise RuntimeError(f"internal error: {len(self._ahead)} minibatch(es) drawn ahead for group {gi} were "
-                               "not used (the minibatch stream would not resume where it stopped)")
+        if self._ahead or self._pending is not None:
+            raise RuntimeError(f"internal error: minibatches drawn ahead for group {gi} were not used (the minibatch "
+                               "stream would not resume where it stopped)")
         self.records[gi] = GroupRecord(sorted(int(i) for i in kept), rescale, dict(info))
         if self.on_group_done is not None:
             self.on_group_done(self, gi)
