@@ -103,13 +103,9 @@ class SelectionContext:
         ``guaranteed`` is how many steps the group will certainly still take, this one included: no more are drawn,
         so at the group's end the minibatch stream is where one process leaves it (a saved state resumes alike).
         """
-        if not self._ahead:
-            batches, shared = self._draw(gi, guaranteed)
-            if shared:
-                mine = self._own_prefix(gi, batches)
-                self._queue(batches, mine, distributed.gather(mine[0], "receiving a greedy step's prefix"))
-            else:
-                self._ahead.extend((x, y, None) for x, y in batches)
+        if not self._ahead and (batches := self._draw(gi, guaranteed)) is not None:
+            mine = self._own_prefix(gi, batches)
+            self._queue(batches, mine, distributed.gather(mine[0], "receiving a greedy step's prefix"))
         return self._ahead.popleft()
 
     def split_scores(self, gi: int, masks: Tensor, x: Tensor, y: Tensor, prefix: list[Tensor] | None,
@@ -135,15 +131,12 @@ class SelectionContext:
             self._queue(batches, mine, parts)
             return scores
         beyond = left - len(self._ahead)  # steps certain beyond those drawn already
-        if self._ahead:
-            if beyond < 2:
-                return distributed.split_scores(score, masks)
-            return distributed.split_scores(score, masks, meanwhile=lambda: self._prepare(gi, beyond))
         if beyond < 2:
             return distributed.split_scores(score, masks)
-        batches, shared = self._draw(gi, beyond)
-        if not shared:
-            self._ahead.extend((bx, by, None) for bx, by in batches)
+        if self._ahead:
+            return distributed.split_scores(score, masks, meanwhile=lambda: self._prepare(gi, beyond))
+        batches = self._draw(gi, beyond)
+        if batches is None:
             return distributed.split_scores(score, masks)
         own: list = []
         scores, parts = distributed.split_scores(score, masks,
@@ -153,19 +146,19 @@ class SelectionContext:
 
     def _prepare(self, gi: int, guaranteed: int) -> None:
         """Draw the next round and compute this process's share of its prefixes (sent with the next scores)."""
-        batches, shared = self._draw(gi, guaranteed)
-        if shared:
+        if (batches := self._draw(gi, guaranteed)) is not None:
             self._pending = (batches, self._own_prefix(gi, batches))
-        else:
-            self._ahead.extend((x, y, None) for x, y in batches)
 
-    def _draw(self, gi: int, guaranteed: int) -> tuple[list[tuple[Tensor, Tensor]], bool]:
-        """The next min(N, ``guaranteed``) minibatches, and whether their prefixes are shared."""
+    def _draw(self, gi: int, guaranteed: int) -> list[tuple[Tensor, Tensor]] | None:
+        """Draw the next min(N, ``guaranteed``) minibatches. Returns them when their prefixes are to be shared;
+        otherwise queues them (each process computes their prefixes itself) and returns ``None``."""
         n = min(distributed.world_size(), max(1, guaranteed))
         batches = [self.next_batch() for _ in range(n)]
-        shared = n > 1 and all(x.shape == batches[0][0].shape for x, _ in batches) \
-            and self.scorer.shares_prefix(gi, batches[0][0])
-        return batches, shared
+        if n > 1 and all(x.shape == batches[0][0].shape for x, _ in batches) \
+                and self.scorer.shares_prefix(gi, batches[0][0]):
+            return batches
+        self._ahead.extend((x, y, None) for x, y in batches)
+        return None
 
     def _own_prefix(self, gi: int, batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, list[Tensor]]:
         """Process i's part of a shared round: minibatch i's prefix values as bytes (a blank of the same size

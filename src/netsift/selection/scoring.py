@@ -434,10 +434,19 @@ class BatchedScorer:
         self.group_stats.setdefault(gi, ScoringStats()).add(st)
         return [env[n] for n in plan.shared]
 
-    def _prefix(self, plan: "_Plan", x: Tensor, st: ScoringStats) -> dict[fx.Node, Any]:
-        """Run the prefix on ``x``: the values the suffix reads (and a few dead ones)."""
+    def _prefix(self, plan: "_Plan", x: Tensor, st: ScoringStats,
+                received: Sequence[Tensor] | None = None) -> dict[fx.Node, Any]:
+        """Run the prefix on ``x``: the values the suffix reads (and a few dead ones). ``received``: its batched
+        values from :meth:`prefix_values` computed elsewhere; then only what does not depend on the images
+        (parameters, constants) is computed here."""
         env: dict[fx.Node, Any] = {}
+        if received is not None:
+            if len(received) != len(plan.shared) or any(v.shape[0] != x.shape[0] for v in received):
+                raise ValueError("prefix values do not match the group's plan or the minibatch")
+            env.update(zip(plan.shared, received))
         for n in plan.prefix:
+            if n in env or (received is not None and n in plan.batched and n.op != "placeholder"):
+                continue
             if n.op == "placeholder":
                 env[n] = x if n is plan.input else (n.args[0] if n.args else None)
                 continue
@@ -453,23 +462,6 @@ class BatchedScorer:
                 env.pop(dead, None)
         return env
 
-    def _received(self, plan: "_Plan", x: Tensor, values: Sequence[Tensor]) -> dict[fx.Node, Any]:
-        """The prefix's values from :meth:`prefix_values` computed elsewhere; what does not depend on the
-        images (parameters, constants) is computed here."""
-        if len(values) != len(plan.shared) or any(v.shape[0] != x.shape[0] for v in values):
-            raise ValueError("prefix values do not match the group's plan or the minibatch")
-        env: dict[fx.Node, Any] = dict(zip(plan.shared, values))
-        for n in plan.prefix:
-            if n in env:
-                continue
-            if n.op == "placeholder":
-                env[n] = x if n is plan.input else (n.args[0] if n.args else None)
-            elif n not in plan.batched:
-                args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: env[a])
-                env[n] = plan.modules[n.target](*args, **kwargs) if n.op == "call_module" else \
-                    _run_simple(n, args, kwargs, self.model)
-        return env
-
     def _call(self, mod: nn.Module, args, kwargs, blocks: int) -> Any:
         if self.bn_batch_stats and isinstance(mod, nn.modules.batchnorm._BatchNorm):
             return _bn_blocks(mod, args[0], blocks)
@@ -480,7 +472,7 @@ class BatchedScorer:
         b = x.shape[0]
         modules = plan.modules
         # candidate-independent values the suffix reads, once per call (or received)
-        env = self._prefix(plan, x, st) if prefix is None else self._received(plan, x, prefix)
+        env = self._prefix(plan, x, st, prefix)
         # consumers reading candidate-independent inputs: the shared product, once per call
         direct: dict[fx.Node, _Direct] = {}
         for n in plan.direct:
