@@ -332,3 +332,24 @@ def test_result_json_is_flat_enough(sweep):
             else:
                 assert not isinstance(value, (dict, list)), (path, key)
         assert result["width"] == 1.0 and result["model"] == "lenet300"
+
+
+def test_published_runs_are_labelled_published_unless_a_setting_departs_from_it():
+    """A --published run's label says published=true, not each setting it implies; a setting given on top of
+    --published (here --candidates 10) still shows."""
+    from pathlib import Path
+
+    from netsift.report import Run, label_runs
+
+    def run(**settings):
+        row = {"command": "prune", "method": "gfs", "model": "vgg11", "width": 0.25, "data": "digits"}
+        flat = {"prune.candidates": 50, "prune.select_batch": 128, "prune.published": False,
+                "prune.bn_batch_stats": True, "prune.recalibrate_bn": 20, "prune.layer_finetune": 0.0}
+        flat.update({f"prune.{k}": v for k, v in settings.items()})
+        return Run(Path("x"), row, [], [], [], flat, kind="prune")
+
+    published = dict(published=True, bn_batch_stats=False, recalibrate_bn=0, layer_finetune=0.1)
+    labels = label_runs([run(), run(), run(**published), run(**published, candidates=10)])
+    assert labels[0] == labels[1] == "gfs"
+    assert labels[2] == "gfs published=true"
+    assert labels[3] == "gfs candidates=10 published=true"

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import NetsiftError
+from .selection import PUBLISHED
 
 RESULT, CONFIG, METRICS = "result.json", "config.json", "metrics.jsonl"
 
@@ -177,10 +178,6 @@ def _value(v: Any) -> str:
     return str(v)
 
 
-PUBLISHED_IMPLIES = {"bn_batch_stats", "recalibrate_bn", "layer_finetune", "candidates", "select_batch"}
-"""Prune settings that ``--published`` sets: a published run's label says ``published=true`` instead."""
-
-
 def label_runs(runs: list[Run]) -> dict[int, str]:
     """The series label of each run: ``<method>`` plus the settings in which it differs from the usual value
     among the runs of the same command and method on the same network and data (a declared default, else the
@@ -206,8 +203,10 @@ def label_runs(runs: list[Run]) -> dict[int, str]:
             published = runs[i].settings.get("prune.published") is True
             for k, usual in varying:
                 v = runs[i].settings.get(k)
-                if v != usual and not (published and k.split(".")[-1] in PUBLISHED_IMPLIES):
-                    parts.append(f"{k.split('.')[-1]}={_value(v)}")
+                # a published run's label says published=true, not each setting that implies
+                name = k.split(".")[-1]
+                if v != usual and not (published and name in PUBLISHED and PUBLISHED[name] == v):
+                    parts.append(f"{name}={_value(v)}")
             labels[i] = " ".join(parts)
     index = {id(r): i for i, r in enumerate(runs)}
     for i, r in enumerate(runs):

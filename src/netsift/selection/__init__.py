@@ -18,6 +18,10 @@ from ..config import check_finite, check_range, check_types, method_options, opt
 from ..errors import NetsiftError, check_density, choose
 from .methods import METHODS, SelectionMethod
 
+PUBLISHED = {"bn_batch_stats": False, "recalibrate_bn": 0, "layer_finetune": 0.1, "candidates": 50,
+             "select_batch": 128}
+"""The settings ``--published`` stands for (the paper's code; the last two are also netsift's defaults)."""
+
 
 @dataclass
 class PruneConfig:
@@ -93,7 +97,7 @@ class PruneConfig:
         ``published`` is the paper's code: eval-mode BN, a 0.1-epoch fine-tune after each layer.
         """
         if self.published:
-            fill = {"bn_batch_stats": False, "recalibrate_bn": 0, "layer_finetune": 0.1}
+            fill = {k: PUBLISHED[k] for k in ("bn_batch_stats", "recalibrate_bn", "layer_finetune")}
         else:
             fill = {"bn_batch_stats": has_batch_norm, "recalibrate_bn": 20 if has_batch_norm else 0,
                     "layer_finetune": 0.0}
