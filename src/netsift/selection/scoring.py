@@ -711,9 +711,10 @@ def _channel_view(mod: nn.Module, v: Tensor, x_dim: int, stacked: bool = False) 
 
 
 # When the processes share a greedy step's prefix (one computes it, all receive it), the prefix must cost at
-# least this many MACs per value sent and this many in all: sending a value took ~5 ns with gloo on a 2-core
-# CPU machine (all_gather at 0.8 GB/s, ~0.5-1 ms per call), about 40 MACs of one core's convolution time.
-SEND_MACS_PER_VALUE = 64
+# least this many MACs per value sent and this many in all. benchmarks/gloo_cost.py on a 2-core CPU machine:
+# sending a value took ~6 ns (all-gather at 0.3-0.9 GB/s, 0.5 ms per call), about 110 MACs of one core's
+# convolution time (19.6 GMAC/s); 16 M MACs are ~0.8 ms, the order of one call's latency.
+SEND_MACS_PER_VALUE = 128
 SEND_MIN_MACS = 16_000_000
 
 
