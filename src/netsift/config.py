@@ -123,7 +123,8 @@ class DataConfig:
 class ModelConfig:
     """Which architecture to build."""
 
-    model: str = opt("lenet300", f"architecture: {', '.join(ZOO)} (see `netsift models`), or tv:<torchvision name>")
+    model: str | None = opt("lenet300", f"architecture: {', '.join(ZOO)} (see `netsift models`), or tv:<torchvision "
+                                        "name>")
     width: float = opt(1.0, "width multiplier for the zoo's architectures")
     pretrained: bool = opt(False, "tv:<name> only: start from torchvision's published weights (needs the network)")
     weights: str | None = opt(None, "start from the state dict in this local file (.safetensors, or a torch.save "
@@ -134,7 +135,7 @@ class ModelConfig:
         from .models import REGISTRY, model_names
 
         check_types(self)
-        if not self.model.startswith("tv:") and self.model not in REGISTRY:
+        if self.model is not None and not self.model.startswith("tv:") and self.model not in REGISTRY:
             raise NetsiftError(f"unknown model {self.model!r}; choose from: {', '.join(model_names())}, or tv:<name>")
         check_finite(self)
         if not 0 < self.width <= 64:

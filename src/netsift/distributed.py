@@ -250,21 +250,28 @@ def waiting(what: str) -> Iterator[None]:
                            f"or did not answer within {timeout_s():g} s ({TIMEOUT_ENV}): {_first_line(e)}") from None
 
 
+@contextmanager
+def collectives_reported() -> Iterator[None]:
+    """A collective that fails inside the block (in DDP's gradient exchange, say) is reported as one line, like
+    :func:`waiting`."""
+    try:
+        yield
+    except RuntimeError as e:
+        dist = _dist() if "torch" in sys.modules else None
+        if active() and (isinstance(e, getattr(dist, "DistError", ())) or _looks_collective(e)):
+            with waiting("exchanging data with the other processes"):
+                raise
+        raise
+
+
 def guard(fn: Callable) -> Callable:
-    """Decorator for a pipeline: a collective that fails inside it (in DDP's gradient exchange, say) is reported
-    as one line, like :func:`waiting`."""
+    """Decorator form of :func:`collectives_reported`."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with collectives_reported():
             return fn(*args, **kwargs)
-        except RuntimeError as e:
-            dist = _dist() if "torch" in sys.modules else None
-            if active() and (isinstance(e, getattr(dist, "DistError", ())) or _looks_collective(e)):
-                with waiting("exchanging data with the other processes"):
-                    raise
-            raise
 
     return wrapper
 

@@ -15,8 +15,8 @@ from typing import Any
 from torch import nn
 
 
-def _f(help: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"help": help})
+def _f(help: str, default: Any = None, returned: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "returned": returned})
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Result:
 
     model: nn.Module | None = field(default=None, repr=False, metadata={"help": "the network (not in result.json)"})
     # --- what ran
-    command: str = _f("`train`, `extract` or `prune`", "")
+    command: str = _f("`train`, `extract` or `prune` (`evaluate` and `export` in what those return)", "")
     method: str = _f("`dense` (train), the mask method (extract) or the selection method (prune)", "")
     arch: str = _f("architecture: a zoo name, `tv:<name>`, or `custom:<class>` for your own module (JSON key: "
                    "`model`)", "")
@@ -94,6 +94,14 @@ class Result:
     selection_s: float | None = _f("prune: wall time of the channel selection (s)")
     finetune_s: float | None = _f("prune: wall time of the fine-tuning (s)")
     groups: list | None = _f("prune: per channel group: `group`, `size`, `kept` (and accuracies in tolerance mode)")
+    # --- evaluate and export (returned by netsift.evaluate / netsift.export; never in a run's result.json)
+    saved_test_acc: float | None = _f("evaluate: the test accuracy the run (or compact file) recorded", returned=True)
+    format: str | None = _f("export: `compact`, `safetensors` or `onnx`", returned=True)
+    path: str | None = _f("export: the file written", returned=True)
+    bytes: int | None = _f("export: its size in bytes", returned=True)
+    dense_bytes: int | None = _f("export: the size of the network's float32 safetensors state", returned=True)
+    ratio: float | None = _f("export (compact): `dense_bytes` / `bytes`", returned=True)
+    codec: str | None = _f("export (compact): the payload's compression", returned=True)
     # --- where and with what
     run_dir: str | None = _f("the run folder (`null` for an in-memory run)")
     netsift_version: str = _f("netsift version", "")
@@ -107,9 +115,10 @@ class Result:
         """The ``result.json`` contents (``arch`` under ``"model"``; the network itself is left out)."""
         out = {}
         for f in dataclasses.fields(self):
-            if f.name == "model":
+            value = getattr(self, f.name)
+            if f.name == "model" or (f.metadata.get("returned") and value is None):
                 continue
-            out["model" if f.name == "arch" else f.name] = getattr(self, f.name)
+            out["model" if f.name == "arch" else f.name] = value
         return out
 
     @classmethod
@@ -138,7 +147,7 @@ def schema_markdown() -> str:
     """The ``result.json`` fields as a markdown table (docs/results.md)."""
     rows = ["| key | meaning |", "|---|---|"]
     for f in dataclasses.fields(Result):
-        if f.name == "model":
+        if f.name == "model" or f.metadata.get("returned"):
             continue
         rows.append(f"| `{'model' if f.name == 'arch' else f.name}` | {f.metadata['help']} |")
     return "\n".join(rows)

@@ -19,6 +19,7 @@ imports it.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import hashlib
 import json
@@ -584,11 +585,144 @@ def write_result(run_dir: RunFolder | str | Path | None, result: dict) -> dict:
     return result
 
 
-def read_json_if(path: str | Path, schema: Any = None) -> Any:
+def read_json_if(path: str | Path, schema: Any = None, what: str = "file") -> Any:
     """A JSON file's contents, ``None`` when it does not exist (corrupt files are a one-line error)."""
-    return read_json(path, "file", schema) if Path(path).is_file() else None
+    return read_json(path, what, schema) if Path(path).is_file() else None
 
 
 def read_result(run_dir: str | Path) -> dict:
     """``result.json`` of a run folder."""
     return read_json(Path(run_dir) / RESULT, "result", RESULT_FILE)
+
+
+# ------------------------------------------------------------------------------------------ reading a saved run
+
+DATA_KEYS = ("data", "data_dir", "val_fraction", "train_subset", "download", "image_size")
+"""The data settings a run records that load its data again (``DataConfig`` fields)."""
+FREE_KEYS = ("data_dir", "download")
+"""Data settings that may differ from a run's own when its network is read (the data may have moved)."""
+
+
+class SavedRun:
+    """What a run folder says about itself: its settings (``config.json``), its result and its network.
+
+    The one reader of "what data, split, seed and image size did this run use?" for every command that reads a
+    run (prune, eval, export, the compact reader).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config: dict = read_run_config(self.path) if (self.path / CONFIG).is_file() else {}
+        self.result: dict | None = read_json_if(self.path / RESULT, RESULT_FILE, "result")
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (0 when it recorded none)."""
+        return self.config.get("seed", 0)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the run's train/validation split."""
+        return self.config.get("data_seed", self.seed)
+
+    @property
+    def data(self) -> dict | None:
+        """The run's data settings when they load a built-in data set (``None`` for your own data)."""
+        saved = self.config.get("data")
+        if not isinstance(saved, dict) or saved.get("data") in (None, "custom"):
+            return None
+        return {k: v for k, v in saved.items() if k not in ("train", "val", "test", "input_shape")}
+
+    @property
+    def test_acc(self) -> float | None:
+        """The test accuracy the run recorded."""
+        return self.result.get("test_acc") if isinstance(self.result, dict) else None
+
+    def data_config(self, given: dict | None = None, same: bool = False) -> Any:
+        """The run's data settings with the ``given`` ones that are not ``None`` on top, as a ``DataConfig``.
+
+        ``same``: refuse a given setting that differs from the run's (see :meth:`check_same`).
+        """
+        from .config import DataConfig
+
+        given = {k: v for k, v in (given or {}).items() if v is not None}
+        if self.data is None and "data" not in given:
+            raise NetsiftError(f"{self.path} does not record a built-in data set; pass the data")
+        if same:
+            self.check_same(given)
+        try:
+            return DataConfig(**{**(self.data or {}), **given})
+        except TypeError as e:
+            raise NetsiftError(f"{self.path}/{CONFIG} has malformed data settings: {e}") from None
+
+    def check_same(self, given: dict) -> None:
+        """Refuse data settings that differ from the run's own (only ``data_dir``/``download`` may: the data may
+        have moved); an image size equal to the one the network was built for is the run's own."""
+        saved = self.data
+        if saved is None:
+            return
+        for key, value in given.items():
+            if key in FREE_KEYS or (key not in saved and key != "image_size"):
+                continue
+            own = saved.get(key)
+            if key == "image_size" and own is None:
+                own = (self.manifest or {}).get("image_size") if value is not None else None
+            if value != own:
+                raise NetsiftError(f"{self.path} was trained with {key}={saved.get(key)!r}, not {value!r}; leave "
+                                   "the data settings out to use the run's (only --data-dir may differ)")
+
+    def data_for(self, data: Any, image_size: int | None = None) -> Any:
+        """The data a network read from this run is used with: ``data`` as given (a name or data settings are
+        checked against the run's and completed by them; a bundle or loaders are the caller's), else the run's."""
+        from .config import DataConfig
+
+        if image_size is not None:
+            self.check_same({"image_size": image_size})
+        if isinstance(data, DataConfig):
+            self.check_same(dataclasses.asdict(data))
+            return data
+        if data is None or isinstance(data, str) or (isinstance(data, dict) and set(data) <= set(DATA_KEYS)):
+            return self.data_config({"data": data} if isinstance(data, str) else data, same=True)
+        return data
+
+    def network(self) -> nn.Module:
+        """The network the run saved."""
+        return load_model(self.path)[0]
+
+    def check_arch(self, arch: str) -> None:
+        """Refuse a run whose saved network is not architecture ``arch``."""
+        have = (self.manifest or {}).get("model")
+        if have != arch:
+            raise NetsiftError(f"--checkpoint {self.path} holds a {have}, not a {arch}")
+
+    def check_fits(self, bundle: Any) -> None:
+        """Refuse data whose (channels, image size, classes) differ from the saved zoo network's."""
+        manifest = self.manifest
+        if manifest and "in_channels" in manifest:
+            have = (manifest["in_channels"], manifest["image_size"], manifest["num_classes"])
+            want = (bundle.in_channels, bundle.image_size, bundle.num_classes)
+            if have != want:
+                raise NetsiftError(f"{self.path} was trained on inputs (channels, size, classes) = {have}, but the "
+                                   f"data {bundle.name} has {want}")
+
+    @property
+    def manifest(self) -> dict | None:
+        """The saved network's manifest (``model.json``; ``None`` when the run saved no network)."""
+        if not (self.path / "model.json").is_file():
+            return None
+        return read_json(self.path / "model.json", "model", MODEL_FILE)["manifest"]
+
+
+def is_run_folder(path: Any) -> bool:
+    """Whether ``path`` names a run folder holding a saved network."""
+    return isinstance(path, (str, Path)) and Path(path).is_dir() and (Path(path) / "model.json").is_file()
+
+
+def read_run(path: str | Path, what: str = "run folder") -> SavedRun:
+    """The :class:`SavedRun` in folder ``path`` (one-line errors for a missing folder or corrupt files)."""
+    path = Path(path)
+    if not path.exists():
+        raise NetsiftError(f"no such {what}: {path}")
+    if not path.is_dir():
+        raise NetsiftError(f"{path} is not a run folder")
+    return SavedRun(path)

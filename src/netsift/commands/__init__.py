@@ -29,9 +29,14 @@ def add_run_flags(parser: argparse.ArgumentParser, resume: bool = True, data_see
                               "package, the others their own (default: none)")
 
 
-def out_arg(args: argparse.Namespace):
-    """``--out``, or ``True`` (a folder named by the settings) when it is not given."""
-    return args.out if args.out else True
+def run_options(args: argparse.Namespace):
+    """The :class:`~netsift.pipelines.spec.RunOptions` of the run flags (``--out`` not given: a folder named by
+    the settings)."""
+    from ..pipelines.spec import RunOptions
+
+    return RunOptions(seed=args.seed, data_seed=args.data_seed, out=True if args.out is None else args.out,
+                      overwrite=args.overwrite, resume=getattr(args, "resume", False), force=args.force,
+                      log_with=args.log_with)
 
 
 def print_weights(result) -> None:

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     with stage(f"exporting {args.path} as {args.format}", summary_after=None):  # "netsift export: done" follows
         r = export(args.path, args.format, args.out, args.overwrite)
     if args.format == "compact":
-        print(f"wrote {r['path']}: {r['compact_bytes']:,} bytes ({r['codec']}, density {r['density']:.4f}) vs "
-              f"{r['dense_bytes']:,} bytes as float32 safetensors: {r['ratio']:.1f}x smaller")
+        print(f"wrote {r.path}: {r.bytes:,} bytes ({r.codec}, density {r.density:.4f}) vs "
+              f"{r.dense_bytes:,} bytes as float32 safetensors: {r.ratio:.1f}x smaller")
     else:
-        print(f"wrote {r['path']}: {r['bytes']:,} bytes (float32 safetensors state: {r['dense_bytes']:,} bytes)")
+        print(f"wrote {r.path}: {r.bytes:,} bytes (float32 safetensors state: {r.dense_bytes:,} bytes)")
     return 0

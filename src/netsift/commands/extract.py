@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from ..config import DataConfig, ModelConfig, TrainConfig, add_flags, add_method_options, from_args, method_args
 from ..masks import EXTRACT_DEFAULTS, METHODS, MaskConfig
-from . import add_run_flags, format_table, out_arg, print_weights
+from . import add_run_flags, format_table, print_weights, run_options
 
 
 def _per_method(key: str) -> str:
@@ -37,16 +36,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipelines import extract
+    from ..pipelines import ExtractSpec, Source, execute
 
     mask = from_args(MaskConfig, args, options=method_args(args, METHODS))
     model_cfg = from_args(ModelConfig, args)
-    shared = {k: v for k, v in dataclasses.asdict(mask).items() if k in ("rescale", "scale_lr")}
-    result = extract(model_cfg.model, from_args(DataConfig, args), mask.method, mask.density, init=mask.init,
-                     config=from_args(TrainConfig, args), seed=args.seed, data_seed=args.data_seed,
-                     width=model_cfg.width, recalibrate_bn_batches=args.recalibrate_bn, out=out_arg(args),
-                     overwrite=args.overwrite, resume=args.resume, force=args.force, log_with=args.log_with,
-                     weights=model_cfg.weights, **shared, **mask.options)
+    source = Source(model_cfg.model, from_args(DataConfig, args), model_cfg.width, model_cfg.weights)
+    result = execute(ExtractSpec(source, mask, from_args(TrainConfig, args), run_options(args), init=mask.init,
+                                 recalibrate_bn=args.recalibrate_bn))
     print_weights(result)
     print(format_table([result], ["method", "model", "data", "test_acc", "val_acc", "density", "params", "wall_s"]))
     print(f"run saved in {result.run_dir}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import TRAIN_FALLBACKS, DataConfig, ModelConfig, TrainConfig, add_flags, from_args
-from . import add_run_flags, format_table, out_arg, print_weights
+from . import add_run_flags, format_table, print_weights, run_options
 
 
 def add_parser(sub) -> None:
@@ -29,13 +29,12 @@ def zoo_model(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int, data_seed
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipelines import train
+    from ..pipelines import Source, TrainSpec, execute
 
     model_cfg, data_cfg = from_args(ModelConfig, args), from_args(DataConfig, args)
-    result = train(zoo_model(model_cfg, data_cfg, args.seed, args.data_seed), data_cfg, from_args(TrainConfig, args),
-                   seed=args.seed, data_seed=args.data_seed, width=model_cfg.width, out=out_arg(args),
-                   overwrite=args.overwrite, resume=args.resume, force=args.force, log_with=args.log_with,
-                   weights=model_cfg.weights)
+    source = Source(zoo_model(model_cfg, data_cfg, args.seed, args.data_seed), data_cfg, model_cfg.width,
+                    model_cfg.weights)
+    result = execute(TrainSpec(source, from_args(TrainConfig, args), run_options(args)))
     print_weights(result)
     print(format_table([result], ["model", "data", "test_acc", "val_acc", "params", "macs", "best_epoch", "wall_s"]))
     print(f"run saved in {result.run_dir}")

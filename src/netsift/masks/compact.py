@@ -109,10 +109,10 @@ def _from_raw(chunk: bytes, dtype: torch.dtype, shape: list[int]) -> Tensor:
     return torch.frombuffer(bytearray(chunk), dtype=dtype).reshape(shape).clone()
 
 
-def subnet_tensors(masked: nn.Module, extracted: nn.Module, frozen: nn.Module) -> dict[str, Tensor]:
+def subnet_tensors(masked: nn.Module, extracted: nn.Module, frozen: nn.Module | dict[str, Tensor]) -> dict[str, Tensor]:
     """The tensors of a run folder's ``subnet.safetensors``: ``<layer>.mask`` / ``<layer>.scale`` for every
     masked layer, plus ``state.<key>`` for every other entry of the extracted network's state that differs from
-    the regenerated frozen network's (recalibrated batch-norm statistics, say)."""
+    the regenerated frozen network's (``frozen``, or its state dict; recalibrated batch-norm statistics, say)."""
     from .base import masks_and_scales
 
     found = masks_and_scales(masked)
@@ -121,7 +121,7 @@ def subnet_tensors(masked: nn.Module, extracted: nn.Module, frozen: nn.Module) -
         mask, scale = found[name]
         tensors[f"{name}.mask"], tensors[f"{name}.scale"] = mask.bool(), scale.float().reshape(())
     weights = {f"{name}.weight" for name, _ in prunable_layers(extracted)}
-    reference = frozen.state_dict()
+    reference = frozen if isinstance(frozen, dict) else frozen.state_dict()
     for key, value in extracted.state_dict().items():
         if key not in weights and not torch.equal(value.cpu(), reference[key].cpu()):
             tensors[f"state.{key}"] = value

@@ -1,15 +1,20 @@
 """The pipelines: :func:`train`, :func:`extract`, :func:`prune`, :func:`evaluate` and :func:`export`.
 
 They are the public Python API (``netsift.train`` etc.) and what every CLI command, benchmark and the demo
-runs: the CLI only parses arguments, calls one of them and prints. Each takes plain PyTorch objects (any
-``nn.Module``, ``DataLoader``\\ s or data sets) as well as zoo and data-set names, and returns a
-:class:`~netsift.results.Result`; with ``out=`` it also writes a run folder (:mod:`netsift.rundir`).
+runs. Each run type is a small spec (:class:`~.train.TrainSpec`, :class:`~.extract.ExtractSpec`,
+:class:`~.prune.PruneSpec`: the :class:`~.spec.Source` network and data, the method's and the loop's settings,
+the :class:`~.spec.RunOptions`) that the CLI builds from its flags and the Python functions from their
+arguments; :func:`~.runner.execute` runs any of them (checks, devices, run folder, measurement, result). Each
+returns a :class:`~netsift.results.Result`; with ``out=`` it also writes a run folder (:mod:`netsift.rundir`).
 """
 
 from .evaluate import evaluate
 from .export import export
-from .extract import extract
-from .prune import prune
-from .train import train
+from .extract import ExtractSpec, extract
+from .prune import PruneSpec, prune
+from .runner import execute
+from .spec import RunOptions, Source
+from .train import TrainSpec, train
 
-__all__ = ["evaluate", "export", "extract", "prune", "train"]
+__all__ = ["ExtractSpec", "PruneSpec", "RunOptions", "Source", "TrainSpec", "evaluate", "execute", "export",
+           "extract", "prune", "train"]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import NetsiftError
 from ..masks import COMPACT_SUFFIX as SUFFIX
+from ..results import Result
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,7 +39,7 @@ def load_source(src: Path) -> tuple[nn.Module, dict]:
     return load_model(src)
 
 
-def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None, overwrite: bool = False) -> dict:
+def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None, overwrite: bool = False) -> Result:
     """Export ``src`` (a run folder, or a compact file for safetensors/onnx) as ``fmt``.
 
     Args:
@@ -49,7 +50,8 @@ def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None,
         overwrite: replace an existing output file.
 
     Returns:
-        the path written and its size in bytes (``path``, ``bytes`` or ``compact_bytes``, ``dense_bytes``, ...).
+        a :class:`~netsift.results.Result` (``command`` ``export``): ``path`` written, its size ``bytes``, the
+        float32 safetensors size ``dense_bytes``; for compact also ``ratio``, ``codec`` and ``density``.
 
     Raises:
         NetsiftError: a missing source, a bad output path, or an output that exists without ``overwrite``.
@@ -84,15 +86,19 @@ def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None,
         raise NetsiftError(f"{src} is a file: compact export needs a run folder of `netsift extract`")
     with _lock_if_run(out.parent):
         if fmt == "compact":
-            return write_compact(src, out)
-        model, manifest = load_source(src)
-        if fmt == "safetensors":
-            save_model(out.parent, model, manifest, name=out.with_suffix("").name)
+            r = write_compact(src, out)
+            fields = {"path": r["path"], "bytes": r["compact_bytes"], "dense_bytes": r["dense_bytes"],
+                      "ratio": r["ratio"], "codec": r["codec"], "density": r["density"]}
         else:
-            from ..onnx_export import export_onnx
+            model, manifest = load_source(src)
+            if fmt == "safetensors":
+                save_model(out.parent, model, manifest, name=out.with_suffix("").name)
+            else:
+                from ..onnx_export import export_onnx
 
-            export_onnx(model, (manifest["in_channels"], manifest["image_size"], manifest["image_size"]), out)
-        return {"path": str(targets[0]), "bytes": targets[0].stat().st_size, "dense_bytes": dense_bytes(model)}
+                export_onnx(model, (manifest["in_channels"], manifest["image_size"], manifest["image_size"]), out)
+            fields = {"path": str(targets[0]), "bytes": targets[0].stat().st_size, "dense_bytes": dense_bytes(model)}
+    return Result.from_dict({"command": "export", "format": fmt, "run_dir": str(src), **fields})
 
 
 def _lock_if_run(folder: Path):

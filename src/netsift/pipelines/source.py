@@ -1,45 +1,69 @@
-"""What every pipeline does first: turn ``data`` and ``model`` into a bundle and a network, and check them."""
+"""Resolve a :class:`~.spec.Source` into what a run starts from: the data as a bundle and the network, checked.
+
+The network may be the user's module, a zoo architecture built for the data from the seed, or (prune) the
+network saved in a run folder, read with the run's own data and split (:func:`netsift.rundir.read_run`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from .. import progress, rundir
 from ..data import DataBundle, as_bundle
 from ..errors import NetsiftError
 from ..models import REGISTRY, build_for, check_input, manifest_of
-
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def check_seed(seed: Any, what: str = "seed") -> int:
-    """``seed`` as an int in [0, 2**63), or a one-line error."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise NetsiftError(f"{what} must be an integer in [0, 2^63), got {seed!r}")
-    return seed
+from .spec import RunOptions, Source
 
 
-def check_width(width: Any) -> float:
-    """``width`` as a float in (0, 64], or a one-line error."""
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 64:
-        raise NetsiftError(f"width must be a number in (0, 64], got {width!r}")
-    return float(width)
+@dataclass
+class Start:
+    """What a run starts from: the data, the network, the seeds and where they came from."""
+
+    bundle: DataBundle
+    net: nn.Module
+    seed: int
+    data_seed: int
+    weights: dict | None = None  # the record of a --weights file (name, SHA-256, adaptations)
+    source_dir: str | None = None  # the run folder the network was read from
 
 
-def bundle_for(data: Any, data_seed: int, val_fraction: float = 0.1, image_size: int | None = None) -> DataBundle:
-    """The data as a :class:`DataBundle` (see :func:`netsift.data.as_bundle`), resized to ``image_size`` px."""
-    return as_bundle(data, seed=data_seed, val_fraction=val_fraction, image_size=image_size)
+def resolve(source: Source, opts: RunOptions, runs: bool = False) -> Start:
+    """The bundle and the network of ``source``, with its ``--weights`` file loaded (``runs``: a run folder may
+    hold the network)."""
+    saved = _saved_run(source, runs)
+    data, model = source.data, source.model
+    if saved is not None:
+        data = saved.data_for(source.data, source.image_size)
+        model = saved.network()
+    data_seed = opts.data_seed if opts.data_seed is not None else saved.data_seed if saved else opts.seed
+    weights_path = check_weights(source.weights, model)
+    bundle = as_bundle(data, seed=data_seed, image_size=source.image_size)
+    if saved is not None:
+        saved.check_fits(bundle)
+    net = network_for(model, bundle, opts.seed, source.width)
+    loaded = load_weights(net, weights_path) if weights_path else None
+    return Start(bundle, net, opts.seed, data_seed, loaded, str(saved.path) if saved else None)
 
 
-def image_side(bundle: DataBundle) -> int | None:
-    """Side (px) of the square images the network is fed, ``None`` for other inputs."""
-    shape = bundle.input_shape
-    return int(shape[-1]) if len(shape) == 3 and shape[1] == shape[2] else None
+def _saved_run(source: Source, runs: bool) -> rundir.SavedRun | None:
+    model = source.model
+    if not runs or not isinstance(model, (str, Path)):
+        return None
+    if not rundir.is_run_folder(model):
+        if "/" in str(model) or Path(model).exists():
+            if not Path(model).exists():
+                raise NetsiftError(f"checkpoint {model} does not exist")
+            raise NetsiftError(f"{model} is not a run folder with a saved network (model.json missing)")
+        if source.data is None:
+            raise NetsiftError("give the data to prune on")
+        return None
+    return rundir.read_run(model)
 
 
 def check_weights(weights: Any, model: Any) -> Path | None:
@@ -62,9 +86,6 @@ def check_weights(weights: Any, model: Any) -> Path | None:
 def load_weights(net: nn.Module, path: Path) -> dict:
     """Load the state dict in ``path`` into ``net``; the record ``config.json`` keeps of it (name, SHA-256,
     adaptations made). The adaptations are also reported on stderr (with progress on)."""
-    import hashlib
-
-    from .. import progress
     from ..models.torchvision_models import load_weights_file
 
     digest = hashlib.sha256()
@@ -76,14 +97,6 @@ def load_weights(net: nn.Module, path: Path) -> dict:
         for note in notes:
             progress.write(f"weights {path.name}: {note}")
     return {"file": path.name, "sha256": digest.hexdigest(), "adapted": notes}
-
-
-def data_config(bundle: DataBundle) -> dict:
-    """What ``config.json`` records about the data: how to load it again, or a description of user data."""
-    if bundle.config is not None:
-        return dict(bundle.config)
-    return {"data": bundle.name, "train": bundle.size("train"), "val": bundle.size("val"),
-            "test": bundle.size("test"), "input_shape": list(bundle.input_shape)}
 
 
 def network_for(model: nn.Module | str, bundle: DataBundle, seed: int, width: float = 1.0) -> nn.Module:
@@ -117,27 +130,23 @@ def check_classes(model: nn.Module, bundle: DataBundle) -> None:
         raise NetsiftError(f"the model has {out.shape[1]} outputs but the data has {bundle.num_classes} classes")
 
 
+def data_config(bundle: DataBundle) -> dict:
+    """What ``config.json`` records about the data: how to load it again, or a description of user data."""
+    if bundle.config is not None:
+        return dict(bundle.config)
+    return {"data": bundle.name, "train": bundle.size("train"), "val": bundle.size("val"),
+            "test": bundle.size("test"), "input_shape": list(bundle.input_shape)}
+
+
+def image_side(bundle: DataBundle) -> int | None:
+    """Side (px) of the square images the network is fed, ``None`` for other inputs."""
+    shape = bundle.input_shape
+    return int(shape[-1]) if len(shape) == 3 and shape[1] == shape[2] else None
+
+
 def arch_of(model: nn.Module) -> tuple[str, float | None]:
     """(architecture name, width) of a network for ``result.json``."""
     manifest = manifest_of(model)
     if manifest:
         return manifest["model"], manifest.get("width")
     return f"custom:{type(model).__qualname__}", None
-
-
-def split_options(options: dict[str, Any], *groups: set[str]) -> list[dict[str, Any]]:
-    """Split keyword options into one dict per group of names; an unknown name is a one-line error."""
-    out = [{} for _ in groups]
-    for k, v in options.items():
-        for names, bucket in zip(groups, out):
-            if k in names:
-                bucket[k] = v
-                break
-        else:
-            raise NetsiftError(f"unknown option {k!r}")
-    return out
-
-
-def is_run_folder(path: Any) -> bool:
-    """Whether ``path`` names a run folder holding a saved network."""
-    return isinstance(path, (str, Path)) and Path(path).is_dir() and (Path(path) / "model.json").is_file()
