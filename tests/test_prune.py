@@ -326,10 +326,8 @@ def test_prune_takes_the_checkpoints_data_and_split(tmp_path, capsys):
 
 def test_holdout_and_selection_batches_come_from_the_training_split():
     from netsift.data import load_data
-    from netsift.pipelines.prune import split_holdout
-
     bundle = load_data("digits", seed=2)
-    rest, (hx, hy) = split_holdout(bundle, 100)
+    rest, (hx, hy) = bundle.holdout(100)
     train = bundle.train.images.flatten(1)
     held = {tuple(r.tolist()) for r in hx.flatten(1)}
     assert len(hy) == 100 and rest.size("train") == bundle.size("train") - 100

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .data.sets import DATA_ENV, DATASETS
@@ -202,6 +203,67 @@ def check_finite(obj: Any) -> None:
         value = getattr(obj, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise NetsiftError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """``seed`` as an int in [0, 2**63), or a one-line error."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise NetsiftError(f"{what} must be an integer in [0, 2^63), got {seed!r}")
+    return seed
+
+
+def check_width(width: Any) -> float:
+    """``width`` as a float in (0, 64], or a one-line error."""
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 64:
+        raise NetsiftError(f"width must be a number in (0, 64], got {width!r}")
+    return float(width)
+
+
+@dataclass
+class RunOptions:
+    """The settings of a run that are not its method's: seeds, the run folder, progress and trackers.
+
+    Attributes:
+        seed: seeds the initialisation of a zoo model, sampling, selection, the batch order and augmentation.
+        data_seed: seeds the train/validation split (default: a source run's, else ``seed``).
+        out: run folder to write; ``True``: a folder under ``runs/`` named by a hash of the settings; ``None``
+            or ``False``: nothing is written.
+        overwrite, resume: replace a non-empty ``out`` (the new run is built beside it and replaces it when it
+            finishes), or continue the interrupted run in it.
+        force: with ``overwrite``, replace a folder even when it holds files that are not a netsift run.
+        progress: report progress on stderr (``None``: on unless the caller turned it off).
+        log_with: experiment trackers (see :mod:`netsift.tracking`).
+    """
+
+    seed: int = 0
+    data_seed: int | None = None
+    out: str | Path | bool | None = None
+    overwrite: bool = False
+    resume: bool = False
+    force: bool = False
+    progress: bool | None = None
+    log_with: str | list[str] | None = None
+
+    def __post_init__(self):
+        check_seed(self.seed)
+        if self.data_seed is not None:
+            check_seed(self.data_seed, "data_seed")
+        for name in ("overwrite", "resume", "force"):
+            if not isinstance(getattr(self, name), bool):
+                raise NetsiftError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise NetsiftError(f"progress must be true, false or None, got {self.progress!r}")
+        if not (self.out is None or isinstance(self.out, (bool, Path)) or (isinstance(self.out, str) and self.out)):
+            raise NetsiftError(f"out must be a folder path, True or None, got {self.out!r}")
+
+    @property
+    def folder(self) -> str | Path | None:
+        """``out`` when it names a folder (not ``True``/``None``/``False``)."""
+        return None if self.out is None or isinstance(self.out, bool) else self.out
+
+
+RUN_FIELDS = frozenset(f.name for f in dataclasses.fields(RunOptions))
+"""The run options a pipeline takes as keyword options."""
 
 
 TRAIN_FALLBACKS = {"lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine"}

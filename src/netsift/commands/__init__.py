@@ -30,9 +30,9 @@ def add_run_flags(parser: argparse.ArgumentParser, resume: bool = True, data_see
 
 
 def run_options(args: argparse.Namespace):
-    """The :class:`~netsift.pipelines.spec.RunOptions` of the run flags (``--out`` not given: a folder named by
+    """The :class:`~netsift.config.RunOptions` of the run flags (``--out`` not given: a folder named by
     the settings)."""
-    from ..pipelines.spec import RunOptions
+    from ..config import RunOptions
 
     return RunOptions(seed=args.seed, data_seed=args.data_seed, out=True if args.out is None else args.out,
                       overwrite=args.overwrite, resume=getattr(args, "resume", False), force=args.force,

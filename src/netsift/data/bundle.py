@@ -108,6 +108,26 @@ class DataBundle:
         loaders = {k: v for k, v in self.loaders.items() if k != split}
         return dataclasses.replace(self, **{split: part}, loaders=loaders)
 
+    def holdout(self, n: int) -> tuple["DataBundle", tuple[Tensor, Tensor]]:
+        """The last ``n`` training images held out as tensors (at most half), and a bundle of the rest."""
+        size = self.size("train")
+        n = min(n, size // 2)
+        return self.subset("train", torch.arange(size - n)), self.subset("train", torch.arange(size - n, size)
+                                                                          ).tensors("train")
+
+    def record(self) -> dict:
+        """What a run folder records about the data: how to load it again, or a description of user data."""
+        if self.config is not None:
+            return dict(self.config)
+        return {"data": self.name, "train": self.size("train"), "val": self.size("val"), "test": self.size("test"),
+                "input_shape": list(self.input_shape)}
+
+    @property
+    def side(self) -> int | None:
+        """Side (px) of the square images the network is fed, ``None`` for other inputs."""
+        shape = self.input_shape
+        return int(shape[-1]) if len(shape) == 3 and shape[1] == shape[2] else None
+
     def tensors(self, split: str, limit: int | None = None, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
         """The first ``limit`` samples of ``split`` (all by default) as one normalised input and label tensor."""
         xs, ys, n = [], [], 0

@@ -2,18 +2,17 @@
 
 They are the public Python API (``netsift.train`` etc.) and what every CLI command, benchmark and the demo
 runs. Each run type is a small spec (:class:`~.train.TrainSpec`, :class:`~.extract.ExtractSpec`,
-:class:`~.prune.PruneSpec`: the :class:`~.spec.Source` network and data, the method's and the loop's settings,
-the :class:`~.spec.RunOptions`) that the CLI builds from its flags and the Python functions from their
-arguments; :func:`~.runner.execute` runs any of them (checks, devices, run folder, measurement, result). Each
-returns a :class:`~netsift.results.Result`; with ``out=`` it also writes a run folder (:mod:`netsift.rundir`).
+:class:`~.prune.PruneSpec`) that the CLI builds from its flags and the Python functions from their arguments,
+holding only its body; :func:`netsift.runner.execute` runs any of them. Each returns a
+:class:`~netsift.results.Result`; with ``out=`` it also writes a run folder (:mod:`netsift.rundir`).
 """
 
+from ..config import RunOptions
+from ..runner import Source, execute
 from .evaluate import evaluate
 from .export import export
 from .extract import ExtractSpec, extract
 from .prune import PruneSpec, prune
-from .runner import execute
-from .spec import RunOptions, Source
 from .train import TrainSpec, train
 
 __all__ = ["ExtractSpec", "PruneSpec", "RunOptions", "Source", "TrainSpec", "evaluate", "execute", "export",

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import distributed
 from ..checkpoint import save_checkpoint
-from ..config import TrainConfig
+from ..config import RUN_FIELDS, RunOptions, TrainConfig
 from ..errors import NetsiftError
 from ..masks import EXTRACT_DEFAULTS, METHODS, MaskConfig, apply_masks, fit_masks, masks_and_scales, train_config
 from ..masks import extract as extract_masks
@@ -20,9 +20,7 @@ from ..masks.frozen import INIT_SCHEMES, frozen_network, init_frozen, weights_sh
 from ..models import manifest_of
 from ..results import Result
 from ..training import BNRecalibration, has_batch_norm, recalibrate_bn
-from .runner import Job, Outcome, RunContext, execute
-from .source import Start
-from .spec import RUN_FIELDS, SOURCE_FIELDS, RunOptions, Source, config_of, split_options
+from ..runner import SOURCE_FIELDS, Job, Outcome, RunContext, Source, Start, config_of, execute, split_options
 from .train import TRAIN_FIELDS, run_options
 
 MASK_FIELDS = frozenset(f.name for f in dataclasses.fields(MaskConfig)) - {"options", "method", "density", "init"}
@@ -142,17 +140,9 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
         a :class:`~netsift.results.Result`: ``.model`` is the extracted network (plain modules, masked weights
         baked in), ``.density`` its kept fraction of weights.
     """
-    return execute(extract_spec(model, data, method, density, init=init, config=config,
-                                recalibrate_bn_batches=recalibrate_bn_batches, run=run, **options))
-
-
-def extract_spec(model: Any, data: Any, method: str = "gumbel", density: float | None = None, *,
-                 init: str | None = "signed-constant", config: Any = None, recalibrate_bn_batches: int = 20,
-                 run: RunOptions | None = None, **options: Any) -> ExtractSpec:
-    """The :class:`ExtractSpec` of :func:`extract`'s arguments."""
     loop, shared, own, given, source = split_options(options, TRAIN_FIELDS, MASK_FIELDS, METHOD_OPTIONS, RUN_FIELDS,
                                                      SOURCE_FIELDS)
     mask = MaskConfig(method=method, density=density, **shared, options=own)
-    return ExtractSpec(Source(model, data, **source), mask,
-                       config_of(TrainConfig, EXTRACT_DEFAULTS if config is None else config, "config", **loop),
-                       run_options(run, given), init, recalibrate_bn_batches)
+    loop_cfg = config_of(TrainConfig, EXTRACT_DEFAULTS if config is None else config, "config", **loop)
+    return execute(ExtractSpec(Source(model, data, **source), mask, loop_cfg, run_options(run, given), init,
+                               recalibrate_bn_batches))

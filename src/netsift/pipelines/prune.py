@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from .. import distributed, rundir
-from ..config import TrainConfig
-from ..data import DataBundle
+from ..config import RUN_FIELDS, RunOptions, TrainConfig
 from ..errors import NetsiftError
 from ..measure import evaluate
 from ..models import prunable_layers
@@ -23,22 +22,11 @@ from ..selection import METHODS, PruneConfig, finetune_defaults
 from ..selection.pruner import Plan, plan_channels, prune_channels
 from ..selection.state import SelectionState
 from ..training import distill_loss, fit, has_batch_norm, recalibrate_bn
-from .runner import Job, Outcome, RunContext, execute
-from .source import Start
-from .spec import RUN_FIELDS, SOURCE_FIELDS, RunOptions, Source, config_of, split_options
+from ..runner import SOURCE_FIELDS, Job, Outcome, RunContext, Source, Start, config_of, execute, split_options
 from .train import TRAIN_FIELDS, run_options
 
 PRUNE_FIELDS = frozenset(f.name for f in dataclasses.fields(PruneConfig)) - {"options", "method", "macs"}
 METHOD_OPTIONS = frozenset(name for spec in METHODS.values() for name in spec.options)
-
-
-def split_holdout(bundle: DataBundle, n: int) -> tuple[DataBundle, tuple[torch.Tensor, torch.Tensor]]:
-    """Hold the last ``n`` training images out (as tensors, for the tolerance); the rest feeds the greedy steps."""
-    size = bundle.size("train")
-    n = min(n, size // 2)
-    rest = bundle.subset("train", torch.arange(size - n))
-    held = bundle.subset("train", torch.arange(size - n, size))
-    return rest, held.tensors("train")
 
 
 @dataclass
@@ -128,7 +116,7 @@ class PruneSpec:
         """Select the channels (resuming a selection cut short) and remove the others; the network and the
         selection's result fields."""
         net, seed, cfg, run_dir = ctx.start.net, ctx.start.seed, plan.cfg, ctx.run_dir
-        select_bundle, holdout = split_holdout(ctx.start.bundle, cfg.holdout)
+        select_bundle, holdout = ctx.start.bundle.holdout(cfg.holdout)
         layer_ft = None
         if cfg.layer_finetune > 0:
             # a fraction of an epoch of the whole data: each of the N processes takes a minibatch per step
@@ -184,22 +172,12 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     Returns:
         a :class:`~netsift.results.Result`: ``.model`` is the pruned network (plain, smaller modules).
     """
-    spec = prune_spec(model, data, method, macs, example_input=example_input, finetune=finetune,
-                      ignored_layers=ignored_layers, layer_density=layer_density, source_measure=source_measure,
-                      run=run, **options)
-    return execute(spec)
-
-
-def prune_spec(model: Any, data: Any = None, method: str = "gfs", macs: float | None = None, *,
-               finetune: Any = None, run: RunOptions | None = None, **options: Any) -> PruneSpec:
-    """The :class:`PruneSpec` of :func:`prune`'s arguments."""
-    extra = {k: options.pop(k) for k in ("example_input", "ignored_layers", "layer_density", "source_measure")
-             if k in options}
     shared, loop, own, given, source = split_options(options, PRUNE_FIELDS, TRAIN_FIELDS, METHOD_OPTIONS, RUN_FIELDS,
                                                      SOURCE_FIELDS)
     cfg = PruneConfig(method=method, macs=macs, **shared, options=own)
     ft = config_of(TrainConfig, finetune_defaults() if finetune is None else finetune, "finetune", **loop)
-    return PruneSpec(Source(model, data, **source), cfg, ft, run_options(run, given), **extra)
+    return execute(PruneSpec(Source(model, data, **source), cfg, ft, run_options(run, given), example_input,
+                             ignored_layers, layer_density, source_measure))
 
 
 def _prunable_weights(model: nn.Module) -> int:
@@ -214,4 +192,4 @@ def _reinit(model: nn.Module, seed: int) -> None:
                 m.reset_parameters()
 
 
-__all__ = ["PruneSpec", "prune", "prune_spec", "split_holdout", "SelectionState"]
+__all__ = ["PruneSpec", "prune", "SelectionState"]

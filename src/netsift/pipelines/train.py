@@ -8,13 +8,12 @@ from typing import Any
 
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import RUN_FIELDS, RunOptions, TrainConfig
 from ..measure import check_threads
 from ..results import Result
 from ..training import fit
-from .runner import Job, Outcome, RunContext, execute
-from .source import Start, arch_of
-from .spec import RUN_FIELDS, SOURCE_FIELDS, RunOptions, Source, config_of, split_options
+from ..models.network import arch_of
+from ..runner import SOURCE_FIELDS, Job, Outcome, RunContext, Source, Start, config_of, execute, split_options
 
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -78,15 +77,9 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | dict | None =
     Returns:
         a :class:`~netsift.results.Result`: ``.model`` is the trained network.
     """
-    return execute(train_spec(model, data, config, run=run, latency_threads=latency_threads, **options))
-
-
-def train_spec(model: Any, data: Any, config: Any = None, *, run: RunOptions | None = None,
-               latency_threads: int | None = 1, **options: Any) -> TrainSpec:
-    """The :class:`TrainSpec` of :func:`train`'s arguments."""
     loop, given, source = split_options(options, TRAIN_FIELDS, RUN_FIELDS, SOURCE_FIELDS)
-    return TrainSpec(Source(model, data, **source), config_of(TrainConfig, config, "config", **loop),
-                     run_options(run, given), latency_threads)
+    return execute(TrainSpec(Source(model, data, **source), config_of(TrainConfig, config, "config", **loop),
+                             run_options(run, given), latency_threads))
 
 
 def run_options(run: RunOptions | None, given: dict) -> RunOptions:
@@ -94,4 +87,4 @@ def run_options(run: RunOptions | None, given: dict) -> RunOptions:
     return config_of(RunOptions, run, "run", **given)
 
 
-__all__ = ["TrainSpec", "train", "train_spec", "run_options"]
+__all__ = ["TrainSpec", "train", "run_options"]

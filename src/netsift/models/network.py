@@ -1,69 +1,22 @@
-"""Resolve a :class:`~.spec.Source` into what a run starts from: the data as a bundle and the network, checked.
+"""The network a run works on: a module given by the user or an architecture built by name for the data, its
+starting weights from a local file, and the checks that it fits the data.
 
-The network may be the user's module, a zoo architecture built for the data from the seed, or (prune) the
-network saved in a run folder, read with the run's own data and split (:func:`netsift.rundir.read_run`).
+The ``data`` arguments are :class:`~netsift.data.DataBundle`\ s (only ``input_shape`` and ``num_classes`` are
+read).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .. import progress, rundir
-from ..data import DataBundle, as_bundle
+from .. import progress
 from ..errors import NetsiftError
-from ..models import REGISTRY, build_for, check_input, manifest_of
-from .spec import RunOptions, Source
-
-
-@dataclass
-class Start:
-    """What a run starts from: the data, the network, the seeds and where they came from."""
-
-    bundle: DataBundle
-    net: nn.Module
-    seed: int
-    data_seed: int
-    weights: dict | None = None  # the record of a --weights file (name, SHA-256, adaptations)
-    source_dir: str | None = None  # the run folder the network was read from
-
-
-def resolve(source: Source, opts: RunOptions, runs: bool = False) -> Start:
-    """The bundle and the network of ``source``, with its ``--weights`` file loaded (``runs``: a run folder may
-    hold the network)."""
-    saved = _saved_run(source, runs)
-    data, model = source.data, source.model
-    if saved is not None:
-        data = saved.data_for(source.data, source.image_size)
-        model = saved.network()
-    data_seed = opts.data_seed if opts.data_seed is not None else saved.data_seed if saved else opts.seed
-    weights_path = check_weights(source.weights, model)
-    bundle = as_bundle(data, seed=data_seed, image_size=source.image_size)
-    if saved is not None:
-        saved.check_fits(bundle)
-    net = network_for(model, bundle, opts.seed, source.width)
-    loaded = load_weights(net, weights_path) if weights_path else None
-    return Start(bundle, net, opts.seed, data_seed, loaded, str(saved.path) if saved else None)
-
-
-def _saved_run(source: Source, runs: bool) -> rundir.SavedRun | None:
-    model = source.model
-    if not runs or not isinstance(model, (str, Path)):
-        return None
-    if not rundir.is_run_folder(model):
-        if "/" in str(model) or Path(model).exists():
-            if not Path(model).exists():
-                raise NetsiftError(f"checkpoint {model} does not exist")
-            raise NetsiftError(f"{model} is not a run folder with a saved network (model.json missing)")
-        if source.data is None:
-            raise NetsiftError("give the data to prune on")
-        return None
-    return rundir.read_run(model)
+from . import REGISTRY, build_for, check_input, manifest_of
 
 
 def check_weights(weights: Any, model: Any) -> Path | None:
@@ -86,7 +39,7 @@ def check_weights(weights: Any, model: Any) -> Path | None:
 def load_weights(net: nn.Module, path: Path) -> dict:
     """Load the state dict in ``path`` into ``net``; the record ``config.json`` keeps of it (name, SHA-256,
     adaptations made). The adaptations are also reported on stderr (with progress on)."""
-    from ..models.torchvision_models import load_weights_file
+    from .torchvision_models import load_weights_file
 
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -99,7 +52,7 @@ def load_weights(net: nn.Module, path: Path) -> dict:
     return {"file": path.name, "sha256": digest.hexdigest(), "adapted": notes}
 
 
-def network_for(model: nn.Module | str, bundle: DataBundle, seed: int, width: float = 1.0) -> nn.Module:
+def network_for(model: nn.Module | str, bundle: Any, seed: int, width: float = 1.0) -> nn.Module:
     """``model`` itself, or the zoo architecture it names built for ``bundle`` from ``seed``; checked on one input."""
     if isinstance(model, str):
         if not model.startswith("tv:") and model not in REGISTRY:
@@ -113,7 +66,7 @@ def network_for(model: nn.Module | str, bundle: DataBundle, seed: int, width: fl
     return model
 
 
-def check_classes(model: nn.Module, bundle: DataBundle) -> None:
+def check_classes(model: nn.Module, bundle: Any) -> None:
     """Refuse a network whose output width does not fit the data's classes (one line naming both)."""
     was_training = model.training
     model.eval()
@@ -130,23 +83,10 @@ def check_classes(model: nn.Module, bundle: DataBundle) -> None:
         raise NetsiftError(f"the model has {out.shape[1]} outputs but the data has {bundle.num_classes} classes")
 
 
-def data_config(bundle: DataBundle) -> dict:
-    """What ``config.json`` records about the data: how to load it again, or a description of user data."""
-    if bundle.config is not None:
-        return dict(bundle.config)
-    return {"data": bundle.name, "train": bundle.size("train"), "val": bundle.size("val"),
-            "test": bundle.size("test"), "input_shape": list(bundle.input_shape)}
-
-
-def image_side(bundle: DataBundle) -> int | None:
-    """Side (px) of the square images the network is fed, ``None`` for other inputs."""
-    shape = bundle.input_shape
-    return int(shape[-1]) if len(shape) == 3 and shape[1] == shape[2] else None
-
-
 def arch_of(model: nn.Module) -> tuple[str, float | None]:
     """(architecture name, width) of a network for ``result.json``."""
     manifest = manifest_of(model)
     if manifest:
         return manifest["model"], manifest.get("width")
     return f"custom:{type(model).__qualname__}", None
+
