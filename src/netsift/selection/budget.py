@@ -1,11 +1,12 @@
-"""MACs of a network as a function of its groups' widths, and allocating a global MACs budget to the groups.
+"""What a network costs as a function of its groups' widths (MACs, parameters), and sharing a budget out.
 
 The MACs of a Conv2d/Linear layer are ``out · in/groups · k² · H·W`` (Linear: ``out · in`` per position), the
-same count ``torch.utils.flop_counter`` makes. Removing channels of a group shrinks the ``out`` of its member
-layers and the ``in`` of its consumers, so the MACs of any width assignment follow from one traced pass,
-without pruning anything. :func:`allocate` gives every group the same kept fraction ``r`` (so every method
-prunes to the same architecture) and searches ``r``, then nudges single groups by one channel, until the
-MACs are as close as possible to the target.
+same count ``torch.utils.flop_counter`` makes; its parameters are ``out · in/groups · k²`` plus a bias per output.
+Removing channels of a group shrinks the ``out`` of its member layers and the ``in`` of its consumers (and the
+per-channel parameters of the normalisation layers between them), so the cost of any width assignment follows
+from one traced pass, without pruning anything (:class:`MacsModel`, :class:`ParamsModel`). :func:`allocate`
+gives every group the same kept fraction ``r`` (so every method prunes to the same architecture) and searches
+``r``, then nudges single groups by one channel, until the cost is as close as possible to the target.
 """
 
 from __future__ import annotations
@@ -34,18 +35,27 @@ class _Layer:
 class MacsModel:
     """Analytic MACs of ``model`` for any per-group widths (from one traced forward pass)."""
 
+    kind = "MACs"
+    per_call = True  # a layer called twice costs twice (MACs); parameters count once
+
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, ...]):
         self.groups = list(groups)
         self.layers: list[_Layer] = []
         hooks = []
+        seen: set[nn.Module] = set()
 
         def hook(mod, inp, out):
+            if not self.per_call and mod in seen:
+                return
+            seen.add(mod)
             if isinstance(mod, nn.Conv2d):
-                pos = mod.kernel_size[0] * mod.kernel_size[1] * out.shape[2] * out.shape[3]
+                k = mod.kernel_size[0] * mod.kernel_size[1]
+                pos = k * out.shape[2] * out.shape[3] if self.per_call else k
                 self.layers.append(_Layer(mod, mod.out_channels, mod.in_channels // mod.groups, pos,
                                           mod.groups > 1 and mod.groups == mod.in_channels, mod.groups))
             else:
-                self.layers.append(_Layer(mod, mod.out_features, mod.in_features, out.numel() // out.shape[-1], False))
+                pos = out.numel() // out.shape[-1] if self.per_call else 1
+                self.layers.append(_Layer(mod, mod.out_features, mod.in_features, pos, False))
 
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -74,12 +84,19 @@ class MacsModel:
         self._plan = [(self._out_group.get(l.module, -1), l.out, l.depthwise, l.in_per_group, l.positions, l.groups,
                        [(gj, counts, float(counts.sum())) for gj, counts in self._in_reads.get(l.module, [])])
                       for l in self.layers]
-        # MACs no group changes (attention products, layers outside every group...): counted once
-        self.fixed = counter.get_total_flops() // 2 - self._layer_macs(None, None)
+        # what no group changes (attention products, layers outside every group...): counted once
+        self.fixed = self._dense_total(model, counter) - self._layer_macs(None, None)
+
+    def _dense_total(self, model: nn.Module, counter: FlopCounterMode) -> float:
+        return counter.get_total_flops() // 2
 
     def macs(self, kept: dict[int, Sequence[int]] | None = None, widths: Sequence[int] | None = None) -> int:
         """MACs per sample keeping units ``kept[gi]`` (exact), or ``widths[gi]`` units of each group."""
         return int(round(self.fixed + self._layer_macs(kept, widths)))
+
+    def cost(self, widths: Sequence[int] | None = None) -> int:
+        """The cost (here MACs) with ``widths[gi]`` units of each group (``None``: the dense network)."""
+        return self.macs(widths=widths)
 
     def _layer_macs(self, kept, widths) -> float:
         kept = kept or {}
@@ -102,6 +119,65 @@ class MacsModel:
                 inp -= lost / groups
             total += out * inp * positions
         return total
+
+
+class ParamsModel(MacsModel):
+    """Analytic parameter count of ``model`` for any per-group widths: Conv2d/Linear weights and biases, and
+    the per-channel parameters of the layers that follow a group's channels (batch norm, say), found with
+    Torch-Pruning's dependency ``graph``; every other parameter is counted as fixed."""
+
+    kind = "parameters"
+    per_call = False
+
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, ...], graph):
+        self._per_unit = [_channel_params(graph, g) for g in groups]
+        super().__init__(model, groups, input_shape)
+
+    def _dense_total(self, model: nn.Module, counter: FlopCounterMode) -> float:
+        return sum(p.numel() for p in model.parameters())
+
+    def _layer_macs(self, kept, widths) -> float:
+        kept = kept or {}
+        w = [len(set(kept[i])) if i in kept else (widths[i] if widths is not None else g.size)
+             for i, g in enumerate(self.groups)]
+        biases = sum(self._bias_out(l, w) for l in self.layers)
+        return super()._layer_macs(kept, widths) + biases + sum(c * wi for c, wi in zip(self._per_unit, w))
+
+    def _bias_out(self, layer: _Layer, w: list[int]) -> int:
+        if getattr(layer.module, "bias", None) is None:
+            return 0
+        gi = self._out_group.get(layer.module, -1)
+        return w[gi] * self.groups[gi].unit if gi >= 0 else layer.out
+
+
+def _channel_params(graph, group: ChannelGroup) -> int:
+    """Parameters removed with one unit of ``group`` outside Conv2d/Linear layers (batch-norm scales, ...)."""
+    from .tracing import static_index_mapping
+
+    if graph is None:
+        return 0
+    total = 0
+    with static_index_mapping():
+        pruner = graph.get_pruner_of_module(group.root)
+        items = graph.get_pruning_group(group.root, pruner.prune_out_channels, list(range(group.channels))).items
+    seen = set()
+    for item in items:
+        mod = item.dep.target.module
+        if isinstance(mod, (nn.Conv2d, nn.Linear)) or not isinstance(mod, nn.Module) or mod in seen:
+            continue
+        seen.add(mod)
+        per_channel = sum(p.numel() // p.shape[0] for p in mod.parameters(recurse=False) if p.dim() >= 1
+                          and p.shape[0] == group.channels)
+        total += per_channel * group.unit
+    return total
+
+
+def cost_model(kind: str, model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, ...],
+               graph=None) -> MacsModel:
+    """The :class:`MacsModel` (``kind`` ``macs``) or :class:`ParamsModel` (``params``) of ``model``."""
+    if kind == "params":
+        return ParamsModel(model, groups, input_shape, graph)
+    return MacsModel(model, groups, input_shape)
 
 
 def _step(size: int, round_to: int) -> int:
@@ -141,19 +217,19 @@ def allocate(macs_model: MacsModel, target_fraction: float, round_to: int = 1,
     """
     fixed = fixed or {}
     groups = macs_model.groups
-    dense = macs_model.macs(widths=[g.size for g in groups])
+    dense = macs_model.cost([g.size for g in groups])
     target = target_fraction * dense
-    floor = macs_model.macs(widths=widths_for_ratio(groups, 0.0, round_to, fixed)) / dense
+    floor = macs_model.cost(widths_for_ratio(groups, 0.0, round_to, fixed)) / dense
     if target_fraction < floor - 0.005:
-        raise NetsiftError(f"a MACs budget of {target_fraction:g} is out of reach: with every prunable channel "
-                           f"group at its narrowest the network keeps {floor:.3f} of its MACs")
+        raise NetsiftError(f"a {macs_model.kind} budget of {target_fraction:g} is out of reach: with every prunable "
+                           f"channel group at its narrowest the network keeps {floor:.3f} of its {macs_model.kind}")
     lo, hi = 0.0, 1.0
     best = widths_for_ratio(groups, 1.0, round_to, fixed)
-    best_err = abs(macs_model.macs(widths=best) - target)
+    best_err = abs(macs_model.cost(best) - target)
     for _ in range(40):
         mid = (lo + hi) / 2
         w = widths_for_ratio(groups, mid, round_to, fixed)
-        m = macs_model.macs(widths=w)
+        m = macs_model.cost(w)
         if abs(m - target) < best_err:
             best, best_err = w, abs(m - target)
         if m > target:
@@ -171,7 +247,7 @@ def allocate(macs_model: MacsModel, target_fraction: float, round_to: int = 1,
                 w[gi] = new
                 if not q <= new <= groups[gi].size or new == best[gi]:
                     continue
-                err = abs(macs_model.macs(widths=w) - target)
+                err = abs(macs_model.cost(w) - target)
                 if err < best_err:
                     best, best_err, improved = w, err, True
     return best
