@@ -1,0 +1,108 @@
+"""Latency as a budget: a per-group latency table measured once, and widths that meet a latency target.
+
+MACs are the wrong budget on a CPU: narrowing a group from 33 to 31 channels saves MACs but may save no time
+at all (the vector kernels work in blocks of channels), and memory-bound layers (batch norm, activations) cost
+time that MACs do not count. :class:`LatencyModel` times the real network on this device: for every channel
+group, the whole network with that group narrowed to a few widths (the others whole), interleaved with the
+dense network (NetAdapt builds per-layer tables the same way). The latency of any widths is the dense latency
+times the product of each group's measured ratio (interpolated between the measured widths): a convolution
+between two narrowed groups loses both factors, as its cost does. :func:`meet_latency` then checks the
+allocation against the real pruned architecture, timed against the dense one, and corrects the target until
+the measured ratio is within tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+from torch import nn
+
+from .. import progress as _progress
+from ..measure import compare_latency
+from .groups import ChannelGroup
+from .removal import remove_channels
+
+
+class LatencyModel:
+    """The network's forward latency at batch ``batch_size`` for any per-group widths (see the module notes).
+
+    Attributes:
+        table: per group, ``{"group", "widths", "ms"}``: the network's latency with the group at each width.
+        dense_ms: the dense network's latency (the median of its per-group measurements).
+    """
+
+    kind = "latency"
+
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, ...],
+                 batch_size: int = 64, threads: int | None = 1, points: int = 4, rounds: int = 3):
+        self.model, self.groups, self.input_shape = model, list(groups), tuple(input_shape)
+        self.batch_size, self.threads, self.rounds = batch_size, threads, rounds
+        self.table: list[dict] = []
+        self._ratios: list[tuple[list[int], list[float]]] = []
+        dense_runs = []
+        with _progress.task("measuring the latency table (each group at a few widths)", len(self.groups),
+                            "group", summary_after=2.0) as report:
+            for g in self.groups:
+                widths = sorted({max(1, round(g.size * k / points)) for k in range(1, points)} - {g.size})
+                nets = {"dense": model, **{f"w{w}": self.at({g.name: w}) for w in widths}}
+                times = self.time(nets)
+                dense = times["dense"]
+                dense_runs.append(dense)
+                ms = [times[f"w{w}"] for w in widths] + [dense]
+                self.table.append({"group": g.name, "widths": widths + [g.size], "ms": ms})
+                self._ratios.append((widths + [g.size], [min(1.0, m / dense) for m in ms]))
+                report.update()
+        self.dense_ms = sorted(dense_runs)[len(dense_runs) // 2]
+
+    def at(self, widths: dict[str, int]) -> nn.Module:
+        """The architecture with the named groups at the given widths (their first channels: timing only)."""
+        return remove_channels(self.model, self.input_shape, {k: list(range(w)) for k, w in widths.items()},
+                               rescale=False, groups=self.groups)
+
+    def time(self, nets: dict[str, nn.Module]) -> dict[str, float]:
+        """Each network's latency in ms at the model's batch size, timed interleaved."""
+        bs = self.batch_size
+        r = compare_latency(nets, self.input_shape, (bs,), rounds=self.rounds,
+                            passes={bs: 30 if bs <= 8 else 5}, threads=self.threads)
+        return {name: r[name][f"b{bs}_ms"] for name in nets}
+
+    def ratio(self, gi: int, width: int) -> float:
+        """Group ``gi``'s latency ratio at ``width`` (linear between the measured widths, proportional below)."""
+        ws, rs = self._ratios[gi]
+        if width <= ws[0]:
+            return rs[0] * width / ws[0]
+        for (w0, r0), (w1, r1) in zip(zip(ws, rs), zip(ws[1:], rs[1:])):
+            if width <= w1:
+                return r0 + (r1 - r0) * (width - w0) / (w1 - w0)
+        return 1.0
+
+    def cost(self, widths: Sequence[int] | None = None) -> float:
+        """Predicted latency (ms) with ``widths[gi]`` units of each group (``None``: the dense network)."""
+        if widths is None:
+            return self.dense_ms
+        return self.dense_ms * math.prod(self.ratio(gi, w) for gi, w in enumerate(widths))
+
+
+def meet_latency(model: LatencyModel, allocate: Callable[[float], list[int]], target: float,
+                 tolerance: float = 0.05, tries: int = 3) -> tuple[list[int], dict]:
+    """Widths whose measured latency is ``target`` of the dense network's, within ``tolerance`` if it can.
+
+    ``allocate(fraction)`` gives widths for a predicted fraction; the real pruned architecture is timed against
+    the dense network and the fraction asked for is corrected by the error (up to ``tries`` times). Returns the
+    widths and a record: every try's asked and measured fractions.
+    """
+    asked, tries_made, best = target, [], None
+    for _ in range(tries):
+        widths = allocate(min(1.0, asked))
+        net = model.at({g.name: w for g, w in zip(model.groups, widths)})
+        times = model.time({"dense": model.model, "pruned": net})
+        measured = times["pruned"] / times["dense"]
+        tries_made.append({"asked": asked, "predicted": model.cost(widths) / model.dense_ms, "measured": measured})
+        if best is None or abs(measured - target) < abs(best[1] - target):
+            best = (widths, measured)
+        if abs(measured - target) <= tolerance * target:
+            break
+        asked = asked * target / measured
+    return best[0], {"target": target, "measured": best[1], "tries": tries_made, "table": model.table,
+                     "batch_size": model.batch_size, "threads": model.threads}
