@@ -17,8 +17,12 @@ from torch import nn
 from netsift.models import build_model
 from netsift.selection import backward, gfs
 from netsift.selection.base import SelectionContext
+from netsift.selection.graph_scorer import GraphScorer
 from netsift.selection.groups import ChannelGroup, Consumer, build_graph, find_groups
-from netsift.selection.scoring import BatchedScorer, Masker, kept_mask, layer_macs, reference_scores
+from netsift.selection.masking import Masker, candidate_masks, kept_mask
+from netsift.selection.reference import reference_scores
+from netsift.selection.scoring import BatchedScorer
+from netsift.selection.scoring_stats import layer_macs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -313,7 +317,7 @@ def test_graph_scoring_that_disagrees_with_plain_passes_falls_back(monkeypatch):
     masker = Masker(model, groups)
     x, y = _data()
     scorer = BatchedScorer(model, masker)
-    monkeypatch.setattr(BatchedScorer, "_score_graph", lambda self, *a: torch.zeros(a[2].shape[0]))
+    monkeypatch.setattr(GraphScorer, "score", lambda self, plan, gi, masks, *a: torch.zeros(masks.shape[0]))
     masks = torch.stack([kept_mask(groups[0].size, [0, j]) for j in range(1, 6)])
     with pytest.warns(UserWarning, match="differ from plain forward passes"):
         fast = scorer.score(0, masks, x, y)
@@ -350,8 +354,6 @@ def test_in_place_change_of_a_cached_value_is_caught():
 
 
 def test_candidate_masks_equal_kept_masks_bit_for_bit():
-    from netsift.selection.scoring import candidate_masks
-
     for size, kept, cands in [(10, [1, 4, 7], [0, 2, 9]), (7, [], [3, 5]), (6, [2, 2, 5], [2, 0])]:
         want = torch.stack([kept_mask(size, kept + [j]) for j in cands])
         assert torch.equal(candidate_masks(size, kept, add=cands), want)

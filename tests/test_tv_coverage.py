@@ -22,7 +22,7 @@ from netsift.rundir import load_model, save_model
 from netsift.selection.coverage import round_trip
 from netsift.selection.groups import build_graph, find_groups
 from netsift.selection.removal import remove_channels
-from netsift.selection.scoring import Masker
+from netsift.selection.masking import Masker
 from netsift.surgery import module_sizes
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .base import Selection, SelectionContext
-from .scoring import candidate_masks
+from .masking import candidate_masks
 
 
 def select(ctx: SelectionContext) -> Selection:

@@ -1,7 +1,7 @@
 """The interface every channel-selection method implements, and what ranking methods share.
 
 A method is a function ``select(ctx: SelectionContext) -> Selection``. The context holds the network (with a
-:class:`~.scoring.Masker` on it), its channel groups, the data (a fresh training minibatch per call, a fixed
+:class:`~.masking.Masker` on it), its channel groups, the data (a fresh training minibatch per call, a fixed
 held-out slice of the training set) and the stopping rule: per-group widths (a MACs budget, allocated by
 :func:`.budget.allocate`) or an accuracy tolerance.
 """
@@ -21,7 +21,9 @@ from .. import distributed
 from .. import progress as _progress
 from .groups import ChannelGroup
 from .methods import SelectionMethod  # noqa: F401  (declared torch-free)
-from .scoring import BatchedScorer, Masker, masked_accuracy
+from .masking import Masker
+from .reference import masked_accuracy
+from .scoring import BatchedScorer
 
 
 @dataclass

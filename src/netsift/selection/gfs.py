@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .base import Selection, SelectionContext
-from .scoring import candidate_masks
+from .masking import candidate_masks
 
 
 def _stop(ctx: SelectionContext, gi: int, chosen: list[int], start_acc: float | None) -> tuple[bool, float | None]:
