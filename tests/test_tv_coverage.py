@@ -19,11 +19,11 @@ from netsift.errors import NetsiftError
 from netsift.models import build_model
 from netsift.models.torchvision_models import load_weights_file
 from netsift.rundir import load_model, save_model
-from netsift.selection.coverage import round_trip
 from netsift.selection.groups import build_graph, find_groups
 from netsift.selection.removal import remove_channels
 from netsift.selection.masking import Masker
 from netsift.surgery import module_sizes
+from prune_roundtrip import round_trip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
