@@ -30,9 +30,9 @@ TIMING = ("wall_s", "selection_s", "finetune_s", "train_images_per_s", "latency"
           "netsift_version", "torch_version", "machine", "threads", "cpu_capability", "estimate")
 
 
-def stable(result: dict) -> dict:
-    """The fields of a result that do not depend on time or place."""
-    return {k: v for k, v in result.items()
+def stable(result: dict, work: Path) -> dict:
+    """The fields of a result that do not depend on time or place (the work folder reads ``WORK``)."""
+    return {k: v.replace(str(work), "WORK") if isinstance(v, str) else v for k, v in result.items()
             if not any(t in k for t in TIMING) and not isinstance(v, torch.nn.Module)}
 
 
@@ -74,7 +74,7 @@ def runs(work: Path) -> dict:
     code = cli(["export", str(work / "extract_gumbel_emergent"), "--format", "compact", "--quiet"])
     assert code == 0, code
     out["compact_bytes"] = {"bytes": (work / "extract_gumbel_emergent" / "model.nsc").stat().st_size}
-    return {k: stable(v if isinstance(v, dict) else v.to_dict()) for k, v in out.items()}
+    return {k: stable(v if isinstance(v, dict) else v.to_dict(), work) for k, v in out.items()}
 
 
 def main() -> int:
