@@ -158,6 +158,7 @@ class GraphScorer:
 
     # ------------------------------------------------------------------------------------------ scores
 
+    @torch.no_grad()
     def score(self, plan: GraphPlan, gi: int, masks: Tensor, x: Tensor, y: Tensor, st: ScoringStats,
               prefix: Sequence[Tensor] | None = None, max_batch: int = 256, max_elements: int = 1 << 21) -> Tensor:
         """Mean cross-entropy on ``(x, y)`` for each of the (K, N) candidate ``masks`` of group ``gi``.

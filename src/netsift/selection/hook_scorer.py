@@ -106,6 +106,7 @@ class HookScorer:
         return {m: before[m] for m in qualified
                 if not ((parent := names[m].rpartition(".")[0]) and modules[parent] in qualified)}
 
+    @torch.no_grad()
     def score(self, gi: int, masks: Tensor, x: Tensor, y: Tensor, st: ScoringStats, max_batch: int) -> Tensor:
         """Mean cross-entropy on ``(x, y)`` for each of the (K, N) candidate ``masks`` of group ``gi``, at most
         ``max_batch`` stacked images per pass."""
