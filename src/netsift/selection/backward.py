@@ -3,6 +3,8 @@
 Start from every channel of a group and repeatedly remove the channel whose removal (the rest rescaled by
 N/|S|) raises the minibatch cross-entropy least, on a fresh minibatch per step, until the width budget, or
 until removing one more would break the accuracy tolerance. Groups go from input to output.
+
+The loop over groups and steps is :func:`.greedy.greedy_groups`; this file holds the rule (:class:`Backward`).
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ An optional short fine-tune follows each group.
 Theory (two-layer networks): with ``replacement`` every channel stays a candidate, S is a multiset and the
 subnetwork is the uniform average of its picks (Frank–Wolfe with step 1/(n+1)); a channel picked twice
 counts twice. A width budget then bounds the number of picks, so the physical network keeps at most that many
-channels (its MACs are at most, not exactly, the budget). The same code runs on a randomly initialised network (``netsift prune --model M`` without a
-checkpoint), where the paper's guarantee also holds.
+channels (its MACs are at most, not exactly, the budget). The same code runs on a randomly initialised network
+(``netsift prune --model M`` without a checkpoint), where the paper's guarantee also holds.
+
+The loop over groups and steps is :func:`.greedy.greedy_groups`; this file holds the rule (:class:`Forward`).
 """
 
 from __future__ import annotations
