@@ -167,6 +167,22 @@ def test_a_group_whose_removal_breaks_the_forward_pass_is_left_out():
     assert skipped and skipped[0][0] == "a" and "fails" in skipped[0][1]
 
 
+def test_the_tracer_knows_its_opaque_classes_by_their_real_names():
+    """The tracer names the opaque classes (nothing registers into it): each name is a class that exists."""
+    import importlib
+
+    from netsift.models.torchvision_models import ChannelShuffle
+    from netsift.selection.tracing import KNOWN_OPAQUE, opaque_kind
+
+    for name in KNOWN_OPAQUE:
+        module, _, attr = name.rpartition(".")
+        cls = getattr(importlib.import_module(module), attr)
+        assert f"{cls.__module__}.{cls.__qualname__}" == name
+    assert opaque_kind(ChannelShuffle(2)) == "atomic" and opaque_kind(nn.Conv2d(1, 1, 1)) is None
+    from torchvision.models.swin_transformer import ShiftedWindowAttentionV2
+    assert opaque_kind(ShiftedWindowAttentionV2(8, [2, 2], [0, 0], 2)) == "atomic"  # a subclass of a named one
+
+
 def test_a_model_nothing_can_be_removed_from_is_refused_in_one_line():
     from netsift.models.torchvision_models import ChannelShuffle
 
