@@ -16,7 +16,8 @@ per step: either a few greedy steps per channel group (``--steps``), or a full s
   throughput that scoring achieves (also with each group's scoring time weighed against the dense forwards
   timed during that group's steps: the load of a shared machine drifts during a long run); and the compute
   bound suffix MACs / dense MACs/s next to the wall time;
-- the scorer before this change (``src/netsift/selection/scoring.py`` at ``--before-commit``, loaded from git)
+- the scorer before this change (``src/netsift/selection/scoring.py`` at ``--before-commit``, loaded from git;
+  up to commit 2901c5e that file held the whole scorer, later ones import its parts from the current tree)
   on the same network, minibatches and candidate subsets, in the same process right after: its wall time (with
   its own interleaved dense timings) and whether it selects the same channels. ``--before-file`` instead takes
   selections recorded by ``--record`` (runs with the old code checked out) for runs too long to repeat.

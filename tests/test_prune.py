@@ -19,7 +19,9 @@ from netsift.selection.base import SelectionContext
 from netsift.selection.budget import MacsModel, allocate
 from netsift.selection.groups import build_graph, find_groups
 from netsift.selection.removal import remove_channels
-from netsift.selection.scoring import BatchedScorer, Masker, kept_mask, reference_scores
+from netsift.selection.masking import Masker, kept_mask
+from netsift.selection.reference import reference_scores
+from netsift.selection.scoring import BatchedScorer
 from netsift.surgery import module_sizes
 
 

@@ -17,8 +17,12 @@ from torch import nn
 from netsift.models import build_model
 from netsift.selection import backward, gfs
 from netsift.selection.base import SelectionContext
+from netsift.selection.graph_scorer import GraphScorer
 from netsift.selection.groups import ChannelGroup, Consumer, build_graph, find_groups
-from netsift.selection.scoring import BatchedScorer, Masker, kept_mask, layer_macs, reference_scores
+from netsift.selection.masking import Masker, candidate_masks, kept_mask
+from netsift.selection.reference import reference_scores
+from netsift.selection.scoring import BatchedScorer
+from netsift.selection.scoring_stats import layer_macs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -313,7 +317,7 @@ def test_graph_scoring_that_disagrees_with_plain_passes_falls_back(monkeypatch):
     masker = Masker(model, groups)
     x, y = _data()
     scorer = BatchedScorer(model, masker)
-    monkeypatch.setattr(BatchedScorer, "_score_graph", lambda self, *a: torch.zeros(a[2].shape[0]))
+    monkeypatch.setattr(GraphScorer, "score", lambda self, plan, gi, masks, *a: torch.zeros(masks.shape[0]))
     masks = torch.stack([kept_mask(groups[0].size, [0, j]) for j in range(1, 6)])
     with pytest.warns(UserWarning, match="differ from plain forward passes"):
         fast = scorer.score(0, masks, x, y)
@@ -350,8 +354,6 @@ def test_in_place_change_of_a_cached_value_is_caught():
 
 
 def test_candidate_masks_equal_kept_masks_bit_for_bit():
-    from netsift.selection.scoring import candidate_masks
-
     for size, kept, cands in [(10, [1, 4, 7], [0, 2, 9]), (7, [], [3, 5]), (6, [2, 2, 5], [2, 0])]:
         want = torch.stack([kept_mask(size, kept + [j]) for j in cands])
         assert torch.equal(candidate_masks(size, kept, add=cands), want)
@@ -419,3 +421,213 @@ def test_prefix_sharing_policy(monkeypatch):
     hooks = BatchedScorer(model, Masker(model, groups), mode="hooks")
     monkeypatch.setenv("NETSIFT_SHARE_PREFIX", "always")
     assert not hooks.shares_prefix(1, x)  # the hook path computes its own prefix
+
+
+# ------------------------------------------------------------------- each part of the engine on its own
+
+
+class _Chain(nn.Module):
+    """conv a -> BN -> ReLU -> conv b (a's channels: the group) -> residual add of a's output -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.a(x)))
+        return self.fc((self.b(h) + h).mean((2, 3)))
+
+
+def _chain():
+    torch.manual_seed(0)
+    model = _Chain().eval()
+    groups = _hand_groups(model, [(model.bn, 6, [(model.b, list(range(6)))])])
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    return model, groups, x, y
+
+
+def test_masker_scales_the_consumers_inputs_and_trial_masks_blocks():
+    """masking: a fixed mask equals zeroing the consumer's input channels by hand; a (K, N) trial applies the
+    k-th mask to the k-th block of a stacked batch."""
+    model, groups, x, y = _chain()
+    masker = Masker(model, groups)
+    kept = [1, 4]
+    masker.set_kept(0, kept)
+    with torch.no_grad():
+        got = model(x)
+    masker.remove()
+    scale = kept_mask(6, kept).view(1, -1, 1, 1)  # N/n on the kept channels, 0 elsewhere
+    with torch.no_grad():
+        h = torch.relu(model.bn(model.a(x)))
+        want = model.fc((model.b(h * scale) + h).mean((2, 3)))
+    assert torch.allclose(got, want, atol=1e-6)
+    masker = Masker(model, groups)
+    masks = candidate_masks(6, [1], add=[0, 3])
+    with torch.no_grad(), masker.trial(0, masks):
+        stacked = model(torch.cat([x, x]))
+    for k in range(2):
+        masker.set(0, masks[k])
+        with torch.no_grad():
+            assert torch.allclose(stacked[8 * k:8 * (k + 1)], model(x), atol=1e-6)
+    masker.remove()
+
+
+def test_bn_blocks_normalise_each_block_with_its_own_statistics():
+    """bn_stats: each stacked block normalised as a training-mode batch norm of that block alone would."""
+    from netsift.selection.bn_stats import batch_norm_stats, bn_blocks
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(5).eval()
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.5, 0.5)
+    x = torch.randn(3 * 4, 5, 6, 6) * 3 + 1
+    got = bn_blocks(bn, x.clone(), 3)
+    for k in range(3):
+        part = x[4 * k:4 * (k + 1)]
+        want = F.batch_norm(part, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
+        assert torch.allclose(got[4 * k:4 * (k + 1)], want, atol=1e-5)
+    model = nn.Sequential(bn)
+    with torch.no_grad(), batch_norm_stats(model, 3):
+        assert torch.allclose(model(x), got, atol=1e-6)
+    assert "forward" not in bn.__dict__  # restored
+    assert bn.running_mean.abs().max() == 0  # the running statistics are not touched
+
+
+def test_reference_scores_and_masked_accuracy_are_plain_forward_passes():
+    """reference: one forward pass per mask; accuracy with the masks as set."""
+    from netsift.selection.reference import masked_accuracy
+
+    model, groups, x, y = _chain()
+    masker = Masker(model, groups)
+    masks = candidate_masks(6, [2], add=[0, 5])
+    scores = reference_scores(model, masker, 0, masks, x, y)
+    for k in range(2):
+        masker.set(0, masks[k])
+        with torch.no_grad():
+            assert torch.equal(scores[k], F.cross_entropy(model(x), y))
+    masker.set_kept(0, [0, 1])
+    with torch.no_grad():
+        want = (model(x).argmax(1) == y).float().mean().item()
+    assert masked_accuracy(model, x, y, batch_size=3) == pytest.approx(want)
+    assert masker.masks[0] is not None and not model.training
+
+
+def test_scoring_stats_add_up_and_read_out():
+    """scoring_stats: MACs of a layer call, sums of stats and the derived totals."""
+    from netsift.selection.scoring_stats import ScoringStats, layer_macs_grouped
+
+    conv = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+    out = conv(torch.randn(2, 4, 5, 5))
+    assert layer_macs(conv, out) == out.numel() * 2 * 9 == layer_macs_grouped(out, 2, conv)
+    assert layer_macs(nn.Linear(7, 3), torch.zeros(2, 3)) == 2 * 3 * 7 and layer_macs(nn.ReLU(), out) == 0
+    a = ScoringStats(calls=1, candidates=4, prefix_macs=10, shared_macs=3, candidate_macs=20, check_macs=5,
+                     path="graph")
+    a.add(ScoringStats(calls=2, candidates=6, candidate_macs=7, path="hooks"))
+    a.add(ScoringStats(calls=1, path="graph"))
+    assert (a.calls, a.candidates, a.suffix_macs, a.total_macs, a.path) == (4, 10, 30, 45, "graph+hooks")
+    assert a.as_dict()["suffix_macs"] == 30 and a.as_dict()["total_macs"] == 45
+
+
+def test_graph_plan_splits_prefix_suffix_and_frontier():
+    """graph_plan: the suffix is the consumer and what follows; the prefix only what the suffix reads."""
+    from torch import fx
+
+    from netsift.selection.graph_plan import make_plan, node_info, size_plan
+
+    model, groups, x, _ = _chain()
+    graph = fx.Tracer().trace(model)
+    reason, plan = make_plan(graph, model, groups[0])
+    assert reason == "" and plan is not None
+    names = lambda nodes: sorted(n.name for n in nodes)  # noqa: E731
+    assert names(plan.consumers) == ["b"] and names(plan.direct) == ["b"]
+    assert names(plan.frontier) == ["relu"]  # read by b and by the residual add
+    assert [n.name for n in plan.prefix] == ["x", "a", "bn", "relu"]
+    assert [n.name for n in plan.suffix][:2] == ["b", "add"] and plan.output_depends
+    assert names(plan.broadcast) == ["add"]  # a stacked value plus a candidate-independent one
+    size_plan(plan, node_info(graph, model, plan.modules, plan.input, x[:1]))
+    assert plan.prefix_macs == 6 * 36 * 9 and plan.shared_numel == 6 * 36 and names(plan.shared) == ["relu"]
+    model.b.inplace = True  # a module that says it works in place on a candidate-independent input
+    assert "in place" in make_plan(graph, model, groups[0])[0]
+
+
+def test_graph_direct_equals_the_masked_layer():
+    """graph_direct: the shared product once plus each candidate's channels equals the masked convolution."""
+    from netsift.selection.graph_direct import prepare_direct, run_direct
+    from netsift.selection.scoring_stats import ScoringStats
+
+    model, groups, x, _ = _chain()
+    masker = Masker(model, groups)
+    h = torch.relu(model.bn(model.a(x))).detach()
+    for masks in (candidate_masks(6, [0, 2], add=[1, 3, 4, 5]), candidate_masks(6, [0, 1, 2, 3], drop=[0, 3])):
+        st = ScoringStats()
+        with torch.no_grad():
+            d = prepare_direct(masker, 0, model.b, h, masks, st)
+            got = run_direct(d, model.b, 1, len(masks) - 1, st)  # the candidates after the first
+            want = torch.cat([model.b(h * m.view(1, -1, 1, 1)) for m in masks[1:]])
+        assert d.base is not None and st.shared_macs > 0
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["graph", "hooks"])
+def test_graph_and_hook_scorers_equal_the_reference_on_their_own(path):
+    """graph_scorer and hook_scorer, called directly (no fall-back, no check)."""
+    from netsift.selection.graph_scorer import GraphScorer
+    from netsift.selection.hook_scorer import HookScorer
+    from netsift.selection.scoring_stats import ScoringStats
+
+    model, groups, x, y = _chain()
+    masker = Masker(model, groups)
+    masks = candidate_masks(6, [0, 2], add=[1, 3, 4, 5])
+    want = reference_scores(model, masker, 0, masks, x, y, bn_batch_stats=True)
+    st = ScoringStats()
+    if path == "graph":
+        scorer = GraphScorer(model, masker, bn_batch_stats=True)
+        plan = scorer.plan(0, x, strict=True)
+        got = scorer.score(plan, 0, masks, x, y, st, max_batch=16)  # two candidates per pass
+    else:
+        got = HookScorer(model, masker, bn_batch_stats=True).score(0, masks, x, y, st, max_batch=16)
+    assert _close(got, want), (got - want).abs().max()
+    assert st.candidate_macs > 0 and st.prefix_macs > 0
+
+
+# ----------------------------------------------------------------------------- the greedy loop and its steps
+
+
+def test_steps_draw_no_more_than_the_group_takes_and_the_loop_records_losses():
+    """steps: one minibatch per step, ``left`` asked before each; greedy: the shared loop keeps each step's
+    loss, and another stop rule plugs in."""
+    from netsift.selection.greedy import WidthStop, greedy_groups
+    from netsift.selection.steps import StepStream
+
+    drawn = []
+
+    def next_batch():
+        drawn.append(len(drawn))
+        return torch.full((2, 1), float(len(drawn))), torch.zeros(2, dtype=torch.long)
+
+    stream = StepStream(next_batch, lambda: None)
+    left = iter([3, 2, 1, 0])
+    steps = list(stream.steps(0, lambda: next(left)))
+    assert [(s.x[0, 0].item(), s.left, s.prefix) for s in steps] == [(1.0, 2, None), (2.0, 1, None), (3.0, 0, None)]
+    stream.check_drained(0)
+
+    model = _model("vgg11")
+    graph = build_graph(model, SHAPE)
+    groups = find_groups(model, SHAPE, graph)
+    x, y = _data()
+    ctx = SelectionContext(model, groups, graph, SHAPE, lambda: (x, y), (x, y), widths=[3] * len(groups),
+                           candidates=4, progress=False)
+    sel = gfs.select(ctx)
+    assert all(len(k) == 3 for k in sel.kept.values())
+    assert [len(ctx.step_losses[gi]) for gi in range(len(groups))] == [3] * len(groups)
+    assert sel.info[-1]["final_loss"] == ctx.step_losses[len(groups) - 1][-1]
+    ctx.masker.remove()
+
+    ctx = SelectionContext(model, groups, graph, SHAPE, lambda: (x, y), (x, y), widths=[3] * len(groups),
+                           candidates=4, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        sel = greedy_groups(ctx, gfs.Forward, stop=lambda ctx, gi: WidthStop(1 + gi % 2))  # widths 1, 2, 1, ...
+    ctx.masker.remove()
+    assert [len(sel.kept[g.name]) for g in groups] == [1 + gi % 2 for gi in range(len(groups))]

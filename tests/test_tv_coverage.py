@@ -19,11 +19,11 @@ from netsift.errors import NetsiftError
 from netsift.models import build_model
 from netsift.models.torchvision_models import load_weights_file
 from netsift.rundir import load_model, save_model
-from netsift.selection.coverage import round_trip
 from netsift.selection.groups import build_graph, find_groups
 from netsift.selection.removal import remove_channels
-from netsift.selection.scoring import Masker
+from netsift.selection.masking import Masker
 from netsift.surgery import module_sizes
+from prune_roundtrip import round_trip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,6 +165,22 @@ def test_a_group_whose_removal_breaks_the_forward_pass_is_left_out():
     groups = find_groups(_FixedWidth().eval(), (3, 8, 8), skipped=skipped)
     assert [g.name for g in groups] == ["b"]
     assert skipped and skipped[0][0] == "a" and "fails" in skipped[0][1]
+
+
+def test_the_tracer_knows_its_opaque_classes_by_their_real_names():
+    """The tracer names the opaque classes (nothing registers into it): each name is a class that exists."""
+    import importlib
+
+    from netsift.models.torchvision_models import ChannelShuffle
+    from netsift.selection.tracing import KNOWN_OPAQUE, opaque_kind
+
+    for name in KNOWN_OPAQUE:
+        module, _, attr = name.rpartition(".")
+        cls = getattr(importlib.import_module(module), attr)
+        assert f"{cls.__module__}.{cls.__qualname__}" == name
+    assert opaque_kind(ChannelShuffle(2)) == "atomic" and opaque_kind(nn.Conv2d(1, 1, 1)) is None
+    from torchvision.models.swin_transformer import ShiftedWindowAttentionV2
+    assert opaque_kind(ShiftedWindowAttentionV2(8, [2, 2], [0, 0], 2)) == "atomic"  # a subclass of a named one
 
 
 def test_a_model_nothing_can_be_removed_from_is_refused_in_one_line():

@@ -18,7 +18,7 @@ Importing ``netsift`` is cheap: torch loads on first use of these names.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _LAZY = {
     "train": "netsift.pipelines", "extract": "netsift.pipelines", "prune": "netsift.pipelines",

@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from . import __version__, distributed
+from . import distributed
 from .checkpoint import atomic_write_bytes, fault_point, json_bytes, load_checkpoint, read_json, save_checkpoint
 from .errors import NetsiftError
 from .models import build_from_manifest, manifest_of
@@ -40,6 +40,7 @@ from .results import RESULT_KEYS
 from .schema import (BEST_CHECKPOINT, MODEL_FILE, RESULT_FILE, RUN_CONFIG, SELECTION_STATE, TRAIN_CHECKPOINT,
                      validate)
 from .surgery import apply_module_sizes, module_sizes
+from .version import __version__
 
 CONFIG, RESULT = "config.json", "result.json"
 LOCK = ".netsift.lock"

@@ -313,60 +313,6 @@ MANIFEST = Fn(_manifest)
 """A model manifest (``models.model_manifest`` plus ``modules``: per-layer sizes of a pruned network)."""
 
 
-def check_manifest(manifest: Any, what: str = "model manifest") -> dict:
-    """Validate a manifest and bound the size of the network it describes, before anything real is built.
-
-    The network is first built on PyTorch's ``meta`` device (no memory) to count its parameters and buffers.
-
-    Raises:
-        NetsiftError: a malformed manifest, or a network larger than :func:`max_params` elements.
-    """
-    validate(manifest, MANIFEST, what)
-    if str(manifest["model"]).startswith("custom:"):
-        return manifest
-    n = _meta_numel(manifest)
-    if n is not None and n > max_params():
-        raise NetsiftError(f"{what} describes a network of {n:,} parameters and buffers, more than the "
-                           f"{max_params():,} allowed (set ${MAX_PARAMS_ENV} to raise the bound)")
-    return manifest
-
-
-def network_numel(manifest: dict) -> int | None:
-    """Parameters + buffers of a (validated) manifest's network, ``None`` when they cannot be counted."""
-    if str(manifest.get("model", "")).startswith("custom:"):
-        return None
-    return _meta_numel(manifest)
-
-
-def _meta_numel(manifest: dict) -> int | None:
-    """Parameters + buffers of the manifest's network, counted on the meta device (``None``: cannot tell)."""
-    import torch
-
-    from .models import build_model
-    from .surgery import apply_module_sizes
-
-    def numel(model) -> int:
-        return sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
-
-    try:
-        with torch.device("meta"):
-            model = build_model(manifest["model"], manifest["in_channels"], manifest["image_size"],
-                                manifest["num_classes"], manifest.get("width", 1.0), **manifest.get("kwargs", {}))
-            built = numel(model)  # the network is built at the zoo's sizes first, then resized
-            if manifest.get("modules"):
-                apply_module_sizes(model, manifest["modules"])
-    except NetsiftError:
-        raise
-    except TypeError as e:
-        raise NetsiftError(f"model manifest of {manifest['model']} has arguments its builder does not take: "
-                           f"{str(e).splitlines()[0]}") from None
-    except (ValueError, KeyError) as e:
-        raise NetsiftError(f"model manifest of {manifest['model']} cannot be built: {str(e).splitlines()[0]}") from None
-    except (RuntimeError, NotImplementedError, AttributeError):
-        return None  # a builder that cannot run on the meta device: the bounds above still hold
-    return max(built, numel(model))
-
-
 # ---------------------------------------------------------------------------------------------------- run files
 
 CHECKPOINT_RECORD = Obj({"tensors_sha256": HEX64}, required=("tensors_sha256",))

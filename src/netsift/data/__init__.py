@@ -3,8 +3,8 @@
 * :mod:`.sets` says what the built-in data sets are and where their files are looked for (torch-free),
 * :mod:`.formats` reads IDX and CIFAR binary files (nothing is unpickled),
 * :mod:`.sources` loads the built-in data sets (:func:`load_data`),
-* :mod:`.bundle` holds :class:`DataBundle` (splits + what a model needs to know) and :func:`as_bundle`,
-  which also takes your own ``DataLoader``\\ s or data sets,
+* :mod:`.bundle` holds :class:`DataBundle` (splits + what a model needs to know); :mod:`.resolve` has
+  :func:`as_bundle`, which also takes your own ``DataLoader``\\ s or data sets,
 * :mod:`.loaders` batches them (:class:`TensorLoader`, :class:`DatasetLoader`, :class:`UserLoader`).
 
 Importing this package is cheap; torch loads on first use of a name that needs it.
@@ -27,7 +27,8 @@ def sample_batches(bundle, batch_size: int, seed: int, split: str = "train"):
 
 
 _HEAVY = {
-    **dict.fromkeys(["SPLITS", "DataBundle", "as_bundle", "split_train_val"], ".bundle"),
+    **dict.fromkeys(["SPLITS", "DataBundle", "split_train_val"], ".bundle"),
+    "as_bundle": ".resolve",
     **dict.fromkeys(["read_cifar_binary", "read_idx", "write_idx"], ".formats"),
     **dict.fromkeys(["DatasetLoader", "TensorDataset", "TensorLoader", "UserLoader", "augment_batch"], ".loaders"),
     **dict.fromkeys(["load_bundle", "load_data", "synthetic"], ".sources"),

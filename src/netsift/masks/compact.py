@@ -35,14 +35,11 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from .. import __version__
 from ..checkpoint import atomic_write_bytes, load_checkpoint, read_json
 from ..errors import NetsiftError
-from ..models import prunable_layers
-from ..models import build_from_manifest
-from . import COMPACT_SUFFIX as SUFFIX
-from ..schema import (COMPACT_HEADER, MODEL_FILE, RESULT_FILE, RUN_CONFIG, SUBNET_FILE, check_manifest, max_params,
-                      network_numel, validate)
+from ..models import build_from_manifest, check_manifest, network_numel, prunable_layers
+from ..schema import COMPACT_HEADER, MODEL_FILE, RESULT_FILE, RUN_CONFIG, SUBNET_FILE, max_params, validate
+from ..version import __version__
 from .frozen import bake_weight, check_scheme, frozen_network, weights_sha256
 
 MAGIC = b"\x89NSC\r\n\x1a\n"

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import NetsiftError
+from ..schema import MANIFEST, MAX_PARAMS_ENV, max_params, validate
 
 if TYPE_CHECKING:
     import torch
@@ -195,7 +196,6 @@ def build_from_manifest(manifest: dict) -> nn.Module:
     whose channels were removed). Those modules are rebuilt at the recorded sizes, so a pruned network loads
     with plain PyTorch modules and no pruning code. The network carries the manifest (:func:`manifest_of`).
     """
-    from ..schema import check_manifest
     from ..surgery import apply_module_sizes
 
     check_manifest(manifest)  # types, required keys, sizes and the parameter count, before anything is built
@@ -210,3 +210,55 @@ def build_from_manifest(manifest: dict) -> nn.Module:
     setattr(model, MANIFEST_ATTR, dict(manifest))
     return model
 
+
+def check_manifest(manifest: Any, what: str = "model manifest") -> dict:
+    """Validate a manifest and bound the size of the network it describes, before anything real is built.
+
+    The network is first built on PyTorch's ``meta`` device (no memory) to count its parameters and buffers.
+
+    Raises:
+        NetsiftError: a malformed manifest, or a network larger than :func:`max_params` elements.
+    """
+    validate(manifest, MANIFEST, what)
+    if str(manifest["model"]).startswith("custom:"):
+        return manifest
+    n = _meta_numel(manifest)
+    if n is not None and n > max_params():
+        raise NetsiftError(f"{what} describes a network of {n:,} parameters and buffers, more than the "
+                           f"{max_params():,} allowed (set ${MAX_PARAMS_ENV} to raise the bound)")
+    return manifest
+
+
+def network_numel(manifest: dict) -> int | None:
+    """Parameters + buffers of a (validated) manifest's network, ``None`` when they cannot be counted."""
+    if str(manifest.get("model", "")).startswith("custom:"):
+        return None
+    return _meta_numel(manifest)
+
+
+def _meta_numel(manifest: dict) -> int | None:
+    """Parameters + buffers of the manifest's network, counted on the meta device (``None``: cannot tell)."""
+    import torch
+
+    from ..surgery import apply_module_sizes
+
+    def numel(model) -> int:
+        return sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+
+    try:
+        with torch.device("meta"):
+            model = build_model(manifest["model"], manifest["in_channels"], manifest["image_size"],
+                                manifest["num_classes"], manifest.get("width", 1.0), **manifest.get("kwargs", {}))
+            built = numel(model)  # the network is built at the zoo's sizes first, then resized
+            if manifest.get("modules"):
+                apply_module_sizes(model, manifest["modules"])
+    except NetsiftError:
+        raise
+    except TypeError as e:
+        raise NetsiftError(f"model manifest of {manifest['model']} has arguments its builder does not take: "
+                           f"{str(e).splitlines()[0]}") from None
+    except (ValueError, KeyError) as e:
+        raise NetsiftError(f"model manifest of {manifest['model']} cannot be built: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return None  # a builder that cannot run on the meta device: the bounds above still hold
+    return max(built, numel(model))

@@ -1,8 +1,8 @@
 """The network a run works on: a module given by the user or an architecture built by name for the data, its
 starting weights from a local file, and the checks that it fits the data.
 
-The ``data`` arguments are :class:`~netsift.data.DataBundle`\ s (only ``input_shape`` and ``num_classes`` are
-read).
+The ``bundle`` arguments are data bundles (:class:`~netsift.data.DataBundle`): only their ``input_shape`` and
+``num_classes`` are read.
 """
 
 from __future__ import annotations

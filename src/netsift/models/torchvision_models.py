@@ -5,7 +5,7 @@ takes), builds ViT and MaxViT for that size, replaces the stem for inputs that a
 heads of GoogLeNet and Inception-V3 (so training returns plain logits) and makes three architectures loadable
 and traceable: MNASNet accepts a state dict without version metadata (a safetensors file), ShuffleNet-V2's
 channel shuffle is a module (traced as one operation), and the attention and window-partition modules of Swin
-and MaxViT are declared opaque to the channel tracer (:func:`netsift.selection.groups.register_opaque`).
+and MaxViT are opaque to the channel tracer (it knows them by name: :data:`netsift.selection.tracing.KNOWN_OPAQUE`).
 :func:`load_weights_file` loads a local state dict (safetensors, or a ``.pth`` read with ``weights_only``).
 """
 
@@ -58,7 +58,6 @@ def build_torchvision(name: str, in_channels: int, image_size: int, num_classes:
     """
     import torchvision
 
-    _register_opaque_modules()
     if width != 1.0:
         raise NetsiftError("torchvision models take no width multiplier; use width 1.0")
     available = torchvision.models.list_models(module=torchvision.models)
@@ -178,32 +177,6 @@ def _shuffle_block() -> type:
         ShuffleBlock.__module__ = __name__
         _CLASSES["shuffle"] = ShuffleBlock
     return _CLASSES["shuffle"]
-
-
-_REGISTERED = False
-
-
-def _register_opaque_modules() -> None:
-    """Declare the modules the channel tracer must see as single operations."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from torchvision.models import maxvit, swin_transformer
-
-    from ..selection.tracing import register_opaque
-
-    register_opaque(ChannelShuffle, "atomic")
-    register_opaque(swin_transformer.ShiftedWindowAttention, "atomic")  # and V2, a subclass
-    register_opaque(maxvit.RelativePositionalMultiHeadAttention, "atomic")
-    register_opaque(maxvit.WindowPartition, "transparent")
-    register_opaque(maxvit.WindowDepartition, "transparent")
-    _REGISTERED = True
-
-
-try:
-    _register_opaque_modules()
-except ImportError:  # pragma: no cover - torchvision missing
-    pass
 
 
 # --------------------------------------------------------------------------------------------- weights files

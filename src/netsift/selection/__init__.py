@@ -3,7 +3,9 @@
 Each method is declared once in :data:`METHODS` (:mod:`.methods`: name, summary, its own options and
 defaults; torch-free) and implemented in its own file (``select(ctx, **options) -> Selection``).
 :mod:`.groups` finds the channel groups (Torch-Pruning's dependency graph), :mod:`.scoring` scores
-candidates fast, :mod:`.budget` allocates a MACs budget, :mod:`.removal` removes channels physically and
+candidates fast (its parts: :mod:`.masking`, :mod:`.graph_scorer`, :mod:`.hook_scorer`, :mod:`.reference`),
+:mod:`.greedy` runs the greedy methods' per-group loop on :mod:`.steps` (minibatches, prefixes shared between
+processes), :mod:`.budget` allocates a MACs budget, :mod:`.removal` removes channels physically and
 :mod:`.pruner` strings them together. Importing this package is cheap; torch loads on first use.
 """
 

@@ -3,53 +3,59 @@
 Start from every channel of a group and repeatedly remove the channel whose removal (the rest rescaled by
 N/|S|) raises the minibatch cross-entropy least, on a fresh minibatch per step, until the width budget, or
 until removing one more would break the accuracy tolerance. Groups go from input to output.
+
+The loop over groups and steps is :func:`.greedy.greedy_groups`; this file holds the rule (:class:`Backward`).
 """
 
 from __future__ import annotations
 
-import torch
+from torch import Tensor
 
 from .base import Selection, SelectionContext
-from .scoring import candidate_masks
+from .greedy import StopRule, greedy_groups
+from .masking import candidate_masks
+
+
+class Backward:
+    """Backward elimination's rule for one group: remove the candidate whose removal raises the loss least."""
+
+    name = "backward"
+
+    def __init__(self, ctx: SelectionContext, gi: int, stop: StopRule):
+        self.ctx, self.gi, self.stop = ctx, gi, stop
+        self.n = ctx.groups[gi].size
+        self.target = stop.width if stop.width is not None else 1
+        self.current = list(range(self.n))
+        self.finished, self.acc = False, None
+        self.total = self.n - self.target
+
+    def left(self) -> int:
+        """In budget mode the steps left are known (tolerance mode: only the next one is certain)."""
+        if self.finished or len(self.current) <= self.target:
+            return 0
+        return self.stop.steps_left(len(self.current))
+
+    def candidates(self) -> tuple[list[int], Tensor]:
+        cands = self.ctx.sample(self.current, self.ctx.n_candidates(self.gi, len(self.current)))
+        return cands, candidate_masks(self.n, self.current, drop=cands)  # row k: current without cands[k]
+
+    def take(self, channel: int) -> int:
+        trial = [i for i in self.current if i != channel]
+        self.ctx.masker.set_kept(self.gi, trial)
+        ok, self.acc = self.stop.holds(self.ctx)
+        if not ok:  # one more removal would break the tolerance: keep the group as it was
+            self.ctx.masker.set_kept(self.gi, self.current)
+            self.finished = True
+            return 0
+        self.current = trial
+        return 1
+
+    def result(self, losses: list[float]) -> tuple[list[int], dict]:
+        self.ctx.masker.set_kept(self.gi, self.current)
+        return self.current, {"group": self.ctx.groups[self.gi].name, "size": self.n, "kept": len(self.current),
+                              "acc_start": self.stop.start_acc, "acc_end": self.acc}
 
 
 def select(ctx: SelectionContext) -> Selection:
     """Greedy backward elimination of every group, input to output."""
-    kept, info = {}, []
-    for gi, g in enumerate(ctx.groups):
-        if (done := ctx.resumed(gi)) is not None:  # finished before an interruption (prune --resume)
-            kept[g.name] = done.kept
-            info.append(done.info)
-            continue
-        n = g.size
-        start_acc = ctx.accuracy() if ctx.widths is None else None
-        target = ctx.widths[gi] if ctx.widths is not None else 1
-        current = list(range(n))
-        bar = ctx.bar(n - target, f"backward group {gi + 1}/{len(ctx.groups)} ({g.name})")
-        acc = None
-        while len(current) > target:
-            # in budget mode the steps left are known (tolerance mode: only this one is certain)
-            guaranteed = len(current) - target if ctx.widths is not None else 1
-            x, y, prefix = ctx.step_batch(gi, guaranteed)
-            cands = ctx.sample(current, ctx.n_candidates(gi, len(current)))
-            masks = candidate_masks(n, current, drop=cands)  # row k: current without cands[k]
-            scores = ctx.split_scores(gi, masks, x, y, prefix, left=guaranteed - 1)  # split over the processes
-            drop = cands[int(torch.argmin(scores))]
-            trial = [i for i in current if i != drop]
-            ctx.masker.set_kept(gi, trial)
-            if ctx.widths is None:
-                acc = ctx.accuracy()
-                if acc < (1 - ctx.tolerance) * start_acc:
-                    ctx.masker.set_kept(gi, current)
-                    break
-            current = trial
-            bar.update()
-        bar.close()
-        ctx.masker.set_kept(gi, current)
-        kept[g.name] = current
-        info.append({"group": g.name, "size": n, "kept": len(current), "acc_start": start_acc, "acc_end": acc})
-        ctx.group_done(gi, info[-1])
-        if ctx.layer_finetune is not None:
-            ctx.layer_finetune(ctx.model)
-        ctx.finish_group(gi, current, info[-1])
-    return Selection(kept, rescale=True, info=info)
+    return greedy_groups(ctx, Backward)

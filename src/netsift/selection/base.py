@@ -1,7 +1,7 @@
 """The interface every channel-selection method implements, and what ranking methods share.
 
 A method is a function ``select(ctx: SelectionContext) -> Selection``. The context holds the network (with a
-:class:`~.scoring.Masker` on it), its channel groups, the data (a fresh training minibatch per call, a fixed
+:class:`~.masking.Masker` on it), its channel groups, the data (a fresh training minibatch per call, a fixed
 held-out slice of the training set) and the stopping rule: per-group widths (a MACs budget, allocated by
 :func:`.budget.allocate`) or an accuracy tolerance.
 """
@@ -9,19 +9,20 @@ held-out slice of the training set) and the stopping rule: per-group widths (a M
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from .. import distributed
 from .. import progress as _progress
 from .groups import ChannelGroup
+from .masking import Masker
 from .methods import SelectionMethod  # noqa: F401  (declared torch-free)
-from .scoring import BatchedScorer, Masker, masked_accuracy
+from .reference import masked_accuracy
+from .scoring import BatchedScorer
+from .steps import Step, StepStream
 
 
 @dataclass
@@ -73,8 +74,8 @@ class SelectionContext:
         self.report: _progress.Task | None = None  # the whole selection's progress (see start_report)
         self.records: dict[int, GroupRecord] = {}
         self._resumed = False
-        self._ahead: deque = deque()  # minibatches drawn ahead (see step_batch)
-        self._pending: tuple | None = None  # the next round: minibatches and this process's prefix share, unsent
+        self.stream = StepStream(lambda: self.next_batch(), lambda: self.scorer)  # the greedy steps' minibatches
+        self.step_losses: dict[int, list[float]] = {}  # per group: the loss of each greedy step's pick
 
     def resumed(self, gi: int) -> GroupRecord | None:
         """Group ``gi``'s record if it was finished before an interruption (its mask is set again), else ``None``.
@@ -92,105 +93,16 @@ class SelectionContext:
             self.on_resume(self)
         return None
 
-    def step_batch(self, gi: int, guaranteed: int) -> tuple[Tensor, Tensor, list[Tensor] | None]:
-        """A greedy step's minibatch ``(x, y)`` and the prefix values of group ``gi`` for it (``None``: the scorer
-        computes them), for ``scorer.score(..., prefix=)``.
-
-        With one process this is ``next_batch()``. With N processes, the prefix (the network up to the group's
-        first consumers: the same for every candidate) would be computed by every process at every step; instead
-        up to N steps' minibatches are drawn at once, process i computes step i's prefix and all receive all of
-        them (where the scorer finds that cheaper than computing: :meth:`~.scoring.BatchedScorer.shares_prefix`).
-        ``guaranteed`` is how many steps the group will certainly still take, this one included: no more are drawn,
-        so at the group's end the minibatch stream is where one process leaves it (a saved state resumes alike).
-        """
-        if not self._ahead and (batches := self._draw(gi, guaranteed)) is not None:
-            mine = self._own_prefix(gi, batches)
-            self._queue(batches, mine, distributed.gather(mine[0], "receiving a greedy step's prefix"))
-        return self._ahead.popleft()
-
-    def split_scores(self, gi: int, masks: Tensor, x: Tensor, y: Tensor, prefix: list[Tensor] | None,
-                     left: int) -> Tensor:
-        """Every candidate's score for one greedy step of group ``gi``, the candidates split across the processes
-        (:func:`~netsift.distributed.split_scores`). ``left``: steps the group will certainly take after this one.
-
-        With several processes and shared prefixes (:meth:`step_batch`), the next round's prefixes are prepared
-        here: at a step followed by one already drawn, each process computes its share of the next round while
-        the scores are being gathered (the time it would wait for a slower process), and the next step's
-        collective carries them with its scores; at the last drawn step with none prepared, each process computes
-        its share right after its candidates and it travels with this step's scores.
-        """
-        def score(m: Tensor) -> Tensor:
-            return self.scorer.score(gi, m, x, y) if prefix is None else self.scorer.score(gi, m, x, y, prefix=prefix)
-
-        if distributed.world_size() == 1:
-            return distributed.split_scores(score, masks)
-        if self._pending is not None:  # prepared during an earlier step's wait: it travels now
-            batches, mine = self._pending
-            self._pending = None
-            scores, parts = distributed.split_scores(score, masks, carry=lambda: mine[0])
-            self._queue(batches, mine, parts)
-            return scores
-        beyond = left - len(self._ahead)  # steps certain beyond those drawn already
-        if beyond < 2:
-            return distributed.split_scores(score, masks)
-        if self._ahead:
-            return distributed.split_scores(score, masks, meanwhile=lambda: self._prepare(gi, beyond))
-        batches = self._draw(gi, beyond)
-        if batches is None:
-            return distributed.split_scores(score, masks)
-        own: list = []
-        scores, parts = distributed.split_scores(score, masks,
-                                                 carry=lambda: own.extend(self._own_prefix(gi, batches)) or own[0])
-        self._queue(batches, own, parts)
-        return scores
-
-    def _prepare(self, gi: int, guaranteed: int) -> None:
-        """Draw the next round and compute this process's share of its prefixes (sent with the next scores)."""
-        if (batches := self._draw(gi, guaranteed)) is not None:
-            self._pending = (batches, self._own_prefix(gi, batches))
-
-    def _draw(self, gi: int, guaranteed: int) -> list[tuple[Tensor, Tensor]] | None:
-        """Draw the next min(N, ``guaranteed``) minibatches. Returns them when their prefixes are to be shared;
-        otherwise queues them (each process computes their prefixes itself) and returns ``None``."""
-        n = min(distributed.world_size(), max(1, guaranteed))
-        batches = [self.next_batch() for _ in range(n)]
-        if n > 1 and all(x.shape == batches[0][0].shape for x, _ in batches) \
-                and self.scorer.shares_prefix(gi, batches[0][0]):
-            return batches
-        self._ahead.extend((x, y, None) for x, y in batches)
-        return None
-
-    def _own_prefix(self, gi: int, batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, list[Tensor]]:
-        """Process i's part of a shared round: minibatch i's prefix values as bytes (a blank of the same size
-        beyond the round's last minibatch), and empty tensors shaped like them."""
-        r = distributed.rank()
-        x = batches[min(r, len(batches) - 1)][0]
-        like = self.scorer.prefix_values(gi, x, compute=False)
-        values = self.scorer.prefix_values(gi, x) if r < len(batches) else like
-        if [v.shape for v in values] != [v.shape for v in like]:
-            raise RuntimeError(f"internal error: group {gi}'s prefix values have shapes {[v.shape for v in values]}, "
-                               f"not the traced {[v.shape for v in like]}")
-        values = [v.to(t.dtype) for v, t in zip(values, like)]  # every process sends the same bytes per value
-        flat = torch.cat([v.detach().reshape(-1) for v in values]) if values else torch.zeros(0)
-        return flat.cpu().view(torch.uint8), like
-
-    def _queue(self, batches: list[tuple[Tensor, Tensor]], mine: tuple[Tensor, list[Tensor]],
-               parts: list[Tensor]) -> None:
-        """Queue the round's minibatches with the prefix values every process sent (views of what arrived)."""
-        like = mine[1]
-        for (x, y), part in zip(batches, parts):
-            views, at = [], 0
-            for v in like:
-                size = v.numel() * v.element_size()
-                views.append(part[at:at + size].view(v.dtype).view(v.shape).to(x.device))
-                at += size
-            self._ahead.append((x, y, views))
+    def steps(self, gi: int, left: Callable[[], int]) -> Iterator[Step]:
+        """Group ``gi``'s greedy steps (:meth:`.steps.StepStream.steps`): a fresh minibatch each (with several
+        processes, and the group's prefix values for it), while ``left()`` (the steps the group will certainly
+        still take, the next one included) is positive; ``step.score(masks)`` splits the candidates over the
+        processes."""
+        return self.stream.steps(gi, left)
 
     def finish_group(self, gi: int, kept: Sequence[int], info: dict, rescale: bool = True) -> None:
         """Record group ``gi`` as finished (``kept`` as the masker has it) and call ``on_group_done``."""
-        if self._ahead or self._pending is not None:
-            raise RuntimeError(f"internal error: minibatches drawn ahead for group {gi} were not used (the minibatch "
-                               "stream would not resume where it stopped)")
+        self.stream.check_drained(gi)
         self.records[gi] = GroupRecord(sorted(int(i) for i in kept), rescale, dict(info))
         if self.on_group_done is not None:
             self.on_group_done(self, gi)

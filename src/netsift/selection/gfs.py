@@ -10,76 +10,63 @@ An optional short fine-tune follows each group.
 Theory (two-layer networks): with ``replacement`` every channel stays a candidate, S is a multiset and the
 subnetwork is the uniform average of its picks (Frank–Wolfe with step 1/(n+1)); a channel picked twice
 counts twice. A width budget then bounds the number of picks, so the physical network keeps at most that many
-channels (its MACs are at most, not exactly, the budget). The same code runs on a randomly initialised network (``netsift prune --model M`` without a
-checkpoint), where the paper's guarantee also holds.
+channels (its MACs are at most, not exactly, the budget). The same code runs on a randomly initialised network
+(``netsift prune --model M`` without a checkpoint), where the paper's guarantee also holds.
+
+The loop over groups and steps is :func:`.greedy.greedy_groups`; this file holds the rule (:class:`Forward`).
 """
 
 from __future__ import annotations
 
-import torch
+from torch import Tensor
 
 from .base import Selection, SelectionContext
-from .scoring import candidate_masks
+from .greedy import StopRule, greedy_groups
+from .masking import candidate_masks
 
 
-def _stop(ctx: SelectionContext, gi: int, chosen: list[int], start_acc: float | None) -> tuple[bool, float | None]:
-    # with replacement the subnetwork's size is its number of picks (distinct channels may be fewer)
-    size = len(chosen) if ctx.replacement else len(set(chosen))
-    if ctx.widths is not None:
-        return size >= ctx.widths[gi], None
-    acc = ctx.accuracy()
-    return acc >= (1 - ctx.tolerance) * start_acc, acc
+class Forward:
+    """GFS's rule for one group: add the candidate whose addition lowers the minibatch loss most."""
 
+    name = "gfs"
 
-def _guaranteed(ctx: SelectionContext, gi: int, chosen: list[int], max_steps: int) -> int:
-    """Steps group ``gi`` will certainly still take (this one included): in budget mode each step adds one to the
-    size :func:`_stop` compares with the width; in tolerance mode only this one is certain."""
-    if ctx.widths is None:
-        return 1
-    size = len(chosen) if ctx.replacement else len(set(chosen))
-    return max(1, min(ctx.widths[gi] - size, max_steps - len(chosen)))
+    def __init__(self, ctx: SelectionContext, gi: int, stop: StopRule):
+        self.ctx, self.gi, self.stop = ctx, gi, stop
+        self.n = ctx.groups[gi].size
+        self.chosen: list[int] = []
+        self.finished, self.acc = False, None
+        self.max_steps = 4 * self.n if ctx.replacement else self.n
+        self.total = stop.width if stop.width is not None else self.n
+
+    def _size(self) -> int:
+        # with replacement the subnetwork's size is its number of picks (distinct channels may be fewer)
+        return len(self.chosen) if self.ctx.replacement else len(set(self.chosen))
+
+    def left(self) -> int:
+        """In budget mode each step adds one to the size the stop rule compares with the width."""
+        if self.finished or len(self.chosen) >= self.max_steps:
+            return 0
+        return max(1, min(self.stop.steps_left(self._size()), self.max_steps - len(self.chosen)))
+
+    def candidates(self) -> tuple[list[int], Tensor]:
+        pool = range(self.n) if self.ctx.replacement else sorted(set(range(self.n)) - set(self.chosen))
+        cands = self.ctx.sample(pool, self.ctx.n_candidates(self.gi, len(pool)))
+        return cands, candidate_masks(self.n, self.chosen, add=cands)  # row k: kept_mask(n, chosen + [cands[k]])
+
+    def take(self, channel: int) -> int:
+        before = len(set(self.chosen))
+        self.chosen.append(channel)
+        self.ctx.masker.set_kept(self.gi, self.chosen)
+        self.finished, self.acc = self.stop.reached(self.ctx, self._size())
+        return len(set(self.chosen)) - before
+
+    def result(self, losses: list[float]) -> tuple[list[int], dict]:
+        return self.chosen, {"group": self.ctx.groups[self.gi].name, "size": self.n, "kept": len(set(self.chosen)),
+                             "steps": len(self.chosen), "acc_start": self.stop.start_acc, "acc_end": self.acc,
+                             "final_loss": losses[-1] if losses else None}
 
 
 def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
     """Greedy forward selection of every group, input to output (``replacement``: the multiset variant)."""
     ctx.replacement = ctx.replacement or replacement
-    kept, info = {}, []
-    for gi, g in enumerate(ctx.groups):
-        if (done := ctx.resumed(gi)) is not None:  # finished before an interruption (prune --resume)
-            kept[g.name] = done.kept
-            info.append(done.info)
-            continue
-        n = g.size
-        start_acc = ctx.accuracy() if ctx.widths is None else None
-        chosen: list[int] = []
-        losses: list[float] = []
-        acc = None
-        limit = ctx.widths[gi] if ctx.widths is not None else n
-        bar = ctx.bar(limit, f"gfs group {gi + 1}/{len(ctx.groups)} ({g.name})")
-        max_steps = 4 * n if ctx.replacement else n
-        while len(chosen) < max_steps:
-            guaranteed = _guaranteed(ctx, gi, chosen, max_steps)
-            x, y, prefix = ctx.step_batch(gi, guaranteed)
-            pool = range(n) if ctx.replacement else sorted(set(range(n)) - set(chosen))
-            cands = ctx.sample(pool, ctx.n_candidates(gi, len(pool)))
-            masks = candidate_masks(n, chosen, add=cands)  # row k: kept_mask(n, chosen + [cands[k]])
-            # every process scores its share of the candidates on the same minibatch; all get every score
-            scores = ctx.split_scores(gi, masks, x, y, prefix, left=guaranteed - 1)
-            best = int(torch.argmin(scores))
-            before = len(set(chosen))
-            chosen.append(cands[best])
-            losses.append(float(scores[best]))
-            ctx.masker.set_kept(gi, chosen)
-            bar.update(len(set(chosen)) - before)
-            done, acc = _stop(ctx, gi, chosen, start_acc)
-            if done:
-                break
-        bar.close()
-        kept[g.name] = sorted(chosen)
-        info.append({"group": g.name, "size": n, "kept": len(set(chosen)), "steps": len(chosen),
-                     "acc_start": start_acc, "acc_end": acc, "final_loss": losses[-1] if losses else None})
-        ctx.group_done(gi, info[-1])
-        if ctx.layer_finetune is not None:
-            ctx.layer_finetune(ctx.model)
-        ctx.finish_group(gi, chosen, info[-1])
-    return Selection(kept, rescale=True, info=info)
+    return greedy_groups(ctx, Forward)

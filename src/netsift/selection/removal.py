@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import NetsiftError
 from .groups import ChannelGroup, build_graph, find_groups, prune_groups
-from .scoring import kept_mask
+from .masking import kept_mask
 
 
 @torch.no_grad()

@@ -1,9 +1,11 @@
 """Tracing a network into Torch-Pruning's dependency graph, with the fixes netsift needs.
 
 * Opaque modules: some modules cannot be traced channel by channel (Swin and MaxViT attention, ShuffleNet's
-  channel shuffle). :func:`register_opaque` declares them; during tracing each call becomes one autograd node
-  from its input to its output. An ``"atomic"`` module is kept whole (:mod:`.groups` leaves out every group that
-  reaches it); a ``"transparent"`` one only moves spatial positions (channel ``c`` in is channel ``c`` out).
+  channel shuffle). The tracer knows the ones the zoo meets (:data:`KNOWN_OPAQUE`, by class name: nothing is
+  imported to know them); :func:`register_opaque` declares others. During tracing each call becomes one
+  autograd node from its input to its output. An ``"atomic"`` module is kept whole (:mod:`.groups` leaves out
+  every group that reaches it); a ``"transparent"`` one only moves spatial positions (channel ``c`` in is
+  channel ``c`` out).
 * ``split``/``chunk`` along channels: Torch-Pruning 1.6 misreads their sizes on recent PyTorch; fixed after
   tracing (:func:`_fix_splits`).
 * :func:`static_index_mapping`: Torch-Pruning re-derives every index mapping of the graph at each
@@ -21,8 +23,18 @@ from torch import nn
 
 from ..errors import NetsiftError
 
+KNOWN_OPAQUE: dict[str, str] = {
+    "netsift.models.torchvision_models.ChannelShuffle": "atomic",  # ShuffleNet-V2's shuffle, as a module
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": "atomic",  # and V2, a subclass
+    "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": "atomic",
+    "torchvision.models.maxvit.WindowPartition": "transparent",
+    "torchvision.models.maxvit.WindowDepartition": "transparent",
+}
+"""Module classes (``module.qualname``, subclasses included) the tracer treats as single operations:
+``"atomic"`` (kept whole) or ``"transparent"``."""
+
 OPAQUE: dict[type, str] = {}
-"""Module classes the tracer treats as single operations: ``"atomic"`` (kept whole) or ``"transparent"``."""
+"""Further module classes declared with :func:`register_opaque`."""
 
 
 def register_opaque(cls: type, kind: str) -> None:
@@ -30,6 +42,15 @@ def register_opaque(cls: type, kind: str) -> None:
     if kind not in ("atomic", "transparent"):
         raise ValueError(f"kind must be 'atomic' or 'transparent', got {kind!r}")
     OPAQUE[cls] = kind
+
+
+def opaque_kind(module: nn.Module) -> str | None:
+    """``"atomic"`` or ``"transparent"`` when ``module`` is traced as one operation, else ``None``."""
+    for cls in type(module).__mro__:
+        kind = OPAQUE.get(cls) or KNOWN_OPAQUE.get(f"{cls.__module__}.{cls.__qualname__}")
+        if kind is not None:
+            return kind
+    return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -50,21 +71,13 @@ class _Opaque(torch.autograd.Function):
         return None, None
 
 
-def _load_opaque_registrations() -> None:
-    try:
-        from ..models import torchvision_models  # noqa: F401  (registers torchvision's opaque modules)
-    except ImportError:  # pragma: no cover - torchvision missing
-        pass
-
-
 @contextmanager
 def _opaque_tracing(model: nn.Module) -> Iterator[dict]:
     """Within the block, opaque modules run as one autograd node; yields ``{grad_fn: (name, kind)}``."""
-    _load_opaque_registrations()
     seen: dict = {}
     patched = []
     for name, m in model.named_modules():
-        kind = next((k for cls, k in OPAQUE.items() if isinstance(m, cls)), None)
+        kind = opaque_kind(m)
         if kind is None or "forward" in m.__dict__ or any(name.startswith(p + ".") for p, _ in patched):
             continue
 
