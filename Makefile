@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.netsift-installed
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test check bench clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the fast lane while working: every module, no slow end-to-end tests (marked @pytest.mark.slow), under 90 s
+check: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" -x -p no:cacheprovider
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,21 +1,30 @@
-"""Structured pruning benchmark: GFS against its rivals on networks trained on Fashion-MNIST, by fine-tune budget.
+"""Structured pruning benchmark: GFS against its rivals on networks trained on Fashion-MNIST, by fine-tune budget
+and by widths (uniform: every group the same kept fraction; learned: each method allocates the budget itself).
 
-For each network (ResNet-20 x0.5 and VGG11 x0.25 by default) one dense network is trained once. Then every
+For each network (ResNet-20 x0.5, VGG11 x0.25 and MobileNetV2 x0.25 at 16 px by default) one dense network is
+trained once. Then every
 method prunes it to each MACs fraction with each seed (the seed drives the greedy minibatches, the candidate
 subsets, the random ranking and the fine-tune) through ``netsift.prune`` with no fine-tuning: that cell's
 ``test_acc_selected`` is the accuracy before any fine-tuning (BN statistics re-estimated, as netsift does by
 default for every method on batch-norm networks). The same selected network is then fine-tuned for each
 budget in ``--finetune-epochs`` (published recipe: SGD Nesterov, cosine from lr 0.01, label smoothing 0.1,
 weight decay 4e-5) with ``netsift.train`` — what ``netsift prune --finetune-epochs K`` does after selection —
-so a selection is paid once per cell. Every run folder is kept and skipped when its result.json exists, so an
-interrupted run continues where it stopped.
+so a selection is paid once per cell. With ``--scratch`` the architecture GFS learned is also trained from a new
+random initialisation for as many epochs as dense training + the largest fine-tune budget (the paper's claim:
+fine-tuning the selected subnetwork beats training it anew). Every run folder is kept and skipped when its
+result.json exists, so an interrupted run continues where it stopped.
+
+``--speed`` (run it on a quiet machine) times every finished cell's pruned network against its dense network,
+interleaved, at batch 1 and 64 (1 thread) and records the speed-ups in ``<name>_speed.json``; the report puts
+them next to the accuracies.
 
     PYTHONPATH=src .venv/bin/python benchmarks/structured.py                # resumable; see --help for the grid
     PYTHONPATH=src .venv/bin/python benchmarks/structured.py --quick        # smoke test: a few minutes, *_quick.*
     PYTHONPATH=src .venv/bin/python benchmarks/structured.py --report       # tables and plot from finished cells
 
-Outputs in ``benchmarks/results/``: ``structured.csv`` (one row per cell and budget), ``structured.json``
-(setup, dense networks, cells, per-method summary) and ``structured.md`` (mean ± std tables).
+Outputs in ``benchmarks/results/``: ``<name>.csv`` (one row per cell and budget), ``<name>.json`` (setup, dense
+networks, cells, per-method summary), ``<name>.md`` (mean ± std tables) and ``<name>.png`` (accuracy against MACs
+per fine-tune budget); ``<name>`` is ``structured_widths`` (``--name`` changes it).
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ NETWORKS = {
     # name: architecture, width, training subset, dense epochs (CPU budget; the issue's VGG11 setting)
     "resnet20": {"arch": "resnet20", "width": 0.5, "train_subset": 6000, "epochs": 8},
     "vgg11": {"arch": "vgg11", "width": 0.25, "train_subset": 20000, "epochs": 6},
+    # the paper's own family; depthwise convolutions are slow on a CPU: 16 px images
+    "mobilenetv2": {"arch": "mobilenetv2", "width": 0.25, "train_subset": 6000, "epochs": 8, "image_size": 16},
 }
 VARIANTS = {
     # the paper's settings: eval-mode BN scoring, no BN re-estimation, 0.1-epoch fine-tune after each layer
@@ -53,8 +64,9 @@ VARIANTS = {
 }
 """Benchmark rows that are a method with non-default settings."""
 
-COLUMNS = ["network", "method", "macs_target", "seed", "finetune_epochs", "test_acc", "test_acc_selected", "macs",
-           "macs_fraction", "params", "selection_s", "finetune_s"]
+COLUMNS = ["network", "method", "widths", "macs_target", "seed", "finetune_epochs", "test_acc", "test_acc_selected",
+           "macs", "macs_fraction", "params", "selection_s", "finetune_s", "speedup_b1", "speedup_b64"]
+METHODS_DEFAULT = ["gfs", "l1", "taylor", "bn-scale", "random"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,8 +77,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, nargs="+", default=[0, 1, 5], help="fine-tune budgets")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25])
-    p.add_argument("--methods", nargs="+", default=list(METHODS) + list(VARIANTS),
+    p.add_argument("--methods", nargs="+", default=METHODS_DEFAULT,
                    help=f"methods ({', '.join(METHODS)}) and variants ({', '.join(VARIANTS)})")
+    p.add_argument("--widths", nargs="+", default=["uniform", "learned"], choices=["uniform", "learned"])
+    p.add_argument("--scratch", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train GFS's learned architecture from scratch (dense epochs + largest fine-tune)")
+    p.add_argument("--speed", action="store_true", help="time the finished cells' networks (quiet machine)")
+    p.add_argument("--name", default="structured_widths", help="stem of the result files")
     p.add_argument("--candidates", type=int, default=50, help="GFS / backward candidates per step (published 50)")
     p.add_argument("--select-batch", type=int, default=128, help="greedy minibatch (published 128)")
     p.add_argument("--threads", type=int, default=1)
@@ -77,12 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke test: resnet20 on 1,000 images, 2 dense epochs, "
                                                         "seed 0, 50%% MACs, 4 candidates, budgets 0/1")
     args = p.parse_args(argv)
-    args.name = "structured"
     if args.quick:
         args.networks, args.seeds, args.fractions, args.finetune_epochs = ["resnet20"], [0], [0.5], [0, 1]
-        args.candidates, args.methods = 4, ["gfs", "gfs-published", "l1", "taylor"]
+        args.candidates, args.methods = 4, ["gfs", "l1", "taylor"]
         args.work += "-quick"
-        args.name = "structured_quick"
+        args.name += "_quick"
     return args
 
 
@@ -96,7 +112,8 @@ def network_setup(name: str, args) -> dict:
 def dense_run(name: str, args) -> tuple[Path, DataConfig]:
     """Train (once) the dense network of ``name``; its run folder and data settings."""
     net = network_setup(name, args)
-    data_cfg = DataConfig(args.data, train_subset=net["train_subset"], val_fraction=args.val_fraction)
+    data_cfg = DataConfig(args.data, train_subset=net["train_subset"], val_fraction=args.val_fraction,
+                          image_size=net.get("image_size"))
     folder = Path(args.work) / name / "dense"
     if not (folder / "result.json").exists():
         netsift.train(net["arch"], data_cfg, epochs=net["epochs"], batch_size=128, lr=0.1, nesterov=True,
@@ -104,22 +121,33 @@ def dense_run(name: str, args) -> tuple[Path, DataConfig]:
     return folder, data_cfg
 
 
-def cells(args) -> list[tuple[str, str, float, int]]:
-    """(network, method, fraction, seed), seed-major so a cut-short run has every method for the first seeds."""
-    out = [(n, m, f, s) for s in args.seeds for n in args.networks for f in args.fractions for m in args.methods]
+def cells(args) -> list[tuple[str, str, str, float, int]]:
+    """(network, method, widths, fraction, seed), seed-major so a cut-short run has every method for the first
+    seeds, networks interleaved."""
+    out = [(n, m, w, f, s) for s in args.seeds for f in args.fractions for n in args.networks for w in args.widths
+           for m in args.methods]
+    if args.scratch and "learned" in args.widths and "gfs" in args.methods:
+        out = [c for cell in out for c in ([cell, (*cell[:1], "gfs-scratch", *cell[2:])]
+                                           if cell[1:3] == ("gfs", "learned") else [cell])]
     i, n = (int(v) for v in args.shard.split("/"))
     return out[i::n]
 
 
-def run_cell(network: str, method: str, fraction: float, seed: int, args, before: dict) -> list[dict]:
+def cell_folder(args, network: str, method: str, widths: str, fraction: float, seed: int) -> Path:
+    return Path(args.work) / network / f"{method}-{widths}-{fraction}-s{seed}"
+
+
+def run_cell(network: str, method: str, widths: str, fraction: float, seed: int, args, before: dict) -> list[dict]:
     """Select once (no fine-tune), then fine-tune the selected network for every budget; one row per budget."""
+    if method == "gfs-scratch":
+        return [scratch_cell(network, widths, fraction, seed, args)]
     dense_dir, data_cfg = dense_run(network, args)
-    folder = Path(args.work) / network / f"{method}-{fraction}-s{seed}"
+    folder = cell_folder(args, network, method, widths, fraction, seed)
     if not (folder / "result.json").exists():
         settings = dict(VARIANTS.get(method, {"method": method}))
-        netsift.prune(dense_dir, method=settings.pop("method"), macs=fraction, finetune_epochs=0, seed=seed,
-                      out=folder, overwrite=True, source_measure=before, candidates=args.candidates,
-                      select_batch=args.select_batch, latency_threads=args.threads, **settings)
+        netsift.prune(dense_dir, method=settings.pop("method"), macs=fraction, widths=widths, finetune_epochs=0,
+                      seed=seed, out=folder, overwrite=True, source_measure=before, candidates=args.candidates,
+                      select_batch=args.select_batch, latency_threads=None, **settings)
     sel = json.loads((folder / "result.json").read_text())
     rows = []
     for epochs in args.finetune_epochs:
@@ -131,23 +159,76 @@ def run_cell(network: str, method: str, fraction: float, seed: int, args, before
                 netsift.train(load_model(folder)[0], data_cfg, ft, seed=seed, data_seed=sel["data_seed"],
                               out=ft_dir, overwrite=True, latency_threads=None)
             r = json.loads((ft_dir / "result.json").read_text())
-        rows.append({"network": network, "method": method, "macs_target": fraction, "seed": seed,
+        rows.append({"network": network, "method": method, "widths": widths, "macs_target": fraction, "seed": seed,
                      "finetune_epochs": epochs, "test_acc": r["test_acc"], "test_acc_selected": sel["test_acc_selected"],
                      "macs": sel["macs"], "macs_fraction": sel["macs_fraction"], "params": sel["params"],
                      "selection_s": sel["selection_s"], "finetune_s": r["wall_s"] if epochs else 0.0})
     return rows
 
 
+def scratch_cell(network: str, widths: str, fraction: float, seed: int, args) -> dict:
+    """GFS's architecture (of the same cell) re-initialised at random and trained like the dense network for as
+    many epochs as dense training + the largest fine-tune budget."""
+    net = network_setup(network, args)
+    _, data_cfg = dense_run(network, args)
+    source = cell_folder(args, network, "gfs", widths, fraction, seed)
+    folder = cell_folder(args, network, "gfs-scratch", widths, fraction, seed)
+    epochs = net["epochs"] + max(args.finetune_epochs)
+    if not (folder / "result.json").exists():
+        model = load_model(source)[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for m in model.modules():
+                if hasattr(m, "reset_parameters") and m is not model:
+                    m.reset_parameters()
+        netsift.train(model, data_cfg, epochs=epochs, batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4,
+                      seed=seed, out=folder, overwrite=True, latency_threads=None)
+    r = json.loads((folder / "result.json").read_text())
+    sel = json.loads((source / "result.json").read_text())
+    return {"network": network, "method": "gfs-scratch", "widths": widths, "macs_target": fraction, "seed": seed,
+            "finetune_epochs": epochs, "test_acc": r["test_acc"], "test_acc_selected": None, "macs": sel["macs"],
+            "macs_fraction": sel["macs_fraction"], "params": sel["params"], "selection_s": 0.0,
+            "finetune_s": r["wall_s"]}
+
+
+def time_cells(args, todo) -> dict:
+    """Speed-ups of every finished cell's network against its dense network (interleaved, 1 thread)."""
+    from netsift.measure import compare_latency
+
+    out_path = Path(args.results) / f"{args.name}_speed.json"
+    speed = json.loads(out_path.read_text()) if out_path.exists() else {}
+    dense_models = {}
+    for network, method, widths, fraction, seed in todo:
+        folder = cell_folder(args, network, method, widths, fraction, seed)
+        key = f"{network}/{folder.name}"
+        if key in speed or not (folder / "result.json").exists() or method == "gfs-scratch":
+            continue
+        if network not in dense_models:
+            dense_dir, data_cfg = dense_run(network, args)
+            dense_models[network] = (load_model(dense_dir)[0], load_bundle(data_cfg, 0).input_shape)
+        dense, shape = dense_models[network]
+        lat = compare_latency({"dense": dense, "pruned": load_model(folder)[0]}, shape, threads=1)
+        speed[key] = {"speedup_b1": lat["dense"]["b1_ms"] / lat["pruned"]["b1_ms"],
+                      "speedup_b64": lat["dense"]["b64_ms"] / lat["pruned"]["b64_ms"],
+                      "spread": max(lat["dense"]["spread"], lat["pruned"]["spread"])}
+        out_path.write_text(json.dumps(speed, indent=1) + "\n")
+        print(f"{key}: speed-up b1 x{speed[key]['speedup_b1']:.2f}, b64 x{speed[key]['speedup_b64']:.2f}", flush=True)
+    return speed
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """Mean and standard deviation over seeds per (network, method, MACs target, fine-tune budget)."""
     out = []
-    keys = sorted({(r["network"], r["method"], r["macs_target"], r["finetune_epochs"]) for r in rows},
-                  key=lambda k: (k[0], -k[2], k[3], k[1]))
+    fields = ("network", "method", "widths", "macs_target", "finetune_epochs")
+    keys = sorted({tuple(r[f] for f in fields) for r in rows}, key=lambda k: (k[0], -k[3], k[4], k[2], k[1]))
     for key in keys:
-        cell = [r for r in rows if (r["network"], r["method"], r["macs_target"], r["finetune_epochs"]) == key]
-        s = dict(zip(("network", "method", "macs_target", "finetune_epochs"), key), n=len(cell))
-        for k in ("test_acc", "macs_fraction", "selection_s"):
-            vals = [float(r[k]) for r in cell]
+        cell = [r for r in rows if tuple(r[f] for f in fields) == key]
+        s = dict(zip(fields, key), n=len(cell))
+        for k in ("test_acc", "macs_fraction", "selection_s", "speedup_b1", "speedup_b64"):
+            vals = [float(r[k]) for r in cell if r.get(k) is not None]
+            if not vals:
+                s[k] = s[k + "_std"] = None
+                continue
             s[k] = statistics.mean(vals)
             s[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         out.append(s)
@@ -155,22 +236,68 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def markdown(summary: list[dict], dense: dict) -> str:
-    """One table per network: rows = methods, columns = (MACs, fine-tune budget)."""
+    """One table per network: rows = method and widths, columns = (MACs, fine-tune budget), then speed-ups."""
     lines = []
     for network in sorted({s["network"] for s in summary}):
-        part = [s for s in summary if s["network"] == network]
+        part = [s for s in summary if s["network"] == network and s["method"] != "gfs-scratch"]
         cols = sorted({(s["macs_target"], s["finetune_epochs"]) for s in part}, key=lambda c: (-c[0], c[1]))
+        fracs = sorted({s["macs_target"] for s in part}, reverse=True)
         d = dense[network]
         lines += [f"### {network} (dense test accuracy {d['test_acc']:.4f}, {d['macs']:,} MACs)", "",
-                  "| method | " + " | ".join(f"{m:.0%} MACs, {e} ep" for m, e in cols) + " | selection s |",
-                  "|---|" + "---|" * (len(cols) + 1)]
-        for method in sorted({s["method"] for s in part}):
-            cells = {(s["macs_target"], s["finetune_epochs"]): s for s in part if s["method"] == method}
+                  "| method | widths | " + " | ".join(f"{m:.0%} MACs, {e} ep" for m, e in cols)
+                  + " | " + " | ".join(f"speed-up b64 at {m:.0%}" for m in fracs) + " | selection s |",
+                  "|---|---|" + "---|" * (len(cols) + len(fracs) + 1)]
+        for method, widths in sorted({(s["method"], s["widths"]) for s in part}):
+            cells = {(s["macs_target"], s["finetune_epochs"]): s for s in part
+                     if (s["method"], s["widths"]) == (method, widths)}
             row = [f"{cells[c]['test_acc']:.4f} ± {cells[c]['test_acc_std']:.4f}" if c in cells else "–" for c in cols]
+            speed = []
+            for f in fracs:
+                c = next((cells[k] for k in cells if k[0] == f and cells[k]["speedup_b64"] is not None), None)
+                speed.append(f"x{c['speedup_b64']:.2f}" if c else "–")
             sel = statistics.mean(s["selection_s"] for s in cells.values())
-            lines.append(f"| {method} | " + " | ".join(row) + f" | {sel:.1f} |")
+            lines.append(f"| {method} | {widths} | " + " | ".join(row + speed) + f" | {sel:.1f} |")
+        scratch = [s for s in summary if s["network"] == network and s["method"] == "gfs-scratch"]
+        for s in scratch:
+            lines.append(f"| gfs architecture from scratch ({s['finetune_epochs']} ep) | {s['widths']} | "
+                         + " | ".join(f"{s['test_acc']:.4f} ± {s['test_acc_std']:.4f}" if c[0] == s["macs_target"]
+                                      and c[1] == max(e for _, e in cols) else "–" for c in cols)
+                         + " | " + " | ".join("–" for _ in fracs) + " | – |")
         lines.append("")
     return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    """Accuracy against MACs per fine-tune budget: one panel per network and budget, learned widths filled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    networks = sorted({s["network"] for s in summary})
+    budgets = sorted({s["finetune_epochs"] for s in summary if s["method"] != "gfs-scratch"})
+    fig, axes = plt.subplots(len(networks), len(budgets), figsize=(4 * len(budgets), 3.2 * len(networks)),
+                             squeeze=False)
+    methods = sorted({s["method"] for s in summary if s["method"] != "gfs-scratch"})
+    colors = {m: plt.cm.tab10(i) for i, m in enumerate(methods)}
+    for r, network in enumerate(networks):
+        for c, ep in enumerate(budgets):
+            ax = axes[r][c]
+            for s in summary:
+                if s["network"] != network or s["finetune_epochs"] != ep or s["method"] not in colors:
+                    continue
+                ax.errorbar(s["macs_fraction"], s["test_acc"], yerr=s["test_acc_std"], fmt="o" if s["widths"] ==
+                            "learned" else "s", mfc=colors[s["method"]] if s["widths"] == "learned" else "none",
+                            color=colors[s["method"]], label=f"{s['method']} {s['widths']}", capsize=2)
+            ax.set_title(f"{network}, fine-tune {ep} ep", fontsize=9)
+            ax.set_xlabel("MACs kept (fraction)")
+            ax.set_ylabel("test accuracy")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=min(5, len(unique)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -179,21 +306,30 @@ def main(argv=None) -> int:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    rows, dense, befores = [], {}, {}
     todo = cells(args)
-    for i, (network, method, fraction, seed) in enumerate(todo):
-        folder = Path(args.work) / network / f"{method}-{fraction}-s{seed}"
-        done = all((folder / (f"ft{e}" if e else "") / "result.json").exists() for e in args.finetune_epochs)
+    if args.speed:
+        time_cells(args, todo)
+        return 0
+    speed_path = results / f"{args.name}_speed.json"
+    rows, dense, befores = [], {}, {}
+    for i, (network, method, widths, fraction, seed) in enumerate(todo):
+        folder = cell_folder(args, network, method, widths, fraction, seed)
+        budgets = [0] if method == "gfs-scratch" else args.finetune_epochs
+        done = all((folder / (f"ft{e}" if e else "") / "result.json").exists() for e in budgets)
         if args.report and not done:
             continue
-        if network not in befores and not done:
+        if network not in befores and not done and method != "gfs-scratch":
             dense_dir, data_cfg = dense_run(network, args)
             befores[network] = measure(load_model(dense_dir)[0], load_bundle(data_cfg, 0))
         tc = time.perf_counter()
-        rows += run_cell(network, method, fraction, seed, args, befores.get(network))
+        rows += run_cell(network, method, widths, fraction, seed, args, befores.get(network))
         if not done:
-            print(f"[{i + 1}/{len(todo)}] {network} {method} {fraction} seed {seed}: {time.perf_counter() - tc:.0f} s "
-                  f"(total {time.perf_counter() - t0:.0f} s)", flush=True)
+            print(f"[{i + 1}/{len(todo)}] {network} {method} {widths} {fraction} seed {seed}: "
+                  f"{time.perf_counter() - tc:.0f} s (total {time.perf_counter() - t0:.0f} s)", flush=True)
+    speed = json.loads(speed_path.read_text()) if speed_path.exists() else {}
+    for r in rows:
+        key = f"{r['network']}/{cell_folder(args, r['network'], r['method'], r['widths'], r['macs_target'], r['seed']).name}"
+        r.update({k: speed.get(key, {}).get(k) for k in ("speedup_b1", "speedup_b64")})
     for network in args.networks:
         folder = Path(args.work) / network / "dense" / "result.json"
         if folder.exists():
@@ -203,7 +339,7 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(rows)
     summary = summarize(rows)
-    setup = {k: v for k, v in vars(args).items() if k not in ("work", "results", "report", "shard")}
+    setup = {k: v for k, v in vars(args).items() if k not in ("work", "results", "report", "shard", "speed")}
     setup["networks"] = {n: network_setup(n, args) for n in args.networks}
     (results / f"{args.name}.json").write_text(json.dumps(
         {"setup": setup, "dense": {n: {k: d[k] for k in ("model", "width", "data", "test_acc", "val_acc", "macs",
@@ -211,6 +347,8 @@ def main(argv=None) -> int:
          "summary": summary, "cells": rows}, indent=1) + "\n")
     table = markdown(summary, dense)
     (results / f"{args.name}.md").write_text(table + "\n")
+    if rows:
+        plot(summary, results / f"{args.name}.png")
     print(table)
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0

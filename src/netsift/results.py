@@ -83,7 +83,16 @@ class Result:
                               "(one line per adaptation: classifier, stem, position embedding); `null` without one")
     # --- prune
     source: str | None = _f("prune: the run folder of the source network (`null` for an in-memory module)")
-    macs_target: float | None = _f("prune: requested MACs fraction (`null`: stopped by the tolerance)")
+    macs_target: float | None = _f("prune: requested MACs fraction (`null`: another budget, or stopped by the "
+                                   "tolerance)")
+    params_target: float | None = _f("prune: requested fraction of the parameters (`--params`)")
+    params_fraction: float | None = _f("prune: `params_total` / the source network's")
+    latency_target: float | None = _f("prune: requested fraction of the latency (`--latency`)")
+    latency_budget: dict | None = _f("prune with `--latency`: `target`, `measured` (the pruned architecture timed "
+                                     "against the source, interleaved), every try's `asked`/`predicted`/`measured`, "
+                                     "the per-group latency `table` (ms at each width), `batch_size`, `threads`")
+    widths: str | None = _f("prune: `uniform` (every group keeps the same fraction of its channels) or `learned` "
+                            "(the method's own allocation of the budget); the widths are `groups[].kept`")
     tolerance: float | None = _f("prune: accuracy tolerance per layer (`null` with a MACs target)")
     source_test_acc: float | None = _f("prune: the source network's test accuracy")
     source_macs: int | None = _f("prune: the source network's MACs")

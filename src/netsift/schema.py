@@ -398,5 +398,6 @@ SELECTION_STATE = Obj({
                         "info": Map(JSON, 100)}, required="all"), 100_000),
     "stream": Obj({"epoch": Int(0, 10**9), "taken": Int(0, 10**12)}, required="all"),
     "model_state": Bool(),
-}, required="all")
+    "widths": Opt(List(Int(0, MAX_SIZE), 100_000)),
+}, required=("method", "groups", "stream", "model_state"))
 """``selection.json``: the channel groups ``prune`` has finished (its ``--resume`` state)."""

@@ -95,7 +95,12 @@ class PruneSpec:
         pruned.eval()
         after = ctx.measure(pruned, latency_threads=cfg.latency_threads, source=net, source_macs=before["macs"])
         after["density"] = _prunable_weights(pruned) / _prunable_weights(net)
+        budget = plan.budget
         fields = {**after, "source": ctx.start.source_dir, "macs_target": cfg.macs, "tolerance": cfg.tolerance,
+                  "params_target": cfg.params, "latency_target": cfg.latency,
+                  "params_fraction": after["params_total"] / before["params_total"],
+                  "latency_budget": budget.record if budget is not None else None,
+                  "widths": cfg.widths if budget is not None else None,
                   "source_test_acc": before["test_acc"], "source_macs": before["macs"],
                   "source_params": before["params"], "test_acc_selected": selected["acc"],
                   "finetuned": fitted is not None, "finetune_epochs": cfg.finetune_epochs,
@@ -129,6 +134,7 @@ class PruneSpec:
         hooks = state.hooks(plan, net) if run_dir is not None else {}
         if run_dir is not None and ctx.options.resume:
             hooks["done"] = state.load(plan, net)
+            hooks["resumed_widths"] = state.widths if hooks["done"] else None
         out = prune_channels(plan, stream, holdout, seed=seed, progress=ctx.options.progress is not False,
                              layer_finetune=layer_ft, **hooks)
         pruned = out.model

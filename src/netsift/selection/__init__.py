@@ -31,6 +31,13 @@ class PruneConfig:
 
     method: str = opt("gfs", "selection method", tuple(METHODS))
     macs: float | None = opt(None, "keep this fraction of the MACs, in (0, 1]", shown="none: stop by --tolerance")
+    params: float | None = opt(None, "keep this fraction of the parameters, in (0, 1] (instead of --macs)")
+    latency: float | None = opt(None, "keep this fraction of the dense network's latency measured on this device at "
+                                      "--latency-batch, in (0, 1] (instead of --macs)")
+    latency_batch: int = opt(64, "batch size of the --latency budget's timings")
+    widths: str = opt("uniform", "with a budget: every group keeps the same fraction of its channels (uniform), or "
+                                 "the method learns each group's width from its own loss or scores (learned)",
+                      ("uniform", "learned"))
     tolerance: float | None = opt(None, "stop each layer once held-out accuracy is >= (1 - T) x its start",
                                   shown="0.02 when --macs is not given")
     round_to: int = opt(1, "with --macs: keep a multiple of N channels in every group (8 or 16 suits CPU vector "
@@ -66,11 +73,17 @@ class PruneConfig:
         choose(self.method, METHODS, "method")
         choose(self.rescale, ("auto", "on", "off"), "--rescale")
         check_finite(self)
-        if self.macs is not None and self.tolerance is not None:
-            raise NetsiftError("give --macs or --tolerance, not both")
-        if self.macs is not None:
-            check_density(self.macs, "--macs")
-        elif self.tolerance is None:
+        budgets = [f"--{k}" for k in ("macs", "params", "latency") if getattr(self, k) is not None]
+        if len(budgets) > 1 or (budgets and self.tolerance is not None):
+            raise NetsiftError(f"give one budget ({', '.join(budgets + ['--tolerance'] * (self.tolerance is not None))} "
+                               "were given)")
+        for k in ("macs", "params", "latency"):
+            if getattr(self, k) is not None:
+                check_density(getattr(self, k), f"--{k}")
+        choose(self.widths, ("uniform", "learned"), "--widths")
+        if self.widths == "learned" and not budgets:
+            raise NetsiftError("--widths learned shares a budget out: give --macs, --params or --latency")
+        if not budgets and self.tolerance is None:
             self.tolerance = 0.02
         if self.tolerance is not None and not 0.0 <= self.tolerance < 1.0:
             raise NetsiftError(f"--tolerance must be in [0, 1), got {self.tolerance}")
@@ -81,15 +94,25 @@ class PruneConfig:
                 raise NetsiftError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
         if self.round_to < 1:
             raise NetsiftError(f"--round-to must be at least 1, got {self.round_to}")
-        if self.select_batch <= 0:
-            raise NetsiftError(f"--select-batch must be positive, got {self.select_batch}")
+        if self.select_batch <= 0 or self.latency_batch <= 0:
+            raise NetsiftError(f"--select-batch and --latency-batch must be positive, got {self.select_batch} and "
+                               f"{self.latency_batch}")
         if self.layer_finetune is not None and not 0.0 <= self.layer_finetune <= 10.0:
             raise NetsiftError(f"--layer-finetune must be in [0, 10] epochs, got {self.layer_finetune}")
         check_threads(self.latency_threads, "--latency-threads")
         for name, hi in (("candidates", 10**6), ("holdout", 10**7), ("select_batch", 10**5), ("round_to", 4096),
+                         ("latency_batch", 10**5),
                          ("finetune_epochs", 100_000), ("recalibrate_bn", 10**6)):
             check_range(self, name, 0, hi)
         self.options = method_options(self.method, self.options, METHODS)
+
+    @property
+    def budget(self) -> tuple[str, float] | None:
+        """``(kind, fraction)`` of the budget (``macs``, ``params`` or ``latency``), ``None`` in tolerance mode."""
+        for kind in ("macs", "params", "latency"):
+            if getattr(self, kind) is not None:
+                return kind, getattr(self, kind)
+        return None
 
     def resolved(self, has_batch_norm: bool) -> "PruneConfig":
         """A copy with the unset settings filled: netsift's defaults, or with ``published`` the paper's.

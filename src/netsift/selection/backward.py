@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .base import Selection, SelectionContext
+from .curves import backward_curve, curves_of
 from .greedy import StopRule, greedy_groups
 from .masking import candidate_masks
 
@@ -58,4 +59,5 @@ class Backward:
 
 def select(ctx: SelectionContext) -> Selection:
     """Greedy backward elimination of every group, input to output."""
+    ctx.learn_widths(lambda: curves_of(ctx, backward_curve))
     return greedy_groups(ctx, Backward)

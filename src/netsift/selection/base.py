@@ -23,6 +23,7 @@ from .methods import SelectionMethod  # noqa: F401  (declared torch-free)
 from .reference import masked_accuracy
 from .scoring import BatchedScorer
 from .steps import Step, StepStream
+from .widths import Budget, score_curve
 
 
 @dataclass
@@ -51,6 +52,7 @@ class SelectionContext:
     next_batch: Callable[[], tuple[Tensor, Tensor]]
     holdout: tuple[Tensor, Tensor]
     widths: list[int] | None = None  # budget mode: channels to keep per group
+    budget: "Budget | None" = None  # the budget the widths share out (a method learning its widths re-allocates it)
     tolerance: float | None = None  # tolerance mode: keep accuracy >= (1 - tol) · accuracy at the layer's start
     candidates: int = 50  # candidates scored per greedy step (0: all)
     epsilon: float | None = None  # derive candidates from ε: (N/k)·log(1/ε)
@@ -62,6 +64,7 @@ class SelectionContext:
     progress: bool = True  # report each group's steps and one line per finished group (netsift.progress)
     label: str = "selection"  # how progress lines name the selection (the method's name)
     done: dict[int, GroupRecord] = field(default_factory=dict)  # groups finished before an interruption
+    resumed_widths: list[int] | None = None  # learned widths saved before an interruption
     on_group_done: Callable[["SelectionContext", int], None] | None = None  # after each group (saves the state)
     on_resume: Callable[["SelectionContext"], None] | None = None  # at the first group not in ``done``
     masker: Masker = field(init=False)
@@ -92,6 +95,13 @@ class SelectionContext:
             self._resumed = True
             self.on_resume(self)
         return None
+
+    def learn_widths(self, curves: Callable[[], list[list[float]]], per_cost: bool = True) -> None:
+        """With a learned-widths budget, replace the uniform widths by the allocation of the groups' loss curves
+        (``curves()``: measured now, unless an interrupted run saved its widths)."""
+        if self.budget is None or not self.budget.learned:
+            return
+        self.widths = self.resumed_widths or self.budget.learn(curves(), per_cost)
 
     def steps(self, gi: int, left: Callable[[], int]) -> Iterator[Step]:
         """Group ``gi``'s greedy steps (:meth:`.steps.StepStream.steps`): a fresh minibatch each (with several
@@ -178,6 +188,7 @@ def ranked_selection(ctx: SelectionContext, scores: list[Tensor], rescale: bool 
     prefix of the ranking whose held-out accuracy is within the tolerance of the accuracy at the group's start
     (binary search; earlier groups stay pruned).
     """
+    ctx.learn_widths(lambda: [score_curve(s) for s in scores], per_cost=False)  # as Torch-Pruning's global pruning
     kept, info = {}, []
     for gi, g in enumerate(ctx.groups):
         if (done := ctx.resumed(gi)) is not None:

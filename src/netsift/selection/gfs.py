@@ -21,6 +21,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .base import Selection, SelectionContext
+from .curves import curves_of, forward_curve
 from .greedy import StopRule, greedy_groups
 from .masking import candidate_masks
 
@@ -69,4 +70,5 @@ class Forward:
 def select(ctx: SelectionContext, replacement: bool = False) -> Selection:
     """Greedy forward selection of every group, input to output (``replacement``: the multiset variant)."""
     ctx.replacement = ctx.replacement or replacement
+    ctx.learn_widths(lambda: curves_of(ctx, forward_curve))
     return greedy_groups(ctx, Forward)

@@ -20,9 +20,10 @@ from .. import progress as _progress
 from ..errors import NetsiftError
 from . import METHODS, PruneConfig
 from .base import Selection, SelectionContext
-from .budget import MacsModel, allocate
+from .budget import cost_model
 from .groups import ChannelGroup, build_graph, find_groups
 from .removal import remove_channels
+from .widths import Budget
 
 
 @dataclass
@@ -77,7 +78,8 @@ class Plan:
     cfg: PruneConfig
     graph: object
     groups: list[ChannelGroup]
-    widths: list[int] | None
+    widths: list[int] | None  # uniform widths of the budget (a learned allocation replaces them at selection)
+    budget: Budget | None = None
 
 
 GRAPH_TIMEOUT_ENV = "NETSIFT_GRAPH_TIMEOUT"
@@ -126,13 +128,14 @@ def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConf
             groups = find_groups(model, input_shape, graph,
                                  ignored_layers=_modules(model, ignored_layers, "ignored_layers"))
         fixed = fixed_widths(model, groups, layer_density)
-        if cfg.macs is not None:
-            widths = allocate(MacsModel(model, groups, input_shape), cfg.macs, cfg.round_to, fixed)
+        budget = _budget(model, input_shape, cfg, graph, groups, fixed)
+        if budget is not None:
+            widths = budget.uniform()
         elif fixed:
             widths = [fixed.get(gi, g.size) for gi, g in enumerate(groups)]
         else:
             widths = None
-        plan = Plan(model, input_shape, cfg, graph, groups, widths)
+        plan = Plan(model, input_shape, cfg, graph, groups, widths, budget)
         check = METHODS[cfg.method].check
         if check is not None:
             ctx = _context(plan, lambda: None, (None, None), 0, False, None)
@@ -145,11 +148,27 @@ def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConf
     return plan
 
 
+def _budget(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, graph, groups: list[ChannelGroup],
+            fixed: dict[int, int]) -> Budget | None:
+    """The plan's budget: its cost model (MACs, parameters or a latency table measured now) and target."""
+    if cfg.budget is None:
+        return None
+    kind, fraction = cfg.budget
+    if kind == "latency":
+        from .latency import LatencyModel
+
+        cost = LatencyModel(model, groups, input_shape, cfg.latency_batch, threads=cfg.latency_threads or 1)
+    else:
+        cost = cost_model(kind, model, groups, input_shape, graph)
+    return Budget(kind, fraction, cost, cfg.round_to, fixed, learned=cfg.widths == "learned")
+
+
 def _context(plan: Plan, next_batch, holdout, seed: int, progress: bool, layer_finetune,
              **resume: Any) -> SelectionContext:
     cfg = plan.cfg
     return SelectionContext(plan.model, plan.groups, plan.graph, plan.input_shape, next_batch, holdout,
                             widths=plan.widths, tolerance=cfg.tolerance if plan.widths is None else None,
+                            budget=plan.budget,
                             candidates=cfg.candidates, epsilon=cfg.epsilon, seed=seed, layer_finetune=layer_finetune,
                             progress=progress, bn_batch_stats=cfg.bn_batch_stats, label=cfg.method, **resume)
 
@@ -184,4 +203,4 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
         model.train(was_training)
     rescale = selection.rescale if cfg.rescale == "auto" else cfg.rescale == "on"
     pruned = remove_channels(model, plan.input_shape, selection.kept, rescale)
-    return Pruned(pruned, selection, plan.groups, plan.widths, selection_s)
+    return Pruned(pruned, selection, plan.groups, ctx.widths, selection_s)

@@ -32,6 +32,7 @@ class SelectionState:
         self.run_dir, self.method, self.stream, self.keep_model = run_dir, method, stream, keep_model
         self.tensors: dict[str, torch.Tensor] = {}
         self.meta: dict = {}
+        self.widths: list[int] | None = None  # the widths the interrupted selection kept to (learned ones)
 
     def hooks(self, plan, net: nn.Module) -> dict:
         """``on_group_done`` / ``on_resume`` for :func:`~netsift.selection.pruner.prune_channels`."""
@@ -45,7 +46,8 @@ class SelectionState:
         tensors = {"generator": ctx.generator.get_state(), "rng.torch": torch.get_rng_state()}
         if self.keep_model:
             tensors.update({f"model.{k}": v for k, v in net.state_dict().items()})
-        meta = {"method": self.method, "groups": groups, "stream": self.stream.state(), "model_state": self.keep_model}
+        meta = {"method": self.method, "groups": groups, "stream": self.stream.state(), "model_state": self.keep_model,
+                "widths": ctx.widths}
         save_checkpoint(self.run_dir / self.STEM, tensors, meta)
 
     def load(self, plan, net: nn.Module) -> dict:
@@ -69,6 +71,11 @@ class SelectionState:
             done[gi] = GroupRecord(g["kept"], g["rescale"], g["info"])
         if self.meta["model_state"] != self.keep_model:
             raise NetsiftError(f"{where} was saved with another --layer-finetune setting")
+        widths = self.meta.get("widths")
+        if widths is not None and (len(widths) != len(names) or any(
+                not 1 <= w <= g.size for w, g in zip(widths, plan.groups))):
+            raise NetsiftError(f"{where}: its widths do not fit the network's channel groups")
+        self.widths = widths
         if self.keep_model:
             state = {k[len("model."):]: v for k, v in self.tensors.items() if k.startswith("model.")}
             try:

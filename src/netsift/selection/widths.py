@@ -159,3 +159,40 @@ def _nudge(model, widths: list[int], steps: list[int], target: float, fixed: dic
             break
         _, err, best = max(options, key=lambda o: o[0])
     return best
+
+
+class Budget:
+    """A budget (a fraction of the dense network's MACs, parameters or latency) and how it is shared out.
+
+    ``uniform()``: every group the same kept fraction; ``learn(curves)``: the allocation of
+    :func:`allocate_learned`. A latency budget is checked against the real pruned architecture, timed against
+    the dense one (:func:`.latency.meet_latency`); ``record`` keeps what was measured.
+    """
+
+    def __init__(self, kind: str, fraction: float, model, round_to: int = 1, fixed: dict[int, int] | None = None,
+                 learned: bool = False):
+        self.kind, self.fraction, self.model = kind, fraction, model
+        self.round_to, self.fixed, self.learned = round_to, dict(fixed or {}), learned
+        self.record: dict | None = None
+
+    def _meet(self, allocate) -> list[int]:
+        if self.kind != "latency":
+            return allocate(self.fraction)
+        from .latency import meet_latency
+
+        widths, self.record = meet_latency(self.model, allocate, self.fraction)
+        return widths
+
+    def uniform(self) -> list[int]:
+        """Every group keeps the same fraction of its channels."""
+        from .budget import allocate
+
+        return self._meet(lambda f: allocate(self.model, f, self.round_to, self.fixed))
+
+    def learn(self, curves: Sequence[Sequence[float]], per_cost: bool = True) -> list[int]:
+        """Widths from the groups' loss curves (see :func:`allocate_learned`)."""
+        return self._meet(lambda f: allocate_learned(self.model, curves, f, self.round_to, self.fixed, per_cost))
+
+    def achieved(self, widths: Sequence[int]) -> float:
+        """The fraction of the dense cost that ``widths`` keep (predicted; latency is measured on the result)."""
+        return self.model.cost(widths) / self.model.cost(None)
