@@ -3,9 +3,10 @@
 Every model of ``torchvision.models.list_models(module=torchvision.models)`` (random weights: nothing can be
 downloaded here) goes through ``round_trip`` of ``tests/prune_roundtrip.py``: ``netsift.prune`` itself on
 random data (channel groups from Torch-Pruning's dependency graph, a 50% MACs budget, selection, physical
-removal, measurement, the pruned network saved with its module manifest in the run folder), ``load_model``
-(plain modules, no pruning code) and a forward pass whose output must equal the pruned network's. Each (model, method) runs in its own process with a time limit; a refusal is one ``NetsiftError``
-line, anything else (a raw exception, a timeout) is a failure. Inputs are small (32 px, or the smallest size
+removal, measurement), ``save_model`` with the module manifest, ``load_model`` (plain modules, no pruning code)
+and a forward pass whose output must equal the pruned network's. Each (model, method) runs in its own process
+with a time limit; a refusal is one ``NetsiftError`` line, anything else (a raw exception, a timeout) is a
+failure. Inputs are small (32 px, or the smallest size
 the model takes); selection data are random tensors.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tv_coverage.py               # l1, every model

@@ -2,9 +2,9 @@
 
 :func:`greedy_groups` goes through the channel groups from input to output. A group finished before an
 interruption comes back as it was (``prune --resume``); for the others it asks the method for a
-:class:`GreedyRule` and runs :func:`select_group`: at each step (a fresh minibatch: :meth:`.base.SelectionContext.steps`)
-the rule names its candidates and their masks, every candidate is scored (split over the processes), and the
-rule takes the best; the loss of each step's pick is kept in ``ctx.step_losses[gi]``. Then the group's progress
+:class:`GreedyRule` and runs :func:`select_group`: at each step (a fresh minibatch:
+:meth:`.base.SelectionContext.steps`) the rule names its candidates and their masks, every candidate is scored
+(split over the processes), and the rule takes the best; the loss of each step's pick is kept in ``ctx.step_losses[gi]``. Then the group's progress
 line, the optional per-layer fine-tune, and its record (saved for ``--resume``).
 
 When a group stops is a :class:`StopRule` of its own: :class:`WidthStop` (budget mode: the width the budget
