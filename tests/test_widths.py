@@ -66,3 +66,112 @@ def test_an_unreachable_budget_names_the_smallest_reachable_one():
     curves = [[float(g.size - k) for k in range(g.size + 1)] for g in groups]
     with pytest.raises(NetsiftError, match="out of reach.*keeps 0.0"):
         allocate_learned(MacsModel(model, groups, (1, 16, 16)), curves, 1e-6)
+
+
+# ------------------------------------------------------------------------------------- through the prune pipeline
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 12, 3, padding=1), torch.nn.BatchNorm2d(12), torch.nn.ReLU(),
+                               torch.nn.Conv2d(12, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(16, 10))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from netsift.data import load_data
+
+    return load_data("digits", seed=0)
+
+
+KW = dict(candidates=4, select_batch=64, holdout=200, finetune_epochs=0, progress=False, latency_threads=None)
+
+
+@pytest.mark.parametrize("method", ["gfs", "backward", "l1", "random"])
+def test_learned_widths_meet_the_macs_budget_for_every_method(digits, method):
+    import netsift
+
+    uniform = netsift.prune(_net(), digits, method=method, macs=0.4, **KW)
+    learned = netsift.prune(_net(), digits, method=method, macs=0.4, widths="learned", **KW)
+    assert uniform.widths == "uniform" and learned.widths == "learned"
+    assert abs(learned.macs_fraction - 0.4) < 0.01 * 0.4 + 0.005
+    assert all(1 <= g["kept"] <= g["size"] for g in learned.groups)
+    if method in ("gfs", "backward"):  # the curves of a trained-from-scratch-free net differ by group
+        assert [g["kept"] for g in learned.groups] != [g["kept"] for g in uniform.groups]
+
+
+def test_parameter_budget_is_met_and_recorded(digits):
+    import netsift
+
+    r = netsift.prune(_net(), digits, method="l1", params=0.3, widths="learned", **KW)
+    assert r.params_target == 0.3 and abs(r.params_fraction - 0.3) < 0.01 * 0.3 + 0.002 and r.macs_target is None
+    u = netsift.prune(_net(), digits, method="l1", params=0.3, **KW)
+    assert abs(u.params_fraction - 0.3) < 0.03
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"widths": "learned"}, "--widths learned shares a budget out"),
+    ({"macs": 0.5, "params": 0.5}, "give one budget"),
+    ({"latency": 1.5}, "--latency"),
+    ({"widths": "wide", "macs": 0.5}, "--widths"),
+    ({"macs": 0.5, "latency_batch": 0}, "--latency-batch"),
+])
+def test_bad_budgets_are_one_line(digits, options, message):
+    import netsift
+
+    with pytest.raises(NetsiftError, match=message):
+        netsift.prune(_net(), digits, method="l1", **{**KW, **options})
+
+
+def test_learned_gfs_resumes_with_its_widths_and_ends_identical(digits, tmp_path, monkeypatch):
+    import importlib
+
+    import netsift
+    from netsift.selection import gfs
+
+    prune_module = importlib.import_module("netsift.pipelines.prune")
+    kw = {**KW, "method": "gfs", "macs": 0.4, "widths": "learned"}
+    full = netsift.prune(_net(), digits, out=tmp_path / "full", **kw)
+    original_save = prune_module.SelectionState.save
+
+    def save_then_interrupt(self, ctx, plan, net):
+        original_save(self, ctx, plan, net)
+        if len(ctx.records) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune_module.SelectionState, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        netsift.prune(_net(), digits, out=tmp_path / "cut", **kw)
+    monkeypatch.setattr(prune_module.SelectionState, "save", original_save)
+    measured = []
+    monkeypatch.setattr(gfs, "forward_curve", lambda *a, **k: measured.append(1))
+    resumed = netsift.prune(_net(), digits, out=tmp_path / "cut", resume=True, **kw)
+    assert not measured  # the widths came back from the saved state, not from new curves
+    assert resumed.groups == full.groups
+    for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_cli_learned_widths(tmp_path, run_cli):
+    code, out, err = run_cli("prune", "--model", "lenet300", "--width", "0.2", "--data", "digits", "--method", "gfs",
+                             "--macs", "0.5", "--widths", "learned", "--candidates", "4", "--finetune-epochs", "0",
+                             "--latency-threads", "0", "--out", tmp_path / "p")
+    assert code == 0, err
+    import json
+
+    result = json.loads((tmp_path / "p" / "result.json").read_text())
+    assert result["widths"] == "learned" and abs(result["macs_fraction"] - 0.5) < 0.01
+
+
+def test_latency_model_predicts_from_its_table_and_meets_a_target_in_tries():
+    from netsift.selection.latency import LatencyModel, meet_latency
+
+    model, graph, groups = _groups("lenet300", (1, 16, 16), 0.5)
+    lat = LatencyModel(model, groups, (1, 16, 16), batch_size=8, rounds=1, points=2)
+    assert [row["widths"][-1] for row in lat.table] == [g.size for g in groups]
+    full = [g.size for g in groups]
+    half = [max(1, g.size // 2) for g in groups]
+    assert lat.cost(full) == pytest.approx(lat.dense_ms) and lat.cost(half) <= lat.cost(full)
+    widths, record = meet_latency(lat, lambda f: allocate(lat, f), 0.5, tries=2)
+    assert len(record["tries"]) in (1, 2) and record["measured"] > 0 and len(widths) == len(groups)
