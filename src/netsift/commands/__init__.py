@@ -30,8 +30,8 @@ def add_run_flags(parser: argparse.ArgumentParser, resume: bool = True, data_see
 
 
 def out_arg(args: argparse.Namespace):
-    """``--out``, or ``True`` (a folder named by the settings) when it is not given."""
-    return args.out if args.out else True
+    """``--out``, or ``True`` (a folder named by the settings) when it is not given (``--out ''`` is refused)."""
+    return args.out if args.out is not None else True
 
 
 def print_weights(result) -> None:

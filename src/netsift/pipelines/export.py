@@ -22,8 +22,8 @@ FORMATS = ("compact", "safetensors", "onnx")
 def default_out(src: Path, fmt: str) -> Path:
     """Where ``export`` writes when ``--out`` is not given."""
     ext = {"compact": SUFFIX, "safetensors": ".safetensors", "onnx": ".onnx"}[fmt]
-    if src.is_file():
-        return src.with_suffix(ext)
+    if src.is_file():  # a run's own model.nsc: its safetensors export is dense.*, not the run's model.* pair
+        return src.parent / "dense.safetensors" if fmt == "safetensors" and src.stem == "model" else src.with_suffix(ext)
     return src / ("dense.safetensors" if fmt == "safetensors" else f"model{ext}")
 
 
@@ -56,30 +56,16 @@ def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None,
     """
     if fmt not in FORMATS:
         raise NetsiftError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
+    from .. import rundir
     from ..masks.compact import dense_bytes, write_compact
     from ..rundir import save_model
 
     src = Path(src)
     if not src.exists():
         raise NetsiftError(f"no such run folder or file: {src}")
-    out = Path(out) if out else default_out(src, fmt)
-    targets = [out.with_suffix(".safetensors"), out.with_suffix(".json")] if fmt == "safetensors" else [out]
-    if fmt == "safetensors" and "." in out.with_suffix("").name:
-        raise NetsiftError(f"--out {out}: name the safetensors file without extra dots, e.g. dense.safetensors")
-    for t in {out, *targets}:
-        if t.is_symlink():
-            raise NetsiftError(f"--out {t} is a symbolic link; give the real file name")
-        if t.is_dir():
-            raise NetsiftError(f"--out {t} is a folder; give a file name (e.g. {t / default_out(src, fmt).name})")
-    if src.is_dir() and src.resolve() in {t.resolve() for t in targets}:
-        raise NetsiftError(f"--out {out} is a file of the run being exported")
-    if src.is_dir() and fmt == "safetensors" and out.with_suffix("").name in ("model", "checkpoint", "best", "subnet",
-                                                                             "selection"):
-        if out.parent.resolve() == src.resolve():
-            raise NetsiftError(f"--out {out} would replace the run's own {out.with_suffix('').name} files")
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise NetsiftError(f"{existing[0]} exists; pass --overwrite to replace it")
+    out = default_out(src, fmt) if out is None else out
+    targets = rundir.check_output_file(out, fmt, overwrite, source=src)  # never a file of a run but its own kind
+    out = Path(out)
     if fmt == "compact" and src.is_file():
         raise NetsiftError(f"{src} is a file: compact export needs a run folder of `netsift extract`")
     with _lock_if_run(out.parent):

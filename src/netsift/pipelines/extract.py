@@ -82,6 +82,7 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
             or not 0 <= recalibrate_bn_batches <= 10**6:
         raise NetsiftError(f"--recalibrate-bn must be an integer in [0, 1,000,000], got {recalibrate_bn_batches!r}")
     if out is not None and out is not False and out is not True:
+        rundir.check_output_file(out, "extract", overwrite, force=force)  # issue 22: no '', no folder of runs
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force)
     bundle = bundle_for(data, data_seed, image_size=image_size)
     manifest, loaded = None, None

@@ -139,6 +139,7 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     distributed.share_policy()  # NETSIFT_SHARE_PREFIX: refused now, not mid-selection
     distributed.setup(ft.cpu)  # under torchrun / accelerate launch: join the other processes
     if out is not None and out is not False and out is not True:
+        rundir.check_output_file(out, "prune", overwrite, force=force)  # issue 22: no '', no folder of runs
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force,
                         sources=[model] if isinstance(model, (str, Path)) else [])
     source_model, data, data_seed, source = _source(model, data, data_seed, seed, width, image_size)

@@ -66,6 +66,7 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
     cfg = (dataclasses.replace(config, **loop) if config else TrainConfig(**loop)).resolved()
     distributed.setup(cfg.cpu)  # under torchrun / accelerate launch: join the other processes
     if out is not None and out is not False and out is not True:
+        rundir.check_output_file(out, "train", overwrite, force=force)  # issue 22: no '', no folder of runs
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force)
     weights_path = check_weights(weights, model)
     bundle = bundle_for(data, data_seed, image_size=image_size)
