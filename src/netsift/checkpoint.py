@@ -138,6 +138,8 @@ def read_json(path: str | os.PathLike, what: str = "file", schema: Any = None) -
     if not path.is_file():
         raise NetsiftError(f"{what} not found: {path}")
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:  # before reading it: a planted 10 GB file is not read
+            raise NetsiftError(f"{what} {path} is implausibly large ({path.stat().st_size:,} bytes)")
         data = path.read_bytes()
     except OSError as e:
         raise NetsiftError(f"cannot read {what} {path}: {e.strerror or e}") from None

@@ -556,9 +556,9 @@ def check_resume(run_dir, meta: dict | None = None) -> None:
         path = Path(run_dir) / CHECKPOINT_JSON
         if not path.is_file():
             return
-        from .checkpoint import read_json
+        from .readers import read_checkpoint_meta
 
-        meta = read_json(path, "checkpoint metadata")
+        meta = read_checkpoint_meta(path)  # its schema first: a list or a string is one line, not a traceback
     had, have = checkpoint_processes(meta), world_size()
     if had != have:
         hint = "run it without a launcher" if had == 1 else \

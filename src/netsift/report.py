@@ -96,27 +96,17 @@ def flatten(obj: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> dict[str,
     return out
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise NetsiftError(f"cannot read {path}: {e}") from None
-
-
 def load_run(path: Path, root: Path | None = None) -> Run:
-    """Read one run folder (``result.json``, and ``config.json`` / ``metrics.jsonl`` where present)."""
-    result = _read_json(path / RESULT)
+    """Read one run folder (``result.json``, and ``config.json`` / ``metrics.jsonl`` where present), each through
+    its reader in :mod:`netsift.readers` (schema-checked: a damaged file is a one-line error naming the field)."""
+    from .readers import read_config, read_metrics, read_result
+
+    result = read_result(path / RESULT)
     if not isinstance(result, dict):
         raise NetsiftError(f"{path / RESULT} is not a JSON object")
-    config = _read_json(path / CONFIG) if (path / CONFIG).is_file() else {}
-    settings = flatten(config if isinstance(config, dict) else {}, skip=("model",))
-    metrics = []
-    if (path / METRICS).is_file():
-        for line in (path / METRICS).read_text().splitlines():
-            try:
-                metrics.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted run
+    config = read_config(path / CONFIG) if (path / CONFIG).is_file() else {}
+    settings = flatten(config, skip=("model",))
+    metrics = read_metrics(path / METRICS) if (path / METRICS).is_file() else []
     try:
         name = str(path.relative_to(root)) if root is not None else str(path)
     except ValueError:
