@@ -646,7 +646,7 @@ def _as_out_path(path: Any, flag: str) -> Path:
 
 
 def check_output_file(path: Any, kind: str, overwrite: bool = False, source: str | Path | None = None,
-                      force: bool = False, flag: str = "--out") -> list[Path]:
+                      flag: str = "--out") -> list[Path]:
     """Refuse a user-named output that would replace something belonging to a run; returns the paths to write.
 
     The rule: an output never replaces a file inside a run folder, nor a run folder itself, unless it is the
@@ -658,14 +658,17 @@ def check_output_file(path: Any, kind: str, overwrite: bool = False, source: str
       ``subnet``/``selection`` pairs); never the source itself, a folder, a symbolic link, or an existing file
       without ``overwrite``. Returns the files (two for safetensors).
     * ``"report"``: a folder of its own (not a run folder, nor inside one). Returns ``[path]``.
-    * ``"train"``, ``"extract"``, ``"prune"`` (a run folder; :func:`prepare` checks the rest): a non-empty path;
-      with ``overwrite`` a folder holding run folders below it is refused, even with ``force``.
+    * ``"train"``, ``"extract"``, ``"prune"`` (a run folder; :func:`prepare` checks the rest, and an ``out``
+      that is, holds or lies in the run ``source`` being read): a non-empty path; with ``overwrite`` a folder
+      holding run folders below it is refused, even with ``force``.
 
     Raises:
         NetsiftError: one line naming the output and what it would replace.
     """
     path = _as_out_path(path, flag)
     if kind in _RUN_COMMANDS:
+        if source is not None and Path(source).exists() and _same_or_nested(path, Path(source)):
+            return [path]  # the run being read: prepare() refuses it, naming it
         if overwrite and path.is_dir() and not path.is_symlink():
             nested = _nested_run(path)
             if nested is not None:

@@ -249,8 +249,7 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
                     pg["lr"] = pg["peak_lr"] * factor
             with accelerator.autocast():
                 logits = run_model(model, x)
-                if i == 0:
-                    check_labels(y, logits)
+                check_labels(y, logits)  # every batch: a label past the outputs is one line, not a traceback
                 loss = loss_fn(logits, y, x)
             if not torch.isfinite(loss):
                 raise NetsiftError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "

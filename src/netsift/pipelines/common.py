@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_finite_model
 from ..config import TrainConfig
 from ..data import DataBundle, as_bundle
 from ..errors import NetsiftError
@@ -72,6 +73,7 @@ def load_weights(net: nn.Module, path: Path) -> dict:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     notes = load_weights_file(net, path)
+    check_finite_model(net, f"weights file {path}")  # issue 22
     if progress.mode() != "off":
         for note in notes:
             progress.write(f"weights {path.name}: {note}")
@@ -96,6 +98,7 @@ def network_for(model: nn.Module | str, bundle: DataBundle, seed: int, width: fl
         return build_for(model, bundle.input_shape, bundle.num_classes, width, seed)
     if not isinstance(model, nn.Module):
         raise NetsiftError(f"model must be an nn.Module or a model name, got {type(model).__name__}")
+    check_finite_model(model)  # issue 22: a NaN weight or buffer is refused before any work
     check_input(model, bundle.input_shape)
     return model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..checks import check_finite_model, checked
 from .. import rundir
 from ..config import DataConfig
 from ..data import load_bundle
@@ -15,6 +16,7 @@ from ..progress import observed
 from ..schema import RESULT_FILE
 
 
+@checked  # issue 22: wrong argument types (nested configs too) are one line
 @observed
 def evaluate(path: str | Path, data: str | None = None, data_dir: str | None = None,
              latency_threads: int | None = None, progress: bool | None = None,
@@ -53,6 +55,7 @@ def evaluate(path: str | Path, data: str | None = None, data_dir: str | None = N
         seed = config.get("data_seed", config.get("seed", 0))
         result = rundir.read_json_if(path / rundir.RESULT, RESULT_FILE)
         saved_acc = result.get("test_acc") if isinstance(result, dict) else None
+    check_finite_model(model, f"the network in {path}")  # issue 22: no silent NaN accuracy
     cfg = _data_config(saved, data, data_dir, image_size)
     bundle = load_bundle(cfg, seed)
     want = (manifest["in_channels"], manifest["image_size"], manifest["num_classes"])

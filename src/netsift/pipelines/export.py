@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..checks import check_finite_model, checked
 from ..errors import NetsiftError
 from ..masks import COMPACT_SUFFIX as SUFFIX
 
@@ -34,10 +35,14 @@ def load_source(src: Path) -> tuple[nn.Module, dict]:
 
     if src.is_file():
         subnet = read_compact(src)
-        return rebuild(subnet, str(src)), subnet.manifest
-    return load_model(src)
+        model, manifest = rebuild(subnet, str(src)), subnet.manifest
+    else:
+        model, manifest = load_model(src)
+    check_finite_model(model, f"the network in {src}")  # issue 22: refused before anything is written
+    return model, manifest
 
 
+@checked  # issue 22: wrong argument types are one line
 def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None, overwrite: bool = False) -> dict:
     """Export ``src`` (a run folder, or a compact file for safetensors/onnx) as ``fmt``.
 

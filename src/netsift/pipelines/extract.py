@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from ..checks import checked
 from .. import distributed, rundir
 from ..checkpoint import save_checkpoint
 from ..config import TrainConfig
@@ -29,6 +30,7 @@ MASK_FIELDS = {f.name for f in dataclasses.fields(MaskConfig)} - {"options", "me
 METHOD_OPTIONS = {name for spec in METHODS.values() for name in spec.options}
 
 
+@checked  # issue 22: wrong argument types (nested configs too) are one line
 @observed
 @distributed.guard
 def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: float | None = None, *,
@@ -82,7 +84,7 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
             or not 0 <= recalibrate_bn_batches <= 10**6:
         raise NetsiftError(f"--recalibrate-bn must be an integer in [0, 1,000,000], got {recalibrate_bn_batches!r}")
     if out is not None and out is not False and out is not True:
-        rundir.check_output_file(out, "extract", overwrite, force=force)  # issue 22: no '', no folder of runs
+        rundir.check_output_file(out, "extract", overwrite)  # issue 22: no '', no folder of runs
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force)
     bundle = bundle_for(data, data_seed, image_size=image_size)
     manifest, loaded = None, None

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import checked
 from .. import distributed, rundir
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
@@ -65,14 +66,16 @@ def _source(model: Any, data: Any, data_seed: int | None, seed: int, width: floa
         except TypeError as e:
             raise NetsiftError(f"{model}/config.json has malformed data settings: {e}") from None
     elif isinstance(saved_data, dict) and saved_data.get("data") not in (None, "custom"):
-        _check_same_data(model, saved_data, data)
+        _check_same_data(model, saved_data, data, manifest.get("image_size"))
     if image_size is not None and isinstance(saved_data, dict) and saved_data.get("data") not in (None, "custom"):
-        _check_same_data(model, saved_data, {"image_size": image_size})
+        _check_same_data(model, saved_data, {"image_size": image_size}, manifest.get("image_size"))
     return net, data, saved_seed if data_seed is None else data_seed, str(model)
 
 
-def _check_same_data(run: Any, saved: dict, data: Any) -> None:
-    """Refuse data that differs from what the source run trained on (its folder may move: ``data_dir`` may)."""
+def _check_same_data(run: Any, saved: dict, data: Any, native: int | None = None) -> None:
+    """Refuse data that differs from what the source run trained on (its folder may move: ``data_dir`` may).
+
+    ``native``: the image side the run's network takes (an ``image_size`` of ``None`` means the data set's own)."""
     from ..config import DataConfig
 
     given = {"data": data} if isinstance(data, str) else dataclasses.asdict(data) if isinstance(data, DataConfig) \
@@ -82,11 +85,15 @@ def _check_same_data(run: Any, saved: dict, data: Any) -> None:
     for key, value in given.items():
         if key in ("data_dir", "download") or (key not in saved and key != "image_size"):
             continue
-        if value != saved.get(key):
-            raise NetsiftError(f"{run} was trained with {key}={saved[key]!r}, not {value!r}; leave the data settings "
+        had = saved.get(key)
+        if key == "image_size":  # compare the sizes the network sees (None: the data set's own)
+            had, value = had or native, value or native
+        if value != had:
+            raise NetsiftError(f"{run} was trained with {key}={had!r}, not {value!r}; leave the data settings "
                                "out to use the run's (only --data-dir may differ)")
 
 
+@checked  # issue 22: wrong argument types (nested configs too) are one line
 @observed
 @distributed.guard
 def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", macs: float | None = None, *,
@@ -139,7 +146,8 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     distributed.share_policy()  # NETSIFT_SHARE_PREFIX: refused now, not mid-selection
     distributed.setup(ft.cpu)  # under torchrun / accelerate launch: join the other processes
     if out is not None and out is not False and out is not True:
-        rundir.check_output_file(out, "prune", overwrite, force=force)  # issue 22: no '', no folder of runs
+        rundir.check_output_file(out, "prune", overwrite,
+                                 source=model if isinstance(model, (str, Path)) else None)  # issue 22: no '', no folder of runs
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force,
                         sources=[model] if isinstance(model, (str, Path)) else [])
     source_model, data, data_seed, source = _source(model, data, data_seed, seed, width, image_size)

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from ..checks import checked
 from .. import distributed, rundir
 from ..config import TrainConfig
 from ..measure import check_threads, measure
@@ -19,6 +20,7 @@ from .common import (TRAIN_FIELDS, arch_of, bundle_for, check_classes, check_see
                      data_config, image_side, load_weights, network_for, split_options)
 
 
+@checked  # issue 22: wrong argument types (nested configs too) are one line
 @observed
 @distributed.guard
 def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, *, seed: int = 0,
@@ -66,7 +68,7 @@ def train(model: nn.Module | str, data: Any, config: TrainConfig | None = None, 
     cfg = (dataclasses.replace(config, **loop) if config else TrainConfig(**loop)).resolved()
     distributed.setup(cfg.cpu)  # under torchrun / accelerate launch: join the other processes
     if out is not None and out is not False and out is not True:
-        rundir.check_output_file(out, "train", overwrite, force=force)  # issue 22: no '', no folder of runs
+        rundir.check_output_file(out, "train", overwrite)  # issue 22: no '', no folder of runs
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force)
     weights_path = check_weights(weights, model)
     bundle = bundle_for(data, data_seed, image_size=image_size)
