@@ -192,6 +192,9 @@ def checked(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .env import check_all
+
+        check_all()  # every NETSIFT_* variable, before any work
         try:
             bound = sig.bind(*args, **kwargs)
         except TypeError as e:

@@ -12,7 +12,6 @@ checked here: types, required keys, and sizes with upper bounds (an edited ``ima
 from __future__ import annotations
 
 import math
-import os
 import re
 from typing import Any, Callable
 
@@ -33,10 +32,9 @@ MAX_PARAMS_DEFAULT = 10**9
 
 def max_params() -> int:
     """The parameter bound for networks rebuilt from files (``$NETSIFT_MAX_PARAMS`` or 10^9)."""
-    try:
-        return int(os.environ.get(MAX_PARAMS_ENV, MAX_PARAMS_DEFAULT))
-    except ValueError:
-        return MAX_PARAMS_DEFAULT
+    from .env import get
+
+    return int(get(MAX_PARAMS_ENV))  # a bad value is one line, never silently the default
 
 
 class _Bad(Exception):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..checks import checked
-from .. import distributed, rundir
+from .. import distributed, memory, rundir
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data import DataBundle
@@ -169,6 +169,8 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     if example_input is not None and tuple(example_input.shape[1:]) != tuple(shape):
         raise NetsiftError(f"example_input has sample shape {tuple(example_input.shape[1:])}, the data {shape}")
     net.eval()
+    memory.check_fits(net, shape, min(cfg.holdout, bundle.size("train") // 2), False,  # issue 22: before any work
+                      what="the held-out accuracy pass of the selection")
     plan = plan_channels(net, shape, cfg, ignored_layers, layer_density)
     config_json = rundir.run_config("prune", cfg.method, seed, data_seed, rundir.describe_model(net),
                                     data_config(bundle), dataclasses.asdict(ft), prune=dataclasses.asdict(cfg),

@@ -144,9 +144,10 @@ def allocate(macs_model: MacsModel, target_fraction: float, round_to: int = 1,
     dense = macs_model.macs(widths=[g.size for g in groups])
     target = target_fraction * dense
     floor = macs_model.macs(widths=widths_for_ratio(groups, 0.0, round_to, fixed)) / dense
-    if target_fraction < floor - 0.005:
+    if target_fraction < floor - min(0.005, 0.02 * floor):  # 2% of slack (at most 0.005) for rounding to channels
         raise NetsiftError(f"a MACs budget of {target_fraction:g} is out of reach: with every prunable channel "
-                           f"group at its narrowest the network keeps {floor:.3f} of its MACs")
+                           f"group at its narrowest the network keeps {floor:.3f} of its MACs; the smallest "
+                           f"reachable budget is --macs {floor:.3g}")
     lo, hi = 0.0, 1.0
     best = widths_for_ratio(groups, 1.0, round_to, fixed)
     best_err = abs(macs_model.macs(widths=best) - target)
