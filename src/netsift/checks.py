@@ -57,7 +57,7 @@ def check_path(value: Any, name: str, optional: bool = True) -> Any:
     else:
         raise NetsiftError(f"{name} must be a path, got {_type_name(value)} {_short(value)}")
     if isinstance(value_text, bytes) or not value_text.strip() or "\0" in value_text or len(value_text) > 4096:
-        raise NetsiftError(f"{name} must be a path, got {_short(value_text)}")
+        raise NetsiftError(f"{name} must name a file or folder, got {_short(value_text)}")
     return value
 
 

@@ -320,3 +320,26 @@ def fitting_batch(model: nn.Module, input_shape: tuple[int, ...], wanted: int) -
     batch = max(1, min(wanted - 1, int(HEADROOM * room / per_sample)))
     check_fits(model, input_shape, batch, train=False, what="an evaluation pass")
     return batch
+
+
+def check_new_network(name: str, build, input_shape: tuple[int, ...], copies: int = 3) -> None:
+    """Before building network ``name`` for real: build it on the meta device (``build()`` under
+    ``torch.device("meta")``) and refuse it when its parameters and buffers, ``copies`` times over (the weights,
+    their gradients and the optimizer's momentum), would not fit in memory.
+
+    A builder that cannot run on the meta device is let through (the step checks still hold).
+    """
+    try:
+        with torch.device("meta"):
+            net = build()
+    except Exception:  # noqa: BLE001
+        return
+    params = sum(_nbytes(p) for p in net.parameters() if not isinstance(p, nn.parameter.UninitializedParameter))
+    params += sum(_nbytes(b) for b in net.buffers())
+    room = available_bytes("cpu")
+    if room is not None and copies * params > HEADROOM * room:
+        size = "x".join(map(str, input_shape[1:])) + " px" if len(input_shape) == 3 else str(tuple(input_shape))
+        n = sum(p.numel() for p in net.parameters())
+        raise NetsiftError(f"{name} for {size} inputs has {n:,} parameters ({_gb(params)}; {_gb(copies * params)} "
+                           f"with their gradients and optimizer state), more than the {_gb(room)} of memory "
+                           "available; use a smaller image size or width")

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import memory
 from ..checks import check_finite_model
 from ..config import TrainConfig
 from ..data import DataBundle, as_bundle
@@ -95,6 +96,8 @@ def network_for(model: nn.Module | str, bundle: DataBundle, seed: int, width: fl
             raise NetsiftError(f"unknown model {model!r}; choose from: {', '.join(sorted(REGISTRY))}, or tv:<name>")
         if bundle.num_classes is None:
             raise NetsiftError("the data does not say how many classes it has; build the model yourself")
+        memory.check_new_network(model, lambda: build_for(model, bundle.input_shape, bundle.num_classes, width, seed),
+                                 bundle.input_shape)  # issue 22: its size checked on the meta device first
         return build_for(model, bundle.input_shape, bundle.num_classes, width, seed)
     if not isinstance(model, nn.Module):
         raise NetsiftError(f"model must be an nn.Module or a model name, got {type(model).__name__}")
