@@ -153,6 +153,41 @@ def _trackers(value: Any, name: str) -> Any:
     raise NetsiftError(f"{name} must be a tracker name or a list of them, got {_type_name(value)} {_short(value)}")
 
 
+def _module(value: Any, name: str) -> Any:
+    from torch import nn
+
+    if not isinstance(value, nn.Module):
+        raise NetsiftError(f"{name} must be an nn.Module, got {_type_name(value)} {_short(value)}")
+    return value
+
+
+def _int(lo: int, hi: int, optional: bool = False) -> Callable[[Any, str], Any]:
+    def check(value: Any, name: str) -> Any:
+        if optional and value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise NetsiftError(f"{name} must be an integer in [{lo:,}, {hi:,}], got {_short(value)}")
+        return value
+    return check
+
+
+def _number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable[[Any, str], Any]:
+    def check(value: Any, name: str) -> Any:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and \
+            (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+        if not ok:
+            raise NetsiftError(f"{name} must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}"
+                               f"{')' if hi_open else ']'}, got {_short(value)}")
+        return float(value)
+    return check
+
+
+def _manifest(value: Any, name: str) -> Any:
+    if value is not None and not isinstance(value, dict):
+        raise NetsiftError(f"{name} must be a model manifest (a dict) or None, got {_type_name(value)}")
+    return value
+
+
 def _train_config(value: Any, name: str) -> Any:
     from .config import TrainConfig
 
@@ -181,8 +216,26 @@ ARGUMENTS: dict[str, Callable[[Any, str], Any]] = {
     "fmt": lambda v, n: _str(v, n, optional=False),
     "init": _str,
     "log_with": _trackers,
+    # the helpers netsift exports (build_model, load_data, load_model, load_weights, save_model)
+    "module": _module,
+    "run_dir": lambda v, n: check_path(v, n, optional=False),
+    "name": lambda v, n: _str(v, n, optional=False) if v != "" else _str(0, n, optional=False),
+    "in_channels": _int(1, 4096),
+    "num_classes": _int(2, 10**6),
+    "width": _number(0, 64, lo_open=True),
+    "seed": _int(0, 2**63 - 1),
+    "val_fraction": _number(0, 1, hi_open=True),
+    "download": check_flag,
+    "train_subset": _int(1, 10**9, optional=True),
+    "manifest": _manifest,
 }
 """Argument name -> check (returns the value to use). Names a pipeline does not have are simply not used."""
+
+BY_FUNCTION: dict[tuple[str, str], Callable[[Any, str], Any]] = {
+    ("save_model", "model"): _module,
+    ("build_model", "image_size"): lambda v, n: _image_size(_int(1, 1024)(v, n), n),
+}
+"""(function, argument) -> check, where an argument means something else than in :data:`ARGUMENTS`."""
 
 
 def checked(fn: Callable) -> Callable:
@@ -200,7 +253,7 @@ def checked(fn: Callable) -> Callable:
         except TypeError as e:
             raise NetsiftError(f"{fn.__name__}(): {e}") from None
         for name, value in list(bound.arguments.items()):
-            check = ARGUMENTS.get(name)
+            check = BY_FUNCTION.get((fn.__name__, name)) or ARGUMENTS.get(name)
             if check is not None and sig.parameters[name].kind is not inspect.Parameter.VAR_KEYWORD:
                 bound.arguments[name] = check(value, name)
         return fn(*bound.args, **bound.kwargs)

@@ -71,7 +71,9 @@ def _fault(raw: str) -> list[tuple[str, float]]:
     steps = []
     for part in raw.split(","):
         kind, _, arg = part.strip().partition(":")
-        if kind == "kill" and arg.isdigit() and int(arg) >= 1:
+        if kind == "count" and not arg:  # count the write steps only (the kill harness)
+            steps.append((kind, 0))
+        elif kind == "kill" and arg.isdigit() and int(arg) >= 1:
             steps.append((kind, int(arg)))
         elif kind == "sleep" and math.isfinite(float(arg)) and 0 <= float(arg) <= 3600:
             steps.append((kind, float(arg)))
@@ -80,7 +82,7 @@ def _fault(raw: str) -> list[tuple[str, float]]:
     return steps
 
 
-_fault.takes = "kill:N or sleep:S, comma-separated (a test hook)"  # type: ignore[attr-defined]
+_fault.takes = "kill:N, sleep:S or count, comma-separated (a test hook)"  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
