@@ -372,7 +372,7 @@ CASES = [
                                                  "1000", "--max-steps", "1", "--out", "big"], "batches of 1000",
         env=SMALL_MEMORY),
     cli("prune-holdout-pass-too-big", BUDGET, ["prune", "--model", "resnet20", "--image-size", "512", "--method",
-                                               "l1", "--macs", "0.5", "--out", "big"], "held-out", env=SMALL_MEMORY),
+                                               "l1", "--macs", "0.5", "--out", "big"], "held-out and minibatch", env=SMALL_MEMORY),
 
     # --- 6. signals, temporary files of killed writers, NETSIFT_* variables
     cli("env-progress-number", MISC, ["eval", "train"], "NETSIFT_PROGRESS", env={"NETSIFT_PROGRESS": "2"}),

@@ -83,6 +83,7 @@ def refused(capsys, argv, needle: str, root: Path | None = None) -> str:
     ("onnx", "train/.netsift.lock", "not its onnx export"),
     ("onnx", "extract/model.onnx", "not the run being exported"),  # a file of another run
     ("onnx", "extract", "is a folder"),  # a run folder itself
+    ("onnx", "extract/exports/t.onnx", "not the run being exported"),  # below another run
 ])
 def test_an_export_never_replaces_a_file_of_a_run(w, capsys, fmt, target, needle):
     src = "extract" if fmt == "compact" or target.startswith("extract/subnet") else "train"
@@ -174,6 +175,10 @@ QUICK = dict(progress=False, latency_threads=None)
     (lambda: netsift.evaluate(None), "path must be a path"),
     (lambda: netsift.export(5), "src must be a path"),
     (lambda: netsift.export("x", fmt=["onnx"]), "fmt must be a string"),
+    (lambda: netsift.load_model(5), "path must be a path"),
+    (lambda: netsift.build_model("conv2", in_channels="3"), "in_channels must be an integer"),
+    (lambda: netsift.save_model("x", "not a module"), "model must be an nn.Module"),
+    (lambda: netsift.load_data("digits", val_fraction=1.5), "val_fraction must be a number"),
 ])
 def test_the_api_refuses_wrong_types_in_one_line(call, needle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -704,11 +704,12 @@ def _check_export_targets(out: Path, kind: str, overwrite: bool, source: str | P
         if src is not None and t.exists() and src.exists() and os.path.samefile(t, src):
             raise NetsiftError(f"{flag} {t} is the file being exported; write the export to another file")
     folder = out.parent if str(out.parent) else Path(".")
-    if _holds_run(folder):
-        src_run = (src if src.is_dir() else src.parent) if src is not None and src.exists() else None
-        if src_run is None or not os.path.samefile(folder, src_run):
-            raise NetsiftError(f"{flag} {out} lies in run folder {folder}, which is not the run being exported; an "
-                               "export never writes into another run: choose another folder")
+    src_run = (src if src.is_dir() else src.parent) if src is not None and src.exists() else None
+    owner = next((f for f in (folder, *folder.absolute().parents) if _holds_run(f)), None)
+    if owner is not None and (src_run is None or not os.path.samefile(owner, src_run)):
+        raise NetsiftError(f"{flag} {out} lies in run folder {owner}, which is not the run being exported; an "
+                           "export never writes into another run: choose another folder")
+    if owner is not None and _holds_run(folder):
         own_kind = out.name.endswith(suffix) and not out.name.startswith(".") and not (
             kind == "safetensors" and out.with_suffix("").name in _OWN_PAIRS)
         if not own_kind:

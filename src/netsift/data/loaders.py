@@ -206,8 +206,12 @@ class DatasetLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for i, batch in enumerate(self.loader):
-            yield check_pair(batch, self.check, i) if self.check else batch
+        try:
+            for i, batch in enumerate(self.loader):
+                yield check_pair(batch, self.check, i) if self.check else batch
+        except OSError as e:  # an unreadable or corrupt file of the data set (an image folder's JPEG, say)
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            raise NetsiftError(f"cannot read a sample of the data set ({e.strerror or e}){where}") from None
 
 
 class UserLoader:

@@ -169,8 +169,9 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     if example_input is not None and tuple(example_input.shape[1:]) != tuple(shape):
         raise NetsiftError(f"example_input has sample shape {tuple(example_input.shape[1:])}, the data {shape}")
     net.eval()
-    memory.check_fits(net, shape, min(cfg.holdout, bundle.size("train") // 2), False,  # issue 22: before any work
-                      what="the held-out accuracy pass of the selection")
+    n_train = bundle.size("train")  # issue 22: the selection's largest passes checked before any work
+    memory.check_fits(net, shape, max(min(cfg.holdout, n_train // 2), min(cfg.select_batch, n_train)), False,
+                      what="the selection's held-out and minibatch passes")
     plan = plan_channels(net, shape, cfg, ignored_layers, layer_density)
     config_json = rundir.run_config("prune", cfg.method, seed, data_seed, rundir.describe_model(net),
                                     data_config(bundle), dataclasses.asdict(ft), prune=dataclasses.asdict(cfg),
