@@ -281,6 +281,8 @@ def test_report_range_checks_result_fields(w, capsys, field, value, needle):
 def test_an_unreachable_budget_names_the_smallest_reachable_one(w, capsys):
     err = refused(capsys, ["prune", "--checkpoint", "train", "--method", "l1", "--macs", "1e-6", "--out", "p"],
                   "smallest reachable budget is --macs", w)
+    with pytest.raises(NetsiftError, match="largest reachable budget is --macs 0.02"):  # capped by a layer density
+        netsift.prune(w / "train", method="l1", macs=0.5, layer_density={"1": 0.001}, **QUICK)
     smallest = err.rsplit("--macs ", 1)[1].strip()
     assert main(["prune", "--checkpoint", "train", "--method", "l1", "--macs", smallest, "--finetune-epochs", "0",
                  "--out", "p", "-q", "--latency-threads", "0"]) == 0

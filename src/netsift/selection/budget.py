@@ -148,6 +148,11 @@ def allocate(macs_model: MacsModel, target_fraction: float, round_to: int = 1,
         raise NetsiftError(f"a MACs budget of {target_fraction:g} is out of reach: with every prunable channel "
                            f"group at its narrowest the network keeps {floor:.3f} of its MACs; the smallest "
                            f"reachable budget is --macs {floor:.3g}")
+    ceiling = macs_model.macs(widths=widths_for_ratio(groups, 1.0, round_to, fixed)) / dense
+    if target_fraction > ceiling + min(0.005, 0.02 * ceiling):  # the fixed groups (layer_density) cap the rest
+        raise NetsiftError(f"a MACs budget of {target_fraction:g} is out of reach: with the layer densities given "
+                           f"and every other channel group whole the network keeps {ceiling:.3f} of its MACs; the "
+                           f"largest reachable budget is --macs {ceiling:.3g}")
     lo, hi = 0.0, 1.0
     best = widths_for_ratio(groups, 1.0, round_to, fixed)
     best_err = abs(macs_model.macs(widths=best) - target)
