@@ -357,6 +357,8 @@ CASES = [
     cli("prune-macs-below-floor", BUDGET, [*PRUNE[:-5], "--macs", "0.0005", "--out", "p"], "smallest reachable"),
     api("prune-layer-density-leaves-no-budget", BUDGET, 'netsift.prune("train", method="l1", macs=0.001, '
                                                         'layer_density={"1": 1.0}, **Q)', "smallest reachable"),
+    api("prune-layer-density-caps-budget", BUDGET, 'netsift.prune("train", method="l1", macs=0.5, '
+                                                   'layer_density={"1": 0.001}, **Q)', "largest reachable"),
     cli("train-resnet20-1024px", BUDGET, ["train", "--model", "resnet20", "--data", "digits", "--image-size", "1024",
                                           "--max-steps", "1", "--epochs", "1", "--out", "big"], "training step",
         env=SMALL_MEMORY),
