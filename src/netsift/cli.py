@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, old)
 
 
+RESUMABLE = ("train", "extract", "prune")
+"""Commands whose interrupted run continues with ``--resume`` (the others write each file atomically)."""
+
+
 def _main(argv: list[str]) -> int:
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -95,7 +100,9 @@ def _main(argv: list[str]) -> int:
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C (130) or SIGTERM (143): the same ending, one line
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        print(f"netsift: {what}; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        resumable = getattr(args, "command", None) in RESUMABLE or args is None
+        after = "the last checkpoint is kept (continue with --resume)" if resumable else "no file was left half-written"
+        print(f"netsift: {what}; {after}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -124,7 +124,7 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _trace(model: nn.Module, x: torch.Tensor, train: bool, classes: int | None) -> int:
+def _trace(model: nn.Module, x: torch.Tensor, train: bool) -> int:
     """Peak bytes alive during one step of ``model`` on ``x`` (forward; with ``train`` also the backward)."""
     mode = _Live()
     model.train(train)
@@ -133,7 +133,7 @@ def _trace(model: nn.Module, x: torch.Tensor, train: bool, classes: int | None) 
         if train:
             logits = out if isinstance(out, torch.Tensor) else out[0]
             y = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-            loss = nn.functional.cross_entropy(logits.float(), y.clamp(max=(classes or logits.shape[-1]) - 1))
+            loss = nn.functional.cross_entropy(logits.float(), y)
             loss.backward()
         del out
     return mode.peak
@@ -157,13 +157,13 @@ def estimate_step(model: nn.Module, input_shape: tuple[int, ...], batch: int, tr
     try:
         meta = _meta_copy(model)
         x = torch.empty(batch, *input_shape, device="meta")
-        peak = _trace(meta, x, train, None)
+        peak = _trace(meta, x, train)
         return StepEstimate(int(ALLOCATOR_SLACK * peak) + batch_bytes, state, batch, "meta")
     except Exception:  # noqa: BLE001 (a network the meta device cannot run: trace one real sample instead)
         pass
     try:
         one = copy.deepcopy(model).cpu()
-        peak = _trace(one, torch.zeros(1, *input_shape), train, None)
+        peak = _trace(one, torch.zeros(1, *input_shape), train)
     except Exception:  # noqa: BLE001 (the network fails on its input: the run's own checks say why)
         return StepEstimate(0, state, batch, "unknown")
     return StepEstimate(int(ALLOCATOR_SLACK * peak * batch) + batch_bytes, state, batch, "cpu (1 sample, scaled)")
