@@ -353,8 +353,8 @@ CASES = [
         poison_model("train/model", float("nan"))),
 
     # --- 5. budgets and memory checked before work
-    cli("prune-macs-1e-9", BUDGET, [*PRUNE[:-5], "--macs", "1e-9", "--out", "p"], "smallest reachable budget"),
-    cli("prune-macs-below-floor", BUDGET, [*PRUNE[:-5], "--macs", "0.0005", "--out", "p"], "smallest reachable"),
+    cli("prune-macs-1e-9", BUDGET, [*PRUNE[:5], "--macs", "1e-9", "--out", "p"], "smallest reachable budget"),
+    cli("prune-macs-below-floor", BUDGET, [*PRUNE[:5], "--macs", "0.0005", "--out", "p"], "smallest reachable"),
     api("prune-layer-density-leaves-no-budget", BUDGET, 'netsift.prune("train", method="l1", macs=0.001, '
                                                         'layer_density={"1": 1.0}, **Q)', "smallest reachable"),
     api("prune-layer-density-caps-budget", BUDGET, 'netsift.prune("train", method="l1", macs=0.5, '
@@ -374,7 +374,8 @@ CASES = [
                                                  "1000", "--max-steps", "1", "--out", "big"], "batches of 1000",
         env=SMALL_MEMORY),
     cli("prune-holdout-pass-too-big", BUDGET, ["prune", "--model", "resnet20", "--image-size", "512", "--method",
-                                               "l1", "--macs", "0.5", "--out", "big"], "held-out and minibatch", env=SMALL_MEMORY),
+                                               "l1", "--macs", "0.5", "--out", "big"], "held-out or minibatch pass",
+        env=SMALL_MEMORY),
 
     # --- 6. signals, temporary files of killed writers, NETSIFT_* variables
     cli("env-progress-number", MISC, ["eval", "train"], "NETSIFT_PROGRESS", env={"NETSIFT_PROGRESS": "2"}),
@@ -510,6 +511,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(HERE / "results" / "hostile.json"))
     p.add_argument("--only", nargs="*", help="case ids (default: all)")
+    p.add_argument("--merge", action="store_true", help="with --only: replace those cases' rows in --out")
     args = p.parse_args()
     cases = [c for c in CASES if not args.only or c["id"] in args.only]
     assert len({c["id"] for c in CASES}) == len(CASES)
@@ -526,6 +528,12 @@ def main() -> None:
             print(f"[{i:3d}/{len(cases)}] {row['outcome']:14s} {row['class']:20s} {row['id']}"
                   + ("" if row["outcome"] == "clean" else f"  <- {row['stderr'][-200:]!r}"), flush=True)
             shutil.rmtree(work / case["id"], ignore_errors=True)
+    rerun = None
+    if args.merge and args.only:
+        again, earlier = {r["id"]: r for r in rows}, json.loads(Path(args.out).read_text())
+        rows = [again.get(r["id"], r) for r in earlier["rows"]]
+        rerun, t0 = sorted(again), t0 - earlier["wall_s"]
+        args.only = None  # write the merged file
     counts = Counter(r["outcome"] for r in rows)
     by_class = {cls: dict(Counter(r["outcome"] for r in rows if r["class"] == cls))
                 for cls in sorted({r["class"] for r in rows})}
@@ -533,7 +541,7 @@ def main() -> None:
               "command": "PYTHONPATH=src .venv/bin/python benchmarks/hostile.py", "cases": len(rows),
               "outcomes": dict(counts), "by_class": by_class, "rss_limit_mb": RSS_LIMIT // 2**20,
               "time_limit_s": TIME_LIMIT, "wall_s": round(time.time() - t0, 1), "machine": platform.machine(),
-              "python": platform.python_version(), "rows": rows}
+              "python": platform.python_version(), "rerun_and_merged": rerun, "rows": rows}
     if not args.only:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{len(rows)} cases: {dict(counts)}" + ("" if args.only else f"; wrote {args.out}"))

@@ -1,8 +1,8 @@
 """The ``netsift`` command line: parses arguments and hands each subcommand to its module in ``commands/``.
 
 Errors caused by the user's input (:class:`~netsift.errors.NetsiftError`) print as one line on stderr with
-exit status 2; an interrupted run exits with 130 (143 for SIGTERM) and keeps its last checkpoint. Building the parser imports
-no torch (the command modules, method declarations, zoo and data-set lists are torch-free), so ``--help``,
+exit status 2; an interrupted run exits with 130 (143 for SIGTERM) and keeps its last checkpoint. Building the
+parser imports no torch (the command modules, method declarations, zoo and data-set lists are torch-free), so ``--help``,
 ``--version``, ``models`` and ``datasets`` answer at once; a command imports torch when it runs. Progress
 goes to stderr (:mod:`netsift.progress`); ``--quiet`` silences it.
 """

@@ -27,7 +27,8 @@ def _choice(*values: str) -> Callable[[str], str]:
             raise ValueError
         return value
 
-    parse.takes = " or ".join((", ".join(values[:-1]), values[-1])) if len(values) > 1 else values[0]  # type: ignore[attr-defined]
+    takes = " or ".join((", ".join(values[:-1]), values[-1])) if len(values) > 1 else values[0]
+    parse.takes = takes  # type: ignore[attr-defined]
     return parse
 
 

@@ -24,7 +24,8 @@ def default_out(src: Path, fmt: str) -> Path:
     """Where ``export`` writes when ``--out`` is not given."""
     ext = {"compact": SUFFIX, "safetensors": ".safetensors", "onnx": ".onnx"}[fmt]
     if src.is_file():  # a run's own model.nsc: its safetensors export is dense.*, not the run's model.* pair
-        return src.parent / "dense.safetensors" if fmt == "safetensors" and src.stem == "model" else src.with_suffix(ext)
+        own = fmt == "safetensors" and src.stem == "model"
+        return src.parent / "dense.safetensors" if own else src.with_suffix(ext)
     return src / ("dense.safetensors" if fmt == "safetensors" else f"model{ext}")
 
 

@@ -146,8 +146,8 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     distributed.share_policy()  # NETSIFT_SHARE_PREFIX: refused now, not mid-selection
     distributed.setup(ft.cpu)  # under torchrun / accelerate launch: join the other processes
     if out is not None and out is not False and out is not True:
-        rundir.check_output_file(out, "prune", overwrite,
-                                 source=model if isinstance(model, (str, Path)) else None)  # issue 22: no '', no folder of runs
+        rundir.check_output_file(out, "prune", overwrite,  # issue 22: no '', no folder of runs
+                                 source=model if isinstance(model, (str, Path)) else None)
         rundir.precheck(out, overwrite=overwrite, resume=resume, force=force,
                         sources=[model] if isinstance(model, (str, Path)) else [])
     source_model, data, data_seed, source = _source(model, data, data_seed, seed, width, image_size)
@@ -171,7 +171,7 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
     net.eval()
     n_train = bundle.size("train")  # issue 22: the selection's largest passes checked before any work
     memory.check_fits(net, shape, max(min(cfg.holdout, n_train // 2), min(cfg.select_batch, n_train)), False,
-                      what="the selection's held-out and minibatch passes")
+                      what="a held-out or minibatch pass of the selection")
     plan = plan_channels(net, shape, cfg, ignored_layers, layer_density)
     config_json = rundir.run_config("prune", cfg.method, seed, data_seed, rundir.describe_model(net),
                                     data_config(bundle), dataclasses.asdict(ft), prune=dataclasses.asdict(cfg),
