@@ -28,6 +28,9 @@ _LAZY = {
     "TrainConfig": "netsift.config",
 }
 
+_CHECKED = {"load_data", "load_model", "load_weights", "save_model", "build_model"}
+"""Exported helpers whose arguments are checked by name (the pipelines check their own)."""
+
 __all__ = ["__version__", *_LAZY]
 
 
@@ -36,6 +39,10 @@ def __getattr__(name: str):
         import importlib
 
         value = getattr(importlib.import_module(_LAZY[name]), name)
+        if name in _CHECKED:  # wrong argument types are one line (netsift.checks)
+            from .checks import checked
+
+            value = checked(value)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'netsift' has no attribute {name!r}")

@@ -81,9 +81,47 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or we cannot tell: keep its files
+    return True
+
+
+def clean_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files a killed writer of ``path`` left beside it (``.NAME.PID[.RANDOM].tmp``).
+
+    Only files of processes that no longer exist on this machine are removed, never a live writer's (nor this
+    process's). Returns the files removed."""
+    prefix, removed = f".{path.name}.", []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):-len(".tmp")].split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
+
+
 def _write_temp(path: Path, data: bytes) -> Path:
-    """``data`` in a new, fsync'ed temporary file beside ``path`` (permissions as the umask says)."""
+    """``data`` in a new, fsync'ed temporary file beside ``path`` (permissions as the umask says); temporary
+    files of killed writers of ``path`` are removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -138,6 +176,8 @@ def read_json(path: str | os.PathLike, what: str = "file", schema: Any = None) -
     if not path.is_file():
         raise NetsiftError(f"{what} not found: {path}")
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:  # before reading it: a planted 10 GB file is not read
+            raise NetsiftError(f"{what} {path} is implausibly large ({path.stat().st_size:,} bytes)")
         data = path.read_bytes()
     except OSError as e:
         raise NetsiftError(f"cannot read {what} {path}: {e.strerror or e}") from None

@@ -1,8 +1,8 @@
 """The ``netsift`` command line: parses arguments and hands each subcommand to its module in ``commands/``.
 
 Errors caused by the user's input (:class:`~netsift.errors.NetsiftError`) print as one line on stderr with
-exit status 2; an interrupted run exits with 130 and keeps its last checkpoint. Building the parser imports
-no torch (the command modules, method declarations, zoo and data-set lists are torch-free), so ``--help``,
+exit status 2; an interrupted run exits with 130 (143 for SIGTERM) and keeps its last checkpoint. Building the
+parser imports no torch (the command modules, method declarations, zoo and data-set lists are torch-free), so ``--help``,
 ``--version``, ``models`` and ``datasets`` answer at once; a command imports torch when it runs. Progress
 goes to stderr (:mod:`netsift.progress`); ``--quiet`` silences it.
 """
@@ -38,15 +38,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt: it ends a run exactly as Ctrl-C does (the last checkpoint is kept)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``netsift`` console script; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Entry point of the ``netsift`` console script; returns the exit status.
+
+    SIGTERM ends a command as Ctrl-C does (one line, the last checkpoint kept, exit status 143), in the main
+    thread and where nobody else handles it; the earlier handler is put back when the command returns."""
+    import signal
+    import threading
+
+    old = signal.getsignal(signal.SIGTERM)
+    ours = threading.current_thread() is threading.main_thread() and old in (signal.SIG_DFL, None)
+    if ours:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    finally:
+        if ours:
+            signal.signal(signal.SIGTERM, old)
+
+
+RESUMABLE = ("train", "extract", "prune")
+"""Commands whose interrupted run continues with ``--resume`` (the others write each file atomically)."""
+
+
+def _main(argv: list[str]) -> int:
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         if not args.command:
             parser.print_help()
             return 2
+        from .env import check_all
+
+        check_all()  # every NETSIFT_* variable, before any work (a bad value is one line)
         if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun / accelerate launch
             from .distributed import cli_runs_here
 
@@ -65,9 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(e, "quiet", False):  # the main process's error, mirrored on the others: printed once
             print(f"netsift: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("netsift: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C (130) or SIGTERM (143): the same ending, one line
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        resumable = getattr(args, "command", None) in RESUMABLE or args is None
+        after = "the last checkpoint is kept (continue with --resume)" if resumable else "no file was left half-written"
+        print(f"netsift: {what}; {after}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

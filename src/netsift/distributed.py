@@ -100,16 +100,9 @@ def is_main() -> bool:
 
 def timeout_s() -> float:
     """The collective timeout in seconds (``NETSIFT_DIST_TIMEOUT``, default 1800)."""
-    raw = os.environ.get(TIMEOUT_ENV)
-    if raw is None:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise NetsiftError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
-    return value
+    from .env import get
+
+    return float(get(TIMEOUT_ENV))  # validated in netsift.env: a bad value is one line
 
 
 def share_policy() -> str:
@@ -120,11 +113,9 @@ def share_policy() -> str:
     Raises:
         NetsiftError: another value.
     """
-    raw = os.environ.get(SHARE_ENV, "auto")
-    policy = raw.strip().lower() or "auto"
-    if policy not in ("auto", "always", "never"):
-        raise NetsiftError(f"{SHARE_ENV} must be auto, always or never, got {raw!r}")
-    return policy
+    from .env import get
+
+    return get(SHARE_ENV)  # validated in netsift.env: auto, always or never
 
 
 LAUNCHER_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
@@ -563,9 +554,9 @@ def check_resume(run_dir, meta: dict | None = None) -> None:
         path = Path(run_dir) / CHECKPOINT_JSON
         if not path.is_file():
             return
-        from .checkpoint import read_json
+        from .readers import read_checkpoint_meta
 
-        meta = read_json(path, "checkpoint metadata")
+        meta = read_checkpoint_meta(path)  # its schema first: a list or a string is one line, not a traceback
     had, have = checkpoint_processes(meta), world_size()
     if had != have:
         hint = "run it without a launcher" if had == 1 else \

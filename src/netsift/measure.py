@@ -71,6 +71,9 @@ def run_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = model(x)
     except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, torch.OutOfMemoryError) or "out of memory" in why or "allocate" in why:
+            raise NetsiftError(f"out of memory running the model on a batch of {len(x)} inputs of shape "
+                               f"{tuple(x.shape[1:])} ({why}); use a smaller batch or image size") from None
         raise NetsiftError(f"model cannot take inputs of shape {tuple(x.shape[1:])}: {why}") from None
     if not isinstance(out, torch.Tensor):
         raise NetsiftError(f"the model must return a tensor of (batch, classes) logits, got {type(out).__name__}")
@@ -256,6 +259,10 @@ def measure(model: nn.Module, bundle, batch_size: int = 512, latency_threads: in
     """
     device = _device(model)
     shape = bundle.input_shape
+    from .memory import fitting_batch
+
+    # a smaller batch where this one would not fit in memory (the figures do not depend on it)
+    batch_size = fitting_batch(model, shape, min(batch_size, max(bundle.size("test"), bundle.size("val"), 1)))
     with _progress.stage("measuring test and validation accuracy, parameters and MACs"):
         # with several processes each evaluates its share and the counts are summed: the whole split, once
         test = evaluate(model, distributed.eval_loader(bundle, "test", batch_size), device, sharded=True)

@@ -24,6 +24,10 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     path = Path(path)
     model = copy.deepcopy(model).cpu().eval()
     x = torch.randn(2, *input_shape)
+    from .checkpoint import clean_stale_temps
+
+    if path.parent.is_dir():
+        clean_stale_temps(path)  # what killed exports of this file left behind
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"  # written and checked beside, then renamed into place
     try:
         try:

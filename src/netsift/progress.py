@@ -49,7 +49,9 @@ def mode(enabled: bool | None = None) -> str:
     """
     if enabled is None:
         enabled = _enabled.get()
-    forced = os.environ.get(MODE_ENV, "auto").strip().lower() or "auto"
+    from .env import get
+
+    forced = get(MODE_ENV)  # validated: a bad value is one line
     if not enabled or forced == "off" or os.environ.get("RANK", "0") not in ("", "0"):
         return "off"
     if forced in ("bar", "lines"):
@@ -80,9 +82,11 @@ def session(enabled: bool | None = True) -> Iterator[None]:
 
 def interval() -> float:
     """Seconds of silence before a heartbeat line (lines mode)."""
+    from .env import get
+
     try:
-        return max(0.5, float(os.environ.get(INTERVAL_ENV, "5")))
-    except ValueError:
+        return max(0.5, float(get(INTERVAL_ENV)))
+    except Exception:  # noqa: BLE001 (read by the heartbeat thread; the value was checked when the run began)
         return 5.0
 
 
@@ -229,8 +233,10 @@ def task(desc: str, total: float | None = None, unit: str = "step", enabled: boo
     t = begin(desc, total, unit, enabled, summary_after)
     try:
         yield t
-    finally:
-        t.end()
+    except BaseException:  # an error or an interrupt: no "done in ..." line before its message
+        t.end(summary=False)
+        raise
+    t.end()
 
 
 @contextmanager

@@ -96,27 +96,17 @@ def flatten(obj: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> dict[str,
     return out
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise NetsiftError(f"cannot read {path}: {e}") from None
-
-
 def load_run(path: Path, root: Path | None = None) -> Run:
-    """Read one run folder (``result.json``, and ``config.json`` / ``metrics.jsonl`` where present)."""
-    result = _read_json(path / RESULT)
+    """Read one run folder (``result.json``, and ``config.json`` / ``metrics.jsonl`` where present), each through
+    its reader in :mod:`netsift.readers` (schema-checked: a damaged file is a one-line error naming the field)."""
+    from .readers import read_config, read_metrics, read_result
+
+    result = read_result(path / RESULT)
     if not isinstance(result, dict):
         raise NetsiftError(f"{path / RESULT} is not a JSON object")
-    config = _read_json(path / CONFIG) if (path / CONFIG).is_file() else {}
-    settings = flatten(config if isinstance(config, dict) else {}, skip=("model",))
-    metrics = []
-    if (path / METRICS).is_file():
-        for line in (path / METRICS).read_text().splitlines():
-            try:
-                metrics.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted run
+    config = read_config(path / CONFIG) if (path / CONFIG).is_file() else {}
+    settings = flatten(config, skip=("model",))
+    metrics = read_metrics(path / METRICS) if (path / METRICS).is_file() else []
     try:
         name = str(path.relative_to(root)) if root is not None else str(path)
     except ValueError:
@@ -310,11 +300,26 @@ RUN_COLUMNS = ["run", "kind", "series", "model", "width", "data", "seed", "targe
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     """``rows`` as CSV, with the union of their keys as columns (first-seen order)."""
+    import io
+
+    from .checkpoint import atomic_write_bytes
+
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())  # a new file: never written through a link planted there
+
+
+def _save_figure(fig, path: Path) -> None:
+    import io
+
+    from .checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------------- plots
@@ -424,7 +429,7 @@ def plot_accuracy_vs_macs(summary: list[dict], runs: list[Run], path: Path) -> b
                 _legend(ax, len(by_series) + 1)
     fig.suptitle("Channel pruning: accuracy against MACs (mean ± std over seeds)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -459,7 +464,7 @@ def plot_accuracy_vs_density(summary: list[dict], runs: list[Run], path: Path) -
         ax.grid(alpha=0.3, which="both")
         _legend(ax, len(series_names) + 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -499,7 +504,7 @@ def plot_training_curves(runs: list[Run], labels: dict[int, str], path: Path) ->
     _legend(axes[1], len(curves))
     fig.suptitle("Training curves (metrics.jsonl; mean over seeds)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -538,7 +543,7 @@ def _layer_plot(lines: dict[tuple[str, str, str], tuple[list[str], list[float]]]
         ax.grid(alpha=0.3)
         _legend(ax, len(merged))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -585,7 +590,10 @@ def report(paths: Iterable[str | Path], out: str | Path = "report", plots: bool 
         ``{"runs": per-run rows, "summary": per-series rows, "markdown": the tables, "files": paths written}``.
     """
     from . import progress
+    from .checkpoint import atomic_write_bytes
+    from .rundir import check_output_file
 
+    check_output_file(out, "report")  # a folder of its own: never a run folder, nor inside one
     runs = collect(paths)
     labels = label_runs(runs)
     for i, r in enumerate(runs):
@@ -618,7 +626,7 @@ def report(paths: Iterable[str | Path], out: str | Path = "report", plots: bool 
             ] if ok]
         files += [out / name for name in drawn]
         text += "".join(f"\n![{name[:-4].replace('_', ' ')}]({name})\n" for name in drawn)
-    (out / "report.md").write_text(text)
+    atomic_write_bytes(out / "report.md", text.encode())
     files.append(out / "report.md")
     return {"runs": rows, "summary": summary, "markdown": text, "files": [str(f) for f in files]}
 

@@ -727,3 +727,131 @@ def read_run(path: str | Path, what: str = "run folder") -> SavedRun:
     if not path.is_dir():
         raise NetsiftError(f"{path} is not a run folder")
     return SavedRun(path)
+
+
+# =================================================================================================================
+# User-named outputs (issue 22): what an output may replace. Kept apart from the rest of the module on purpose.
+# =================================================================================================================
+
+_OUTPUT_SUFFIXES = {"compact": (".nsc",), "onnx": (".onnx",), "safetensors": (".safetensors",)}
+_RUN_COMMANDS = ("train", "extract", "prune")
+_OWN_PAIRS = frozenset(p for p in _PAIRS if p != "dense")  # dense.* is the safetensors export's own name
+
+
+def _holds_run(folder: Path) -> bool:
+    """Whether ``folder`` is a run folder netsift wrote (a lock or replacement marker, a ``config.json`` or
+    ``result.json`` naming a command, or a training/selection checkpoint record), even with foreign files beside.
+    A folder holding only a saved model pair (``save_model``, a safetensors export) is not a run."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if (folder / LOCK).is_file() or (folder / REPLACING).is_file():
+        return True
+    for name, key in [(CONFIG, "command"), (RESULT, "command"),
+                      *((f"{p}.json", "tensors_sha256") for p in ("checkpoint", "best", "subnet", "selection"))]:
+        try:
+            if (folder / name).stat().st_size > 2**20:
+                continue
+            value = json.loads((folder / name).read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, dict) and key in value:
+            return True
+    return False
+
+
+def _nested_run(folder: Path, limit: int = 200_000) -> Path | None:
+    """A run folder strictly below ``folder`` (the first one found), ``None`` when there is none."""
+    seen = 0
+    for dirpath, dirnames, _ in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        for d in dirnames:
+            seen += 1
+            if _holds_run(Path(dirpath) / d) or seen > limit:
+                return Path(dirpath) / d
+    return None
+
+
+def _as_out_path(path: Any, flag: str) -> Path:
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise NetsiftError(f"{flag} must be a path, got {type(path).__name__} {path!r}")
+    text = os.fspath(path)
+    if isinstance(text, bytes) or not text.strip() or "\0" in text or len(text) > 4096:
+        raise NetsiftError(f"{flag} must name a file or folder, got {text!r}")
+    return Path(text)
+
+
+def check_output_file(path: Any, kind: str, overwrite: bool = False, source: str | Path | None = None,
+                      flag: str = "--out") -> list[Path]:
+    """Refuse a user-named output that would replace something belonging to a run; returns the paths to write.
+
+    The rule: an output never replaces a file inside a run folder, nor a run folder itself, unless it is the
+    command's own artifact of the same kind. ``kind`` says what is written:
+
+    * ``"compact"``, ``"onnx"``, ``"safetensors"`` (an export; ``source`` is the run folder or file exported):
+      inside a run folder only the run being exported, and only a file of the kind (``*.nsc``, ``*.onnx``, a
+      ``NAME.safetensors`` + ``NAME.json`` pair other than the run's own ``model``/``checkpoint``/``best``/
+      ``subnet``/``selection`` pairs); never the source itself, a folder, a symbolic link, or an existing file
+      without ``overwrite``. Returns the files (two for safetensors).
+    * ``"report"``: a folder of its own (not a run folder, nor inside one). Returns ``[path]``.
+    * ``"train"``, ``"extract"``, ``"prune"`` (a run folder; :func:`prepare` checks the rest, and an ``out``
+      that is, holds or lies in the run ``source`` being read): a non-empty path; with ``overwrite`` a folder
+      holding run folders below it is refused, even with ``force``.
+
+    Raises:
+        NetsiftError: one line naming the output and what it would replace.
+    """
+    path = _as_out_path(path, flag)
+    if kind in _RUN_COMMANDS:
+        if source is not None and Path(source).exists() and _same_or_nested(path, Path(source)):
+            return [path]  # the run being read: prepare() refuses it, naming it
+        if overwrite and path.is_dir() and not path.is_symlink():
+            nested = _nested_run(path)
+            if nested is not None:
+                raise NetsiftError(f"{flag} {path} holds another run ({nested}); netsift never replaces a folder "
+                                   "holding runs: choose another --out")
+        return [path]
+    if kind == "report":
+        if path.is_symlink():
+            raise NetsiftError(f"{flag} {path} is a symbolic link; give the real folder")
+        if path.exists() and not path.is_dir():
+            raise NetsiftError(f"{flag} {path} exists and is not a folder")
+        for folder in (path, *path.absolute().parents):
+            if _holds_run(folder):
+                raise NetsiftError(f"{flag} {path} is {'a' if folder == path else 'inside a'} run folder ({folder}); "
+                                   "write the report to a folder of its own")
+        return [path]
+    if kind not in _OUTPUT_SUFFIXES:
+        raise ValueError(f"unknown output kind {kind!r}")
+    return _check_export_targets(path, kind, overwrite, source, flag)
+
+
+def _check_export_targets(out: Path, kind: str, overwrite: bool, source: str | Path | None, flag: str) -> list[Path]:
+    suffix = _OUTPUT_SUFFIXES[kind][0]
+    if kind == "safetensors" and "." in out.with_suffix("").name:
+        raise NetsiftError(f"{flag} {out}: name the safetensors file without extra dots, e.g. dense.safetensors")
+    targets = [out.with_suffix(".safetensors"), out.with_suffix(".json")] if kind == "safetensors" else [out]
+    src = Path(source) if source is not None else None
+    for t in {out, *targets}:
+        if t.is_symlink():
+            raise NetsiftError(f"{flag} {t} is a symbolic link; give the real file name")
+        if t.is_dir():
+            raise NetsiftError(f"{flag} {t} is a folder; give a file name (e.g. {t / ('model' + suffix)})")
+        if src is not None and t.exists() and src.exists() and os.path.samefile(t, src):
+            raise NetsiftError(f"{flag} {t} is the file being exported; write the export to another file")
+    folder = out.parent if str(out.parent) else Path(".")
+    src_run = (src if src.is_dir() else src.parent) if src is not None and src.exists() else None
+    owner = next((f for f in (folder, *folder.absolute().parents) if _holds_run(f)), None)
+    if owner is not None and (src_run is None or not os.path.samefile(owner, src_run)):
+        raise NetsiftError(f"{flag} {out} lies in run folder {owner}, which is not the run being exported; an "
+                           "export never writes into another run: choose another folder")
+    if owner is not None and _holds_run(folder):
+        own_kind = out.name.endswith(suffix) and not out.name.startswith(".") and not (
+            kind == "safetensors" and out.with_suffix("").name in _OWN_PAIRS)
+        if not own_kind:
+            example = "dense.safetensors" if kind == "safetensors" else "model" + suffix
+            raise NetsiftError(f"{flag} {out} would replace or add a file of the run that is not its {kind} export "
+                               f"({', '.join(t.name for t in targets)}); name a *{suffix} file such as {example}")
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise NetsiftError(f"{existing[0]} exists; pass --overwrite to replace it")
+    return targets

@@ -214,6 +214,8 @@ def _execute(spec: Spec, opts: RunOptions) -> Result:
     distributed.setup(spec.cpu)  # under torchrun / accelerate launch: join the other processes
     folder = {"overwrite": opts.overwrite, "resume": opts.resume, "force": opts.force}
     if opts.folder is not None:
+        rundir.check_output_file(opts.folder, spec.command, opts.overwrite,
+                                 source=spec.source.model if spec.source.reads else None)  # no folder of runs
         rundir.precheck(opts.folder, sources=spec.source.reads, **folder)
     start = resolve(spec.source, opts, runs=spec.reads_runs)
     check_classes(start.net, start.bundle)

@@ -12,7 +12,6 @@ checked here: types, required keys, and sizes with upper bounds (an edited ``ima
 from __future__ import annotations
 
 import math
-import os
 import re
 from typing import Any, Callable
 
@@ -33,10 +32,9 @@ MAX_PARAMS_DEFAULT = 10**9
 
 def max_params() -> int:
     """The parameter bound for networks rebuilt from files (``$NETSIFT_MAX_PARAMS`` or 10^9)."""
-    try:
-        return int(os.environ.get(MAX_PARAMS_ENV, MAX_PARAMS_DEFAULT))
-    except ValueError:
-        return MAX_PARAMS_DEFAULT
+    from .env import get
+
+    return int(get(MAX_PARAMS_ENV))  # a bad value is one line, never silently the default
 
 
 class _Bad(Exception):
@@ -342,6 +340,13 @@ RUN_CONFIG = Obj({
 }, required=("command", "method", "seed", "data"))
 """``config.json`` of a run folder (netsift writes every key; readers need the required ones)."""
 
+METRICS_ROW = Obj({
+    "epoch": Int(1, 10**6), "step": Int(0, 10**13), "train_loss": Num(), "train_acc": Num(0, 1),
+    "val_loss": Opt(Num(nan=True)), "val_acc": Opt(Num(0, 1, nan=True)), "lr": Num(0), "epoch_s": Num(0),
+    "images_per_s": Num(0),
+}, required=("epoch",))
+"""One line of ``metrics.jsonl`` (one finished epoch; ``NaN`` validation figures when there is no validation split)."""
+
 TRAIN_CHECKPOINT = Obj({
     "epoch": Int(0, 10**6),
     "step": Int(0, 10**13),
@@ -352,8 +357,10 @@ TRAIN_CHECKPOINT = Obj({
     "optimizers": List(JSON, 100),
     "callbacks": List(JSON, 1000),
     "rng": Obj({"python": List(JSON, 10), "numpy": List(JSON, 10)}, required="all"),
-    "history": List(Map(JSON, 1000), 10**6),
-}, required="all")
+    "history": List(METRICS_ROW, 10**6),
+    "processes": Int(1, 1_000_000),
+}, required=("epoch", "step", "best_val_acc", "best_epoch", "since_best", "stopped", "optimizers", "callbacks",
+             "rng", "history"))
 """``checkpoint.json`` of the training loop."""
 
 BEST_CHECKPOINT = Obj({"epoch": Int(0, 10**6), "val_acc": Opt(Num(-1, 1, nan=True))}, required=("epoch",))
@@ -389,8 +396,34 @@ COMPACT_HEADER = Obj({
 }, required=("manifest", "init", "layers", "extras", "codec", "raw_bytes", "payload_bytes"))
 """The JSON header of a compact ``.nsc`` file."""
 
-RESULT_FILE = Obj({"test_acc": Opt(Num(0, 1, nan=True)), "command": Opt(Str(100))})
-"""``result.json`` (only what netsift reads back from it is checked)."""
+_ACC = Opt(Num(0, 1))
+_FIGURE = Opt(Num(0))  # a finite, non-negative figure (seconds, ms, images/s, losses, ratios)
+_COUNT = Opt(Int(0))
+_TEXT = Opt(Str(1000))
+RESULT_FILE = Obj({
+    "command": Opt(Str(100)), "method": Opt(Str(100)), "model": Opt(Str(200)), "width": Opt(Num(0, 64, lo_open=True)),
+    "data": Opt(Str(100)), "image_size": Opt(Int(1, MAX_IMAGE)), "seed": Opt(SEED), "data_seed": Opt(SEED),
+    "test_acc": _ACC, "val_acc": _ACC, "test_acc_selected": _ACC, "source_test_acc": _ACC,
+    "test_loss": _FIGURE, "test_samples": _COUNT, "density": Opt(Num(0, 1)), "density_target": Opt(Num(0, 1)),
+    "params": _COUNT, "params_total": _COUNT, "macs": _COUNT, "macs_sparse": _COUNT, "macs_fraction": _FIGURE,
+    "layers": Opt(List(Obj({"name": Str(1000), "shape": _SHAPE, "density": Num(0, 1), "scale": Opt(Num())},
+                           required=("name", "density")), 100_000)),
+    "latency_b1_ms": _FIGURE, "latency_b64_ms": _FIGURE, "latency_threads": _COUNT, "latency_spread": _FIGURE,
+    "latency_note": _TEXT, "source_latency_b1_ms": _FIGURE, "source_latency_b64_ms": _FIGURE,
+    "speedup_b1": _FIGURE, "speedup_b64": _FIGURE,
+    "epochs_run": _COUNT, "best_epoch": Opt(Int(-1)), "stopped_early": Opt(Bool()), "train_images_per_s": _FIGURE,
+    "wall_s": _FIGURE, "init": _TEXT, "rescale": _TEXT, "mask_lr": _FIGURE, "mask_weight_decay": _FIGURE,
+    "mask_schedule": _TEXT, "recalibrated_bn": _COUNT, "weights_sha256": Opt(HEX64), "subnet": _TEXT,
+    "weights": Opt(WEIGHTS_RECORD), "source": Opt(Str(4096)), "macs_target": Opt(Num(0, 1, lo_open=True)),
+    "tolerance": Opt(Num(0, 1)), "source_macs": _COUNT, "source_params": _COUNT, "finetuned": Opt(Bool()),
+    "finetune_epochs": _COUNT, "selection_s": _FIGURE, "finetune_s": _FIGURE,
+    "groups": Opt(List(Obj({"group": Str(10_000), "size": Int(1, MAX_SIZE), "kept": Int(0, MAX_SIZE)},
+                           required=("group", "size", "kept")), 100_000)),
+    "run_dir": Opt(Str(4096)), "netsift_version": _TEXT, "torch_version": _TEXT, "machine": _TEXT,
+    "threads": _COUNT, "cpu_capability": _TEXT, "processes": Opt(Int(1, 1_000_000)),
+})
+"""``result.json``: every field netsift writes, typed and range-checked (accuracies in [0, 1], figures finite and
+non-negative), so that a report never shows an empty cell for NaN or 1.7000 for an accuracy of 1.7."""
 
 SELECTION_STATE = Obj({
     "method": Str(100),

@@ -169,10 +169,13 @@ def csv_tracker_class():
             row = {"step": step, **{k: v for k, v in values.items() if isinstance(v, (int, float, str, bool))}}
             rows, header = [], list(row)
             if self.path.exists():
-                with open(self.path, newline="") as f:
-                    reader = csv.DictReader(f)
-                    rows = list(reader)
-                    header = list(dict.fromkeys([*(reader.fieldnames or []), *row]))
+                try:
+                    with open(self.path, newline="", encoding="utf-8") as f:
+                        reader = csv.DictReader(f)
+                        rows = list(reader)
+                        header = list(dict.fromkeys([*(reader.fieldnames or []), *row]))
+                except (UnicodeDecodeError, csv.Error) as e:
+                    raise NetsiftError(f"tracker log {self.path} is corrupt: {e}") from None
             if rows and header == list(rows[0]):
                 with open(self.path, "a", newline="") as f:
                     csv.DictWriter(f, fieldnames=header).writerow(row)

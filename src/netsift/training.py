@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import distributed
+from . import distributed, memory
 from . import progress as _progress
 from .checkpoint import atomic_write_bytes, flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .config import TrainConfig
@@ -209,7 +209,10 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
 
     train_loader = bundle.loader("train", cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
                                  num_shards=accelerator.num_processes, shard_index=accelerator.process_index)
-    val_loader = distributed.eval_loader(bundle, "val", max(cfg.batch_size, 256))  # this process's share
+    memory.check_training(accelerator.unwrap_model(model), bundle.input_shape, train_loader, optimizers)  # issue 22
+    val_batch = memory.fitting_batch(accelerator.unwrap_model(model), bundle.input_shape,
+                                     min(max(cfg.batch_size, 256), max(bundle.size("val"), 1)))
+    val_loader = distributed.eval_loader(bundle, "val", val_batch)  # this process's share
     steps_per_epoch = len(train_loader) if not cfg.max_steps else min(cfg.max_steps, len(train_loader))
     steps_per_epoch = distributed.min_int(steps_per_epoch)  # shards may differ by a batch: same steps everywhere
     total_steps = steps_per_epoch * cfg.epochs
@@ -249,8 +252,7 @@ def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, los
                     pg["lr"] = pg["peak_lr"] * factor
             with accelerator.autocast():
                 logits = run_model(model, x)
-                if i == 0:
-                    check_labels(y, logits)
+                check_labels(y, logits)  # every batch: a label past the outputs is one line, not a traceback
                 loss = loss_fn(logits, y, x)
             if not torch.isfinite(loss):
                 raise NetsiftError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "

@@ -30,10 +30,11 @@ def run(args: argparse.Namespace) -> int:
     import netsift
     from ..config import TrainConfig
     from ..errors import NetsiftError
-    from ..rundir import check_out
+    from ..rundir import check_out, check_output_file
     from ..selection import finetune_defaults
 
     t0 = time.perf_counter()
+    check_output_file(args.out, "train")  # --out '' is refused
     out = Path(args.out)
     check_out(out)
     ours = ("dense", "gfs", "gumbel", "edge-popup")

@@ -25,13 +25,15 @@ from ..errors import NetsiftError
 class TensorDataset(torch.utils.data.Dataset):
     """Samples (uint8 images in [0, 255] or floats) and integer labels held in memory as two tensors."""
 
-    def __init__(self, images: Tensor, labels: Tensor):
+    def __init__(self, images: Tensor, labels: Tensor, checked: bool = False):
         if images.ndim < 2:
             raise NetsiftError(f"samples must have shape (N, ...), got {tuple(images.shape)}")
         if len(images) != len(labels):
             raise NetsiftError(f"{len(images)} samples but {len(labels)} labels")
-        if labels.is_floating_point():
+        if labels.is_floating_point() or labels.is_complex():
             raise NetsiftError("labels must be integer class indices, got floating-point labels")
+        if not checked:  # where the data enters: one pass over it (subsets of checked data skip it)
+            check_values(images, labels, "the data set")
         self.images = images
         self.labels = labels.long()
 
@@ -43,7 +45,20 @@ class TensorDataset(torch.utils.data.Dataset):
 
     def subset(self, index: Tensor) -> "TensorDataset":
         """The samples at ``index``, sharing no storage with this data set."""
-        return TensorDataset(self.images[index].clone(), self.labels[index].clone())
+        return TensorDataset(self.images[index].clone(), self.labels[index].clone(), checked=True)
+
+
+def check_values(x: Tensor, y: Tensor, where: str) -> None:
+    """Refuse NaN or infinite inputs and negative labels (one line naming ``where``); a cheap pass over a batch.
+
+    Labels above the model's outputs are refused where the logits are known (:func:`netsift.measure.check_labels`).
+    """
+    if (x.is_floating_point() or x.is_complex()) and x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise NetsiftError(f"{where} holds NaN or infinite inputs ({bad:,} value{'s' if bad > 1 else ''}); clean "
+                           "the data first")
+    if y.dtype != torch.bool and y.numel() and int(y.min()) < 0:
+        raise NetsiftError(f"{where} holds a negative label ({int(y.min())}); labels must be class indices 0..C-1")
 
 
 def epoch_order(n: int, shuffle: bool, seed: int, epoch: int, num_shards: int = 1, shard_index: int = 0) -> Tensor:
@@ -157,8 +172,9 @@ class _EpochSampler(torch.utils.data.Sampler):
         return len(range(self.shard_index, self.n, self.num_shards))
 
 
-def check_pair(batch: Any, split: str) -> tuple[Tensor, Tensor]:
-    """``batch`` as ``(input, label)`` tensors, or a one-line error saying what the loader yielded instead."""
+def check_pair(batch: Any, split: str, index: int | None = None) -> tuple[Tensor, Tensor]:
+    """``batch`` as ``(input, label)`` tensors with finite inputs and integer, non-negative labels, or a one-line
+    error saying what the loader yielded instead (``index``: the batch's position, for the message)."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not all(isinstance(t, Tensor) for t in batch):
         what = type(batch).__name__ + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
         raise NetsiftError(f"the {split} loader must yield (input, label) tensor pairs, got a {what}")
@@ -166,6 +182,7 @@ def check_pair(batch: Any, split: str) -> tuple[Tensor, Tensor]:
     if y.is_floating_point() or y.dim() != 1 or len(y) != len(x):
         raise NetsiftError(f"the {split} loader's labels must be a 1-D integer tensor of class indices, one per "
                            f"input; got {y.dtype} of shape {tuple(y.shape)} for {len(x)} inputs")
+    check_values(x, y, f"batch {index + 1} of the {split} loader" if index is not None else f"the {split} loader")
     return x, y
 
 
@@ -189,8 +206,12 @@ class DatasetLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for batch in self.loader:
-            yield check_pair(batch, self.check) if self.check else batch
+        try:
+            for i, batch in enumerate(self.loader):
+                yield check_pair(batch, self.check, i) if self.check else batch
+        except OSError as e:  # an unreadable or corrupt file of the data set (an image folder's JPEG, say)
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            raise NetsiftError(f"cannot read a sample of the data set ({e.strerror or e}){where}") from None
 
 
 class UserLoader:
@@ -214,8 +235,8 @@ class UserLoader:
                                "data set or a DataLoader over one") from None
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for batch in self.loader:
-            yield check_pair(batch, self.split)
+        for i, batch in enumerate(self.loader):
+            yield check_pair(batch, self.split, i)
 
 
 class BatchStream:

@@ -8,6 +8,7 @@ optional: carved from train when absent).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Mapping
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 from ..config import DataConfig
 from ..errors import NetsiftError
 from .bundle import SPLITS, DataBundle, check_image_size, split_train_val
-from .loaders import TensorDataset, check_pair
+from .loaders import TensorDataset, check_pair, check_values
 from .sources import load_bundle, load_data
 
 
@@ -63,11 +64,11 @@ def as_bundle(data: Any, seed: int = 0, val_fraction: float = 0.1, image_size: i
             if isinstance(value.dataset, torch.utils.data.IterableDataset):
                 raise NetsiftError(f"the {split} loader reads an iterable data set; netsift needs a map-style one")
             loaders[split] = value
-            datasets[split] = _fast(value.dataset)
+            datasets[split] = _fast(value.dataset, split)
             if split == "train":
                 kwargs = {"collate_fn": value.collate_fn, "num_workers": value.num_workers}
         elif isinstance(value, torch.utils.data.Dataset) or (hasattr(value, "__getitem__") and hasattr(value, "__len__")):
-            datasets[split] = _fast(value)
+            datasets[split] = _fast(value, split)
         else:
             raise NetsiftError(f"data[{split!r}] must be a DataLoader or a map-style dataset, got {type(value).__name__}")
     if datasets.get("val") is None:
@@ -90,12 +91,14 @@ def as_bundle(data: Any, seed: int = 0, val_fraction: float = 0.1, image_size: i
                       _num_classes(datasets["train"]), loaders=loaders, loader_kwargs=kwargs)
 
 
-def _fast(dataset):
-    """A ``torch.utils.data.TensorDataset`` of (inputs, labels) as netsift's in-memory data set (batched fast)."""
+def _fast(dataset, split: str = "data"):
+    """A ``torch.utils.data.TensorDataset`` of (inputs, labels) as netsift's in-memory data set (batched fast);
+    its values are checked once here, where they enter (finite inputs, non-negative labels)."""
     if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) == 2:
         x, y = dataset.tensors
         if not y.is_floating_point() and y.dim() == 1:
-            return TensorDataset(x, y)
+            check_values(x, y, f"the {split} data set")
+            return TensorDataset(x, y, checked=True)
     return dataset
 
 
@@ -103,6 +106,12 @@ def _check_sample(sample, split: str) -> tuple[Tensor, Any]:
     if not isinstance(sample, (tuple, list)) or len(sample) != 2 or not isinstance(sample[0], Tensor):
         raise NetsiftError(f"the {split} data set must yield (input tensor, label) pairs, got a "
                            f"{type(sample).__name__}")
+    label = sample[1]
+    if isinstance(label, bool) or not isinstance(label, (numbers.Integral, Tensor)) or (
+            isinstance(label, Tensor) and (label.numel() != 1 or label.is_floating_point() or label.is_complex())):
+        raise NetsiftError(f"the {split} data set's labels must be integer class indices, got {type(label).__name__} "
+                           f"{label!r:.40}")
+    check_values(sample[0], torch.as_tensor(int(label)).reshape(1), f"the first sample of the {split} data set")
     return sample[0], sample[1]
 
 

@@ -61,8 +61,10 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     """The data root: ``data_dir`` if given, else ``$NETSIFT_DATA``, else ``~/.cache/netsift/data``."""
     if data_dir:
         return Path(data_dir).expanduser()
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
+    from ..env import get
+
+    if get(DATA_ENV):  # validated in netsift.env
+        return Path(get(DATA_ENV)).expanduser()
     return Path.home() / ".cache" / "netsift" / "data"
 
 

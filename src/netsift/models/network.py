@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import progress
+from .. import memory, progress
+from ..checks import check_finite_model
 from ..errors import NetsiftError
 from . import REGISTRY, build_for, check_input, manifest_of
 
@@ -46,6 +47,7 @@ def load_weights(net: nn.Module, path: Path) -> dict:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     notes = load_weights_file(net, path)
+    check_finite_model(net, f"weights file {path}")
     if progress.mode() != "off":
         for note in notes:
             progress.write(f"weights {path.name}: {note}")
@@ -59,9 +61,12 @@ def network_for(model: nn.Module | str, bundle: Any, seed: int, width: float = 1
             raise NetsiftError(f"unknown model {model!r}; choose from: {', '.join(sorted(REGISTRY))}, or tv:<name>")
         if bundle.num_classes is None:
             raise NetsiftError("the data does not say how many classes it has; build the model yourself")
+        memory.check_new_network(model, lambda: build_for(model, bundle.input_shape, bundle.num_classes, width, seed),
+                                 bundle.input_shape)  # its size checked on the meta device before it is built
         return build_for(model, bundle.input_shape, bundle.num_classes, width, seed)
     if not isinstance(model, nn.Module):
         raise NetsiftError(f"model must be an nn.Module or a model name, got {type(model).__name__}")
+    check_finite_model(model)  # a NaN weight or buffer is refused before any work
     check_input(model, bundle.input_shape)
     return model
 

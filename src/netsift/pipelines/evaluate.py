@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import progress as _progress
 from .. import rundir
+from ..checks import check_finite_model, checked
 from ..config import DataConfig
 from ..data import load_bundle
 from ..errors import NetsiftError
@@ -15,6 +16,7 @@ from ..measure import measure
 from ..results import Result
 
 
+@checked  # wrong argument types are one line
 def evaluate(path: str | Path, data: str | None = None, data_dir: str | None = None,
              latency_threads: int | None = None, progress: bool | None = None,
              image_size: int | None = None) -> Result:
@@ -42,6 +44,7 @@ def evaluate(path: str | Path, data: str | None = None, data_dir: str | None = N
                 raise NetsiftError(f"{path} is not a run folder ({rundir.CONFIG} missing)")
             model, manifest = rundir.load_model(path)
             cfg, seed, saved_acc = saved.data_config(given), saved.data_seed, saved.test_acc
+        check_finite_model(model, f"the network in {path}")  # no silent NaN accuracy
         bundle = load_bundle(cfg, seed)
         want = (manifest["in_channels"], manifest["image_size"], manifest["num_classes"])
         if (bundle.in_channels, bundle.image_size, bundle.num_classes) != want:

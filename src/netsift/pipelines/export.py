@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..checks import check_finite_model, checked
 from ..errors import NetsiftError
 from ..masks import COMPACT_SUFFIX as SUFFIX
 from ..results import Result
@@ -23,8 +24,9 @@ FORMATS = ("compact", "safetensors", "onnx")
 def default_out(src: Path, fmt: str) -> Path:
     """Where ``export`` writes when ``--out`` is not given."""
     ext = {"compact": SUFFIX, "safetensors": ".safetensors", "onnx": ".onnx"}[fmt]
-    if src.is_file():
-        return src.with_suffix(ext)
+    if src.is_file():  # a run's own model.nsc: its safetensors export is dense.*, not the run's model.* pair
+        own = fmt == "safetensors" and src.stem == "model"
+        return src.parent / "dense.safetensors" if own else src.with_suffix(ext)
     return src / ("dense.safetensors" if fmt == "safetensors" else f"model{ext}")
 
 
@@ -35,10 +37,14 @@ def load_source(src: Path) -> tuple[nn.Module, dict]:
 
     if src.is_file():
         subnet = read_compact(src)
-        return rebuild(subnet, str(src)), subnet.manifest
-    return load_model(src)
+        model, manifest = rebuild(subnet, str(src)), subnet.manifest
+    else:
+        model, manifest = load_model(src)
+    check_finite_model(model, f"the network in {src}")  # refused before anything is written
+    return model, manifest
 
 
+@checked  # wrong argument types are one line
 def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None, overwrite: bool = False) -> Result:
     """Export ``src`` (a run folder, or a compact file for safetensors/onnx) as ``fmt``.
 
@@ -58,30 +64,15 @@ def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None,
     """
     if fmt not in FORMATS:
         raise NetsiftError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
+    from .. import rundir
     from ..masks.compact import dense_bytes, write_compact
-    from ..rundir import save_model
 
     src = Path(src)
     if not src.exists():
         raise NetsiftError(f"no such run folder or file: {src}")
-    out = Path(out) if out else default_out(src, fmt)
-    targets = [out.with_suffix(".safetensors"), out.with_suffix(".json")] if fmt == "safetensors" else [out]
-    if fmt == "safetensors" and "." in out.with_suffix("").name:
-        raise NetsiftError(f"--out {out}: name the safetensors file without extra dots, e.g. dense.safetensors")
-    for t in {out, *targets}:
-        if t.is_symlink():
-            raise NetsiftError(f"--out {t} is a symbolic link; give the real file name")
-        if t.is_dir():
-            raise NetsiftError(f"--out {t} is a folder; give a file name (e.g. {t / default_out(src, fmt).name})")
-    if src.is_dir() and src.resolve() in {t.resolve() for t in targets}:
-        raise NetsiftError(f"--out {out} is a file of the run being exported")
-    if src.is_dir() and fmt == "safetensors" and out.with_suffix("").name in ("model", "checkpoint", "best", "subnet",
-                                                                             "selection"):
-        if out.parent.resolve() == src.resolve():
-            raise NetsiftError(f"--out {out} would replace the run's own {out.with_suffix('').name} files")
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise NetsiftError(f"{existing[0]} exists; pass --overwrite to replace it")
+    out = default_out(src, fmt) if out is None else out
+    targets = rundir.check_output_file(out, fmt, overwrite, source=src)  # never a file of a run but its own kind
+    out = Path(out)
     if fmt == "compact" and src.is_file():
         raise NetsiftError(f"{src} is a file: compact export needs a run folder of `netsift extract`")
     with _lock_if_run(out.parent):
@@ -92,7 +83,7 @@ def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None,
         else:
             model, manifest = load_source(src)
             if fmt == "safetensors":
-                save_model(out.parent, model, manifest, name=out.with_suffix("").name)
+                rundir.save_model(out.parent, model, manifest, name=out.with_suffix("").name)
             else:
                 from ..onnx_export import export_onnx
 

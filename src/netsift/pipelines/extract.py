@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import distributed
 from ..checkpoint import save_checkpoint
+from ..checks import checked
 from ..config import RUN_FIELDS, RunOptions, TrainConfig
 from ..errors import NetsiftError
 from ..masks import EXTRACT_DEFAULTS, METHODS, MaskConfig, apply_masks, fit_masks, masks_and_scales, train_config
@@ -114,6 +115,7 @@ class ExtractSpec:
         return Outcome(extracted, fields, manifest, subnet if keeps_subnet else None)
 
 
+@checked  # wrong argument types (nested configs and keyword options too) are one line
 def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: float | None = None, *,
             init: str | None = "signed-constant", config: TrainConfig | dict | None = None,
             recalibrate_bn_batches: int = 20, run: RunOptions | None = None, **options: Any) -> Result:

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed, rundir
+from .. import distributed, memory, rundir
+from ..checks import checked
 from ..config import RUN_FIELDS, RunOptions, TrainConfig
 from ..errors import NetsiftError
 from ..measure import evaluate
@@ -74,6 +75,9 @@ class PruneSpec:
             raise NetsiftError(f"example_input has sample shape {tuple(self.example_input.shape[1:])}, the data "
                                f"{shape}")
         net.eval()
+        n_train = start.bundle.size("train")  # the selection's largest passes checked before any work
+        memory.check_fits(net, shape, max(min(cfg.holdout, n_train // 2), min(cfg.select_batch, n_train)), False,
+                          what="a held-out or minibatch pass of the selection")
         plan = plan_channels(net, shape, cfg, self.ignored_layers, self.layer_density)
         sections = {"train": dataclasses.asdict(self.finetune), "prune": dataclasses.asdict(cfg)}
         return Job(net, lambda ctx: self._body(ctx, plan), sections,
@@ -146,6 +150,7 @@ class PruneSpec:
                         "groups": out.selection.info}
 
 
+@checked  # wrong argument types (nested configs and keyword options too) are one line
 def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", macs: float | None = None, *,
           example_input: torch.Tensor | None = None, finetune: TrainConfig | dict | None = None,
           ignored_layers: list | None = None, layer_density: dict | None = None, source_measure: dict | None = None,

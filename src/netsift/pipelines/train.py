@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ..checks import checked
 from ..config import RUN_FIELDS, RunOptions, TrainConfig
 from ..measure import check_threads
 from ..results import Result
@@ -53,6 +54,7 @@ class TrainSpec:
         return Outcome(net, fields)
 
 
+@checked  # wrong argument types (nested configs and keyword options too) are one line
 def train(model: nn.Module | str, data: Any, config: TrainConfig | dict | None = None, *,
           run: RunOptions | None = None, latency_threads: int | None = 1, **options: Any) -> Result:
     """Train ``model`` on ``data`` with the shared loop; keep the best validation epoch.

@@ -220,9 +220,16 @@ def allocate(macs_model: MacsModel, target_fraction: float, round_to: int = 1,
     dense = macs_model.cost([g.size for g in groups])
     target = target_fraction * dense
     floor = macs_model.cost(widths_for_ratio(groups, 0.0, round_to, fixed)) / dense
-    if target_fraction < floor - 0.005:
+    flag = {"MACs": "--macs", "parameters": "--params", "latency": "--latency"}.get(macs_model.kind, "--macs")
+    if target_fraction < floor - min(0.005, 0.02 * floor):  # 2% of slack (at most 0.005) for rounding to channels
         raise NetsiftError(f"a {macs_model.kind} budget of {target_fraction:g} is out of reach: with every prunable "
-                           f"channel group at its narrowest the network keeps {floor:.3f} of its {macs_model.kind}")
+                           f"channel group at its narrowest the network keeps {floor:.3f} of its {macs_model.kind}; "
+                           f"the smallest reachable budget is {flag} {floor:.3g}")
+    ceiling = macs_model.cost(widths_for_ratio(groups, 1.0, round_to, fixed)) / dense
+    if target_fraction > ceiling + min(0.005, 0.02 * ceiling):  # the fixed groups (layer_density) cap the rest
+        raise NetsiftError(f"a {macs_model.kind} budget of {target_fraction:g} is out of reach: with the layer "
+                           f"densities given and every other channel group whole the network keeps {ceiling:.3f} of "
+                           f"its {macs_model.kind}; the largest reachable budget is {flag} {ceiling:.3g}")
     lo, hi = 0.0, 1.0
     best = widths_for_ratio(groups, 1.0, round_to, fixed)
     best_err = abs(macs_model.cost(best) - target)

@@ -6,7 +6,6 @@ data sets or fine-tuning (the ``netsift.prune`` pipeline adds those).
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -119,7 +118,9 @@ def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConf
     """
     was_training = model.training
     model.eval()
-    limit = float(os.environ.get(GRAPH_TIMEOUT_ENV, 300))
+    from ..env import get
+
+    limit = float(get(GRAPH_TIMEOUT_ENV))  # validated in netsift.env (0: no limit)
     try:
         with time_limit(limit, f"Torch-Pruning could not resolve the model's channel dependencies within {limit:g} s "
                                f"(a layer it cannot follow?); pass that layer in ignored_layers or simplify the model"), \
