@@ -254,7 +254,7 @@ class RunOptions:
         if self.progress is not None and not isinstance(self.progress, bool):
             raise NetsiftError(f"progress must be true, false or None, got {self.progress!r}")
         if not (self.out is None or isinstance(self.out, (bool, Path)) or (isinstance(self.out, str) and self.out)):
-            raise NetsiftError(f"out must be a folder path, True or None, got {self.out!r}")
+            raise NetsiftError(f"--out must name a folder (in Python also True or None), got {self.out!r}")
 
     @property
     def folder(self) -> str | Path | None:

@@ -4,8 +4,10 @@ into them.
 A run folder holds ``config.json`` (one shape for every command: everything needed to rebuild the run),
 ``metrics.jsonl`` (one line per epoch), crash-safe checkpoints (:mod:`netsift.checkpoint`), ``model.safetensors``
 + ``model.json`` (the final network and its architecture manifest) and ``result.json`` (the schema of
-:mod:`netsift.results`). Every pipeline writes through this module; nothing in ``masks/`` or ``selection/``
-imports it.
+:mod:`netsift.results`). Every kind of file a run folder may hold is registered in :data:`ARTIFACTS` with its
+writer, and writers ask :func:`artifact` where to write. :class:`SavedRun` (:func:`read_run`) is the one reader
+of what a saved run used (data, split, seed, image size) and produced (network, result); an output named by the
+user never replaces a run's own files (:func:`check_output_file`).
 
 * **One writer at a time.** :func:`prepare` takes an advisory lock (``fcntl.flock`` on ``DIR/.netsift.lock``)
   for as long as the run is written; a second writer gets a one-line error.
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -48,9 +51,52 @@ LOCK = ".netsift.lock"
 REPLACING = ".netsift-replacing"
 """Marker inside ``.DIR.netsift-new``: an unfinished run that will replace ``DIR``."""
 
-_PAIRS = ("checkpoint", "best", "model", "subnet", "selection", "dense")
-RUN_FILES = frozenset({CONFIG, RESULT, "metrics.jsonl", LOCK, REPLACING, "model.nsc", "model.onnx",
-                       *(f"{n}.{ext}" for n in _PAIRS for ext in ("json", "safetensors"))})
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A kind of file netsift writes into a run folder, and who writes it."""
+
+    files: tuple[str, ...]  # the file names (a safetensors pair: ``NAME.json`` + ``NAME.safetensors``)
+    writer: str  # the module that writes it
+
+    @property
+    def stem(self) -> str:
+        """The name without extension (what :func:`netsift.checkpoint.save_checkpoint` takes for a pair)."""
+        return self.files[0].rsplit(".", 1)[0]
+
+
+def _pair(stem: str, writer: str) -> Artifact:
+    return Artifact((f"{stem}.json", f"{stem}.safetensors"), writer)
+
+
+ARTIFACTS: dict[str, Artifact] = {
+    "config": Artifact((CONFIG,), "rundir.prepare: every command, before any work"),
+    "result": Artifact((RESULT,), "rundir.write_result: every command, when it has finished"),
+    "metrics": Artifact(("metrics.jsonl",), "training.fit: one line per epoch"),
+    "checkpoint": _pair("checkpoint", "training.fit: after every epoch (--resume)"),
+    "best": _pair("best", "training.fit: the best validation epoch's weights"),
+    "model": _pair("model", "rundir.save_model: the network a run produced"),
+    "subnet": _pair("subnet", "pipelines.extract: the mask, one bit per weight of the regenerated network"),
+    "selection": _pair("selection", "selection.state: after every channel group (prune --resume)"),
+    "onnx": Artifact(("model.onnx",), "pipelines.prune --onnx, pipelines.export --format onnx"),
+    "compact": Artifact(("model.nsc",), "pipelines.export --format compact"),
+    "dense": _pair("dense", "pipelines.export --format safetensors"),
+}
+"""Every file netsift writes into a run folder, by kind: the writers ask :func:`artifact` for their path, so a
+file of a run folder is always one of these (besides the lock, temporary files and the trackers' ``logs/``)."""
+
+
+def artifact(run_dir: str | Path, kind: str) -> Path:
+    """Where a writer puts its ``kind`` of file in ``run_dir`` (a pair's stem, else the file)."""
+    if kind not in ARTIFACTS:
+        raise ValueError(f"no run-folder artifact {kind!r}; register it in rundir.ARTIFACTS")
+    a = ARTIFACTS[kind]
+    return Path(run_dir) / (a.stem if len(a.files) == 2 else a.files[0])
+
+
+_PAIRS = tuple(name for name, a in ARTIFACTS.items() if len(a.files) == 2)
+RUN_FILES = frozenset({LOCK, REPLACING, *(f for a in ARTIFACTS.values() for f in a.files)})
 """Files netsift writes into a run folder (besides ``*.nsc``/``*.onnx`` exports and hidden temporary files)."""
 
 RESUME_FILES = {"checkpoint": TRAIN_CHECKPOINT, "best": BEST_CHECKPOINT, "selection": SELECTION_STATE}

@@ -29,11 +29,10 @@ from .data import DataBundle
 from .errors import NetsiftError
 from .measure import check_labels, evaluate, run_model
 from .tracking import Trackers
+from .rundir import ARTIFACTS, artifact
 from .schema import BEST_CHECKPOINT, TRAIN_CHECKPOINT
 
-CHECKPOINT = "checkpoint"
-BEST = "best"
-METRICS = "metrics.jsonl"
+CHECKPOINT, BEST, METRICS = ARTIFACTS["checkpoint"].stem, ARTIFACTS["best"].stem, ARTIFACTS["metrics"].files[0]
 
 
 @dataclass
@@ -184,139 +183,187 @@ def epoch_line(desc: str, row: dict, epochs: int, report: "_progress.Task") -> s
 
 
 def _fit(model, bundle, cfg, run_dir, groups, callbacks, seed, resume, desc, loss_fn, trackers) -> FitResult:
-    from accelerate import Accelerator
+    loop = _Loop(model, bundle, cfg.resolved(), run_dir, groups, list(callbacks), seed, desc, loss_fn, trackers)
+    start_epoch = loop.start(resume)
+    for epoch in range(start_epoch, loop.cfg.epochs):
+        row, epoch_time = loop.train_epoch(epoch)
+        if loop.record(epoch, loop.validate(epoch, row, epoch_time)):
+            break
+    return loop.finish()
 
-    callbacks = list(callbacks)
-    cfg = cfg.resolved()
-    run_dir = Path(run_dir) if run_dir is not None else None
-    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-                              **trackers.accelerator_kwargs())
-    if run_dir is not None and accelerator.is_main_process:  # only the main process writes the run folder
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if groups is None:
-        groups = [OptimGroup("all", [p for p in model.parameters() if p.requires_grad])]
-    groups = [g for g in groups if g.params]
-    if not groups:
-        raise NetsiftError("nothing to train: the model has no trainable parameters")
-    optimizers = [build_optimizer(g, cfg) for g in groups]
-    for opt in optimizers:
-        for pg in opt.param_groups:
-            pg["peak_lr"] = pg["lr"]
-    trained = [p for g in groups for p in g.params]
-    prepared = accelerator.prepare(model, *optimizers)
-    model, optimizers = prepared[0], list(prepared[1:])
-    loss_fn = loss_fn or default_loss(cfg.label_smoothing)
 
-    train_loader = bundle.loader("train", cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
-                                 num_shards=accelerator.num_processes, shard_index=accelerator.process_index)
-    memory.check_training(accelerator.unwrap_model(model), bundle.input_shape, train_loader, optimizers)  # issue 22
-    val_batch = memory.fitting_batch(accelerator.unwrap_model(model), bundle.input_shape,
-                                     min(max(cfg.batch_size, 256), max(bundle.size("val"), 1)))
-    val_loader = distributed.eval_loader(bundle, "val", val_batch)  # this process's share
-    steps_per_epoch = len(train_loader) if not cfg.max_steps else min(cfg.max_steps, len(train_loader))
-    steps_per_epoch = distributed.min_int(steps_per_epoch)  # shards may differ by a batch: same steps everywhere
-    total_steps = steps_per_epoch * cfg.epochs
+class _Loop:
+    """One run of the training loop: its set-up (:meth:`start`), epochs (:meth:`train_epoch`, :meth:`validate`,
+    :meth:`record`) and end (:meth:`finish`)."""
 
-    result = FitResult()
-    start_epoch, step, best_state, since_best = 0, 0, None, 0
-    if distributed.broadcast(resume and run_dir is not None and (run_dir / f"{CHECKPOINT}.json").exists()):
-        start_epoch, step, best_state, since_best = _restore(run_dir, accelerator, model, optimizers, callbacks, result)
-    else:
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        if run_dir is not None and distributed.is_main():
-            (run_dir / METRICS).unlink(missing_ok=True)
+    def __init__(self, model, bundle, cfg, run_dir, groups, callbacks, seed, desc, loss_fn, trackers):
+        from accelerate import Accelerator
 
-    t_start = time.perf_counter()
-    images_seen, train_time = 0, 0.0
-    trackers.start(accelerator, {"desc": desc, "seed": seed, **dataclasses.asdict(cfg)})
-    report = _progress.begin(desc, steps_per_epoch * max(0, cfg.epochs - start_epoch), "step",
-                             enabled=None if accelerator.is_main_process else False)
-    for epoch in range(start_epoch, cfg.epochs):
-        for cb in callbacks:
+        self.bundle, self.cfg, self.callbacks, self.seed, self.desc, self.trackers = (bundle, cfg, callbacks, seed,
+                                                                                      desc, trackers)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.accelerator = accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(),
+                                                     mixed_precision=cfg.mixed_precision,
+                                                     **trackers.accelerator_kwargs())
+        if self.run_dir is not None and accelerator.is_main_process:  # only the main process writes the run folder
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if groups is None:
+            groups = [OptimGroup("all", [p for p in model.parameters() if p.requires_grad])]
+        self.groups = [g for g in groups if g.params]
+        if not self.groups:
+            raise NetsiftError("nothing to train: the model has no trainable parameters")
+        optimizers = [build_optimizer(g, cfg) for g in self.groups]
+        for opt in optimizers:
+            for pg in opt.param_groups:
+                pg["peak_lr"] = pg["lr"]
+        self.trained = [p for g in self.groups for p in g.params]
+        prepared = accelerator.prepare(model, *optimizers)
+        self.model, self.optimizers = prepared[0], list(prepared[1:])
+        self.loss_fn = loss_fn or default_loss(cfg.label_smoothing)
+        self.train_loader = bundle.loader("train", cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
+                                          num_shards=accelerator.num_processes,
+                                          shard_index=accelerator.process_index)
+        memory.check_training(self.net, bundle.input_shape, self.train_loader, self.optimizers)
+        val_batch = memory.fitting_batch(self.net, bundle.input_shape,
+                                         min(max(cfg.batch_size, 256), max(bundle.size("val"), 1)))
+        self.val_loader = distributed.eval_loader(bundle, "val", val_batch)  # this process's share
+        steps = len(self.train_loader) if not cfg.max_steps else min(cfg.max_steps, len(self.train_loader))
+        self.steps_per_epoch = distributed.min_int(steps)  # shards may differ by a batch: same steps everywhere
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.result = FitResult()
+        self.step, self.best_state, self.since_best = 0, None, 0
+        self.images_seen, self.train_time = 0, 0.0
+
+    @property
+    def net(self) -> nn.Module:
+        """The network itself (not Accelerate's wrapper)."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def start(self, resume: bool) -> int:
+        """Restore a checkpoint (``resume``) or seed a fresh run; begin the progress report. Returns the first
+        epoch to train."""
+        start_epoch, run_dir = 0, self.run_dir
+        if distributed.broadcast(resume and run_dir is not None and (artifact(run_dir, "checkpoint").with_suffix(".json")).exists()):
+            start_epoch, self.step, self.best_state, self.since_best = _restore(
+                run_dir, self.accelerator, self.model, self.optimizers, self.callbacks, self.result)
+        else:
+            torch.manual_seed(self.seed)
+            random.seed(self.seed)
+            np.random.seed(self.seed % 2**32)
+            if run_dir is not None and distributed.is_main():
+                artifact(run_dir, "metrics").unlink(missing_ok=True)
+        self.t_start = time.perf_counter()
+        self.trackers.start(self.accelerator, {"desc": self.desc, "seed": self.seed, **dataclasses.asdict(self.cfg)})
+        self.report = _progress.begin(self.desc, self.steps_per_epoch * max(0, self.cfg.epochs - start_epoch), "step",
+                                      enabled=None if self.accelerator.is_main_process else False)
+        return start_epoch
+
+    def train_epoch(self, epoch: int) -> tuple[dict, float]:
+        """One epoch of optimizer steps; its loss, accuracy and image counts over every process, and its time."""
+        cfg, accelerator = self.cfg, self.accelerator
+        for cb in self.callbacks:
             cb.on_epoch_start(epoch)
-        model.train()
-        train_loader.set_epoch(epoch)
-        distributed.seed_rank(seed, epoch)  # processes > 0: their own random stream (masks, dropout)
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        distributed.seed_rank(self.seed, epoch)  # processes > 0: their own random stream (masks, dropout)
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        report.set(epoch=f"{epoch + 1}/{cfg.epochs}")
-        for i, (x, y) in enumerate(train_loader):
-            if i >= steps_per_epoch:
+        self.report.set(epoch=f"{epoch + 1}/{cfg.epochs}")
+        for i, (x, y) in enumerate(self.train_loader):
+            if i >= self.steps_per_epoch:
                 break
             x, y = x.to(accelerator.device), y.to(accelerator.device)
-            for opt, g in zip(optimizers, groups):
-                factor = lr_factor(g.schedule or cfg.schedule, step, total_steps, steps_per_epoch, cfg)
-                for pg in opt.param_groups:
-                    pg["lr"] = pg["peak_lr"] * factor
-            with accelerator.autocast():
-                logits = run_model(model, x)
-                check_labels(y, logits)  # every batch: a label past the outputs is one line, not a traceback
-                loss = loss_fn(logits, y, x)
-            if not torch.isfinite(loss):
-                raise NetsiftError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                                   "lower the learning rate (the last good checkpoint is kept)")
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            for opt in optimizers:
-                opt.step()
-            _check_step(trained, accelerator.unwrap_model(model), epoch, i)
-            step += 1
-            loss_sum += loss.item() * len(y)
+            loss, logits = self._step(epoch, i, x, y)
+            loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
-            for cb in callbacks:
-                cb.on_step_end(step, loss.item())
-            report.update(1, loss=loss_sum / seen)
+            for cb in self.callbacks:
+                cb.on_step_end(self.step, loss)
+            self.report.update(1, loss=loss_sum / seen)
         epoch_time = time.perf_counter() - t0
-        unwrapped = accelerator.unwrap_model(model)
-        bad = [n for n, t in [*unwrapped.named_parameters(), *unwrapped.named_buffers()]
+        bad = [n for n, t in [*self.net.named_parameters(), *self.net.named_buffers()]
                if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
             raise NetsiftError(f"{bad[0]} became non-finite in epoch {epoch + 1}; lower the learning rate "
                                "(the last good checkpoint is kept)")
         loss_sum, correct, seen = distributed.sum_counts(loss_sum, correct, seen)  # the epoch over all processes
         seen = int(seen)
-        train_time += epoch_time
-        images_seen += seen
-        distributed.sync_buffers(accelerator.unwrap_model(model))  # every process validates the main one's network
-        for cb in callbacks:
-            cb.before_validation(accelerator.unwrap_model(model))
-        val = evaluate(accelerator.unwrap_model(model), val_loader, accelerator.device, sharded=True) \
-            if bundle.size("val") else {"acc": float("nan"), "loss": float("nan")}
-        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
-               "train_acc": correct / max(seen, 1), "val_loss": val["loss"], "val_acc": val["acc"],
-               "lr": optimizers[0].param_groups[0]["lr"], "epoch_s": round(epoch_time, 3),
+        self.train_time += epoch_time
+        self.images_seen += seen
+        return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seen": seen}, epoch_time
+
+    def _step(self, epoch: int, i: int, x: Tensor, y: Tensor) -> tuple[float, Tensor]:
+        """One optimizer step (the learning rate of the schedule, the loss checked); its loss and logits."""
+        cfg = self.cfg
+        for opt, g in zip(self.optimizers, self.groups):
+            factor = lr_factor(g.schedule or cfg.schedule, self.step, self.total_steps, self.steps_per_epoch, cfg)
+            for pg in opt.param_groups:
+                pg["lr"] = pg["peak_lr"] * factor
+        with self.accelerator.autocast():
+            logits = run_model(self.model, x)
+            check_labels(y, logits)  # every batch: a label past the outputs is one line, not a traceback
+            loss = self.loss_fn(logits, y, x)
+        if not torch.isfinite(loss):
+            raise NetsiftError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
+                               "lower the learning rate (the last good checkpoint is kept)")
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        for opt in self.optimizers:
+            opt.step()
+        _check_step(self.trained, self.net, epoch, i)
+        self.step += 1
+        return loss.item(), logits
+
+    def validate(self, epoch: int, train: dict, epoch_time: float) -> dict:
+        """The epoch's metrics row: its training figures and the validation accuracy of the network as it is."""
+        distributed.sync_buffers(self.net)  # every process validates the main one's network
+        for cb in self.callbacks:
+            cb.before_validation(self.net)
+        val = evaluate(self.net, self.val_loader, self.accelerator.device, sharded=True) \
+            if self.bundle.size("val") else {"acc": float("nan"), "loss": float("nan")}
+        seen = train["seen"]
+        row = {"epoch": epoch + 1, "step": self.step, "train_loss": train["train_loss"],
+               "train_acc": train["train_acc"], "val_loss": val["loss"], "val_acc": val["acc"],
+               "lr": self.optimizers[0].param_groups[0]["lr"], "epoch_s": round(epoch_time, 3),
                "images_per_s": round(seen / max(epoch_time, 1e-9), 1)}
-        for cb in callbacks:
+        for cb in self.callbacks:
             cb.on_epoch_end(epoch, row)
+        return row
+
+    def record(self, epoch: int, row: dict) -> bool:
+        """Log the epoch, keep the best weights, write metrics and checkpoints; whether the patience ends the run."""
+        result, cfg, run_dir = self.result, self.cfg, self.run_dir
         result.history.append(row)
-        report.log(epoch_line(desc, row, cfg.epochs, report))
-        trackers.log(row, epoch + 1)
+        self.report.log(epoch_line(self.desc, row, cfg.epochs, self.report))
+        self.trackers.log(row, epoch + 1)
         improved = not (row["val_acc"] <= result.best_val_acc)  # NaN validation (no val split) counts as better
         if improved:
-            result.best_val_acc, result.best_epoch, since_best = row["val_acc"], epoch + 1, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            result.best_val_acc, result.best_epoch, self.since_best = row["val_acc"], epoch + 1, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
         else:
-            since_best += 1
-        stop = bool(cfg.patience) and since_best >= cfg.patience
-        if accelerator.is_main_process and run_dir is not None:
-            with open(run_dir / METRICS, "a") as f:
+            self.since_best += 1
+        stop = bool(cfg.patience) and self.since_best >= cfg.patience
+        if self.accelerator.is_main_process and run_dir is not None:
+            with open(artifact(run_dir, "metrics"), "a") as f:
                 f.write(json.dumps(row) + "\n")
             if improved:
-                save_checkpoint(run_dir / BEST, best_state, {"epoch": epoch + 1, "val_acc": row["val_acc"]})
-            _save(run_dir, accelerator, model, optimizers, callbacks, epoch + 1, step, result, since_best, stop)
+                save_checkpoint(artifact(run_dir, "best"), self.best_state, {"epoch": epoch + 1, "val_acc": row["val_acc"]})
+            _save(run_dir, self.accelerator, self.model, self.optimizers, self.callbacks, epoch + 1, self.step,
+                  result, self.since_best, stop)
         if stop:
             result.stopped_early = True
-            break
-    report.end()
-    result.wall_s = time.perf_counter() - t_start
-    result.images_per_s = images_seen / train_time if train_time else 0.0
-    if best_state is not None:
-        accelerator.unwrap_model(model).load_state_dict(best_state)
-    return result
+        return stop
+
+    def finish(self) -> FitResult:
+        """End the report and leave the network holding the best validation weights."""
+        self.report.end()
+        result = self.result
+        result.wall_s = time.perf_counter() - self.t_start
+        result.images_per_s = self.images_seen / self.train_time if self.train_time else 0.0
+        if self.best_state is not None:
+            self.net.load_state_dict(self.best_state)
+        return result
 
 
 def _check_step(params: list[nn.Parameter], model: nn.Module, epoch: int, i: int) -> None:
@@ -338,7 +385,7 @@ def _save(run_dir: Path, accelerator, model, optimizers, callbacks, epoch, step,
     meta = {"epoch": epoch, "step": step, "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
             "since_best": since_best, "stopped": stopped, "optimizers": opt_meta, "callbacks": cb_meta,
             "rng": rng_meta, "history": result.history, "processes": distributed.world_size()}
-    save_checkpoint(run_dir / CHECKPOINT, tensors, meta)
+    save_checkpoint(artifact(run_dir, "checkpoint"), tensors, meta)
 
 
 def _restore(run_dir: Path, accelerator, model, optimizers, callbacks, result: FitResult):
@@ -370,7 +417,7 @@ def _restore(run_dir: Path, accelerator, model, optimizers, callbacks, result: F
         result.best_val_acc = float("nan")
     lines = [json.dumps(r) for r in result.history]
     if distributed.is_main():
-        atomic_write_bytes(run_dir / METRICS, "".join(line + "\n" for line in lines).encode())
+        atomic_write_bytes(artifact(run_dir, "metrics"), "".join(line + "\n" for line in lines).encode())
     epoch = meta["epoch"]
     if meta.get("stopped"):
         epoch = 10**9  # the run had already stopped early: nothing left to train

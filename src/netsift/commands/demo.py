@@ -13,7 +13,9 @@ def compact_bytes(run_dir: Path) -> int | None:
     """Write the run's compact export (``model.nsc``) and return its size in bytes."""
     from ..masks.compact import write_compact
 
-    path = run_dir / "model.nsc"
+    from ..rundir import artifact
+
+    path = artifact(run_dir, "compact")
     write_compact(run_dir, path)
     return path.stat().st_size
 

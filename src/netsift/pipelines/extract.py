@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import distributed
+from .. import distributed, rundir
 from ..checkpoint import save_checkpoint
 from ..checks import checked
 from ..config import RUN_FIELDS, RunOptions, TrainConfig
@@ -109,7 +109,7 @@ class ExtractSpec:
             meta = {"manifest": manifest, "init": {"scheme": self.mask.init, "seed": seed},
                     "weights_sha256": weights_hash, "method": self.mask.method, "data": bundle.name,
                     "test_acc": measured["test_acc"]}
-            save_checkpoint(run_dir / "subnet", subnet_tensors(masked, extracted, reference), meta)
+            save_checkpoint(rundir.artifact(run_dir, "subnet"), subnet_tensors(masked, extracted, reference), meta)
             return {"subnet": "subnet.safetensors"}
 
         return Outcome(extracted, fields, manifest, subnet if keeps_subnet else None)

@@ -116,7 +116,7 @@ class PruneSpec:
         def onnx(run_dir: Path) -> dict:
             from ..onnx_export import export_onnx
 
-            export_onnx(pruned, bundle.input_shape, run_dir / "model.onnx")
+            export_onnx(pruned, bundle.input_shape, rundir.artifact(run_dir, "onnx"))
             return {}
 
         return Outcome(pruned, fields, artifacts=onnx if cfg.onnx else None)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import distributed
+from ..rundir import artifact
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import NetsiftError
 from ..schema import SELECTION_STATE
@@ -48,7 +49,7 @@ class SelectionState:
             tensors.update({f"model.{k}": v for k, v in net.state_dict().items()})
         meta = {"method": self.method, "groups": groups, "stream": self.stream.state(), "model_state": self.keep_model,
                 "widths": ctx.widths}
-        save_checkpoint(self.run_dir / self.STEM, tensors, meta)
+        save_checkpoint(artifact(self.run_dir, "selection"), tensors, meta)
 
     def load(self, plan, net: nn.Module) -> dict:
         """The groups a resumed run finished (by index); the network gets their weights back when they changed."""
