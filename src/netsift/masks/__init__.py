@@ -152,7 +152,7 @@ def fit_masks(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig | Non
     from .stats import MaskStats
 
     spec = METHODS[cfg.method]
-    callbacks = (spec.callbacks(model, cfg) if spec.callbacks else []) + list(callbacks or [])
+    callbacks = (spec.callbacks(model, cfg, train_cfg) if spec.callbacks else []) + list(callbacks or [])
     if not any(isinstance(cb, MaskStats) for cb in callbacks):
         callbacks.append(MaskStats(model))  # mask_density, undecided, mask_changed per epoch in metrics.jsonl
     if not any(g.params for g in groups):

@@ -38,6 +38,12 @@ def positive(flag: str, value: float) -> None:
         raise NetsiftError(f"{flag} must be positive, got {value}")
 
 
+def finite_logit(flag: str, value: float) -> None:
+    """Check of an :class:`~netsift.config.Option`: a logit in [-20, 20] (σ within 2e-9 of 0 or 1)."""
+    if not -20.0 <= value <= 20.0:
+        raise NetsiftError(f"{flag} must be in [-20, 20], got {value}")
+
+
 @dataclass(frozen=True)
 class MaskMethod:
     """A weight-mask method.
@@ -48,7 +54,8 @@ class MaskMethod:
         module: the implementation, ``netsift.masks.<module>``. It defines ``make(settings, seed) -> factory``
             (``settings`` is the resolved :class:`~netsift.masks.MaskConfig`, ``settings.options`` this method's
             own options; the factory builds one :class:`~.base.MaskParametrization` per layer) and may define
-            ``callbacks(model, settings) -> list`` of training-loop callbacks (a density projection, say).
+            ``callbacks(model, settings, train_cfg) -> list`` of training-loop callbacks (a density
+            projection, say; ``train_cfg`` is the loop's resolved :class:`~netsift.config.TrainConfig`).
         defaults: the method's defaults for the shared settings left unset: ``rescale``, ``density`` and the
             mask optimizer's ``lr``, ``weight_decay`` and ``schedule``.
         options: settings only this method has, by name (each becomes a CLI flag).
@@ -75,7 +82,7 @@ class MaskMethod:
 
     @property
     def callbacks(self) -> Callable | None:
-        """``callbacks(model, settings) -> list`` of the implementation, or ``None``."""
+        """``callbacks(model, settings, train_cfg) -> list`` of the implementation, or ``None``."""
         return getattr(self.implementation, "callbacks", None)
 
 
@@ -90,7 +97,12 @@ METHODS: dict[str, MaskMethod] = {m.name: m for m in (
         # sweep (benchmarks/masks_lr_sweep.py, lenet300, 20 epochs, 2 seeds) picks lr 1000 by validation
         # accuracy with the published constant schedule (a cosine decay freezes masks still undecided).
         defaults={"rescale": "smart", "lr": 1000.0, "weight_decay": 0.0, "schedule": "constant"},
-        options={"tau": Option(1.0, "Gumbel-Softmax temperature", check=positive),
+        options={"tau": Option(1.0, "Gumbel-Softmax temperature (of the first epoch with --tau-end)", check=positive),
+                 "tau_end": Option(None, "temperature of the last epoch, annealed geometrically from --tau "
+                                         "(Jang et al. 2017 anneal; default: constant --tau, as published)",
+                                   check=positive),
+                 "logit_init": Option(0.0, "initial mask logit m̂ of every weight, i.e. initial keep probability "
+                                           "sigmoid(m̂) (published 0; Zhou et al.'s sigmoid bias)", check=finite_logit),
                  "parametrization": Option("aslp", "logits fed to the Gumbel-Softmax", str, PARAMETRIZATIONS)},
     ),
     MaskMethod(

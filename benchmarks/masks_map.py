@@ -1,0 +1,615 @@
+"""Where Gumbel masks win: gumbel + Smart Rescale (``--density F``) against edge-popup at the same density.
+
+The map: densities {0.5, 0.2, 0.1, 0.05, 0.02} x LeNet-300-100 widths {x1, x2, x4} on the full Fashion-MNIST
+training split (54,000 images, 6,000 held out for validation), plus a Conv-2 column (densities {0.5, 0.1, 0.05})
+at the widest width the CPU budget allows; 3 seeds; test accuracy at the best validation epoch. Every cell runs
+through the public pipeline, ``netsift.extract(..., out=run_folder, resume=True)``, so a number here is what
+``netsift extract --method M --density F --width W --seed S ...`` gives with the same settings (the recipe's
+flags are in each cell's JSON line, ``extract_kwargs``).
+
+    export PYTHONPATH=src OMP_NUM_THREADS=1
+    python benchmarks/masks_map.py --quick                 # smoke test on digits (a minute; writes under tmp/)
+    nohup nice -n 10 python benchmarks/masks_map.py > runs/masks_map/worker0.log 2>&1 &      # the grid
+    python benchmarks/masks_map.py --list                  # cells, done or not, in run order
+    python benchmarks/masks_map.py --report                # table, heat map and curves from what has finished
+    python benchmarks/masks_map.py --sweep edge-popup-lr   # a recipe sweep (validation accuracy only)
+
+``--shard I/N`` runs only the cells i with i % N == I; each cell is locked while it runs (``seed<s>.lock`` beside
+its run folder), so two workers never run the same cell. Resumable at two levels: a finished cell is one JSON
+line of ``<out>.jsonl`` (a rerun skips it); a cell cut short resumes from its last epoch checkpoint in its run
+folder (``netsift.extract(resume=True)``: bit for bit on the same machine and thread count).
+
+Cells run seed-major, low densities first, both methods of a (density, width) back to back: a partial run
+already holds comparable pairs, and the first seed covers the whole map before the second starts.
+
+Convergence (per cell, from its per-epoch ``metrics.jsonl`` as written by ``netsift.masks.stats.MaskStats``):
+the validation curve is *flat* from the first epoch whose best-so-far validation accuracy is within
+``FLAT_TOL`` of the run's best, provided the run then went on for at least ``max(5, 20%)`` of its epochs
+without beating it by more; gumbel's masks are *decided* from the first epoch after which fewer than 5% of
+σ(m̂) stay in (0.1, 0.9). The converged budget is the later of the two (edge-popup: the flat epoch); a cell
+where either never happens is reported as not converged at its cap. ``--budget-check`` cells rerun a few
+seed-0 cells at twice the budget: what doubling the budget adds is the direct evidence for the cap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from masks_long import append_row, read_rows  # noqa: E402  (one JSON line per cell, locked appends)
+
+import netsift  # noqa: E402
+from netsift.config import DataConfig  # noqa: E402
+from netsift.errors import NetsiftError  # noqa: E402
+
+METHODS = ("gumbel", "edge-popup")
+LENET_WIDTHS = (1.0, 2.0, 4.0)
+LENET_DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.5)
+CONV_WIDTH = 0.25
+CONV_DENSITIES = (0.05, 0.1, 0.5)
+SEEDS = (0, 1, 2)
+EPOCHS = {"lenet300": 30, "conv2": 30}
+"""Budget (epochs) of every cell; see the module docstring and docs/masks.md for the evidence behind it."""
+BATCH = 128
+FLAT_TOL = 0.003
+"""Validation accuracy within 0.3 point (18 of 6,000 images) of the best counts as flat."""
+UNDECIDED_MAX = 0.05
+
+# ------------------------------------------------------------------------------------------------ recipes
+# A recipe is what a cell passes to netsift.extract beyond (model, data, method, density, width, seed, epochs).
+# Chosen on validation accuracy only (benchmarks/results/masks_map_sweep.*); each cell's JSON line names its
+# recipe and holds the exact keyword arguments it ran with.
+
+RECIPES: dict[str, dict] = {
+    # r1: gumbel at netsift's defaults (lr 1000 constant, tau 1, logit init 0, Smart Rescale); edge-popup's
+    # published recipe (lr 0.1 cosine, weight decay 1e-4, no rescale) with the lr and rescale chosen per density
+    # by the edge-popup-lr sweep.
+    "r1": {
+        "gumbel": {"default": {"lr": 1000.0}},
+        "edge-popup": {"default": {"lr": 0.1, "rescale": "none"}},
+    },
+}
+RECIPE = "r1"
+
+
+def recipe_kwargs(recipe: str, method: str, density: float) -> dict:
+    """The extract keyword arguments of ``recipe`` for ``method`` at ``density`` (per-density entries win)."""
+    spec = RECIPES[recipe][method]
+    return {**spec["default"], **spec.get(density, {})}
+
+
+# -------------------------------------------------------------------------------------------------- cells
+
+
+def cells(args) -> list[dict]:
+    """Every cell of the map in run order (seed-major, low densities first, lenet before conv2)."""
+    out = []
+    for seed in args.seeds:
+        for d in LENET_DENSITIES:
+            if d not in args.densities:
+                continue
+            for w in args.widths:
+                for m in METHODS:
+                    out.append({"arch": "lenet300", "width": w, "density": d, "method": m, "seed": seed,
+                                "epochs": args.epochs["lenet300"]})
+        if "conv2" in args.archs:
+            for d in CONV_DENSITIES:
+                if d not in args.densities:
+                    continue
+                for m in METHODS:
+                    out.append({"arch": "conv2", "width": args.conv_width, "density": d, "method": m, "seed": seed,
+                                "epochs": args.epochs["conv2"]})
+    if args.budget_check:
+        out = [{**c, "epochs": 2 * c["epochs"]} for c in out
+               if c["seed"] == 0 and c["arch"] == "lenet300" and c["width"] == 1.0 and c["density"] in (0.05, 0.5)]
+    return [{**c, "recipe": args.recipe} for c in out if "lenet300" in args.archs or c["arch"] != "lenet300"]
+
+
+def _kwargs_tag(c: dict) -> str:
+    """``lr0.3-rescalesmart``: a sweep cell's own settings, as they appear in its key and folder name."""
+    return "-".join(f"{k.replace('_', '')}{v:g}" if isinstance(v, float) else f"{k.replace('_', '')}{v}"
+                    for k, v in sorted((c.get("kwargs") or {}).items()))
+
+
+def key(c: dict) -> str:
+    tag = _kwargs_tag(c)
+    return (f"{c['recipe']}|{c['arch']}|w{c['width']:g}|{c['method']}|d{c['density']:g}|e{c['epochs']}"
+            + (f"|{tag}" if tag else "") + f"|s{c['seed']}")
+
+
+def run_dir(c: dict, args) -> Path:
+    tag = _kwargs_tag(c)
+    return (Path(args.runs) / c["recipe"] / f"{c['arch']}-w{c['width']:g}-e{c['epochs']}"
+            / (f"{c['method']}-d{c['density']:g}" + (f"-{tag}" if tag else "")) / f"seed{c['seed']}")
+
+
+def data_for(args):
+    """What the cells pass as ``data``: the name (the full split, as the CLI) or a DataConfig with a subset."""
+    if args.train_subset is None and args.data_dir is None:
+        return args.data
+    return DataConfig(args.data, data_dir=args.data_dir, train_subset=args.train_subset)
+
+
+def extract_kwargs(c: dict, args, extra: dict | None = None) -> dict:
+    """Everything but ``out``/``resume`` that the cell passes to ``netsift.extract``."""
+    kw = {"method": c["method"], "density": c["density"], "width": c["width"], "seed": c["seed"],
+          "epochs": c["epochs"], "batch_size": BATCH, "patience": 0}
+    kw.update(recipe_kwargs(c["recipe"], c["method"], c["density"]) if c.get("recipe") in RECIPES else {})
+    kw.update(extra or c.get("kwargs") or {})
+    return kw
+
+
+def series_of(path: Path) -> dict:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keys = ("val_acc", "train_loss", "train_acc", "mask_density", "undecided", "mask_changed", "epoch_s", "tau",
+            "lr")
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def run_cell(c: dict, args, extra: dict | None = None) -> dict:
+    """Run (or resume) one cell through ``netsift.extract`` and return its JSON line."""
+    t0 = time.perf_counter()
+    folder = run_dir(c, args)
+    kw = extract_kwargs(c, args, extra)
+    resume = (folder / "config.json").is_file()
+    if not resume and folder.exists():
+        shutil.rmtree(folder)  # killed before its config was written: nothing to keep
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        r = netsift.extract(c["arch"], data_for(args), out=folder, resume=resume, progress=True, **kw)
+    except NetsiftError as e:
+        if not resume or "corrupt" not in str(e):
+            raise
+        print(f"  cannot resume {folder} ({e}); restarting the cell", flush=True)
+        shutil.rmtree(folder)
+        r = netsift.extract(c["arch"], data_for(args), out=folder, resume=False, progress=True, **kw)
+    result = json.loads((folder / "result.json").read_text())
+    row = {**c, "extract_kwargs": kw, "data": args.data, "train_subset": args.train_subset,
+           "test_acc": r.test_acc, "val_acc": r.val_acc, "density_out": r.density,
+           "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
+           "mask_lr": result["mask_lr"], "rescale": result["rescale"],
+           "layer_density": [x["density"] for x in result["layers"]],
+           "scales": [x.get("scale") for x in result["layers"]],
+           "cell_wall_s": round(time.perf_counter() - t0, 1), "resumed": resume,
+           "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "torch": torch.__version__, "run_dir": str(folder), "series": series_of(folder / "metrics.jsonl")}
+    for stem in ("checkpoint", "best", "model"):  # keep result/config/metrics and the mask bits (subnet.*)
+        for suffix in (".json", ".safetensors"):
+            (folder / f"{stem}{suffix}").unlink(missing_ok=True)
+    return row
+
+
+def cell_lock(c: dict, args) -> int | None:
+    """An exclusive lock on the cell, or ``None`` when another worker holds it."""
+    import fcntl
+
+    path = run_dir(c, args).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def run_cells(todo: list[dict], log: Path, args, extra_of=None) -> None:
+    """Run every cell of ``todo`` not yet in ``log`` (one JSON line each), skipping cells another worker holds."""
+    shard, nshards = (int(x) for x in args.shard.split("/"))
+    mine = [c for i, c in enumerate(todo) if i % nshards == shard]
+    print(f"{len(todo)} cells, shard {shard}/{nshards}: {len(mine)}; threads {torch.get_num_threads()}", flush=True)
+    for i, c in enumerate(mine):
+        if key(c) in {key(r) for r in read_rows(log)}:
+            continue
+        lock = cell_lock(c, args)
+        if lock is None:
+            print(f"[{i + 1}/{len(mine)}] {key(c)} is running in another worker: skipped", flush=True)
+            continue
+        try:
+            print(f"[{i + 1}/{len(mine)}] {key(c)} start {time.strftime('%H:%M:%S')}", flush=True)
+            row = run_cell(c, args, extra_of(c) if extra_of else None)
+            append_row(log, row)
+        finally:
+            os.close(lock)
+        und = row["series"]["undecided"][-1]
+        print(f"[{i + 1}/{len(mine)}] {key(c)} test {row['test_acc']:.4f} val {row['val_acc']:.4f} best epoch "
+              f"{row['best_epoch']}/{row['epochs_run']}" + (f" undecided {und:.3f}" if und is not None else "")
+              + f" {row['cell_wall_s']:.0f}s", flush=True)
+
+
+# ------------------------------------------------------------------------------------------- convergence
+
+
+def flat_epoch(val: list[float], tol: float = FLAT_TOL) -> int | None:
+    """1-based first epoch whose best-so-far validation is within ``tol`` of the run's best, if the run then
+    went on for at least max(5, 20%) of its epochs (else ``None``: still rising at the cap)."""
+    if not val:
+        return None
+    best, run_max = max(val), -1.0
+    for i, v in enumerate(val):
+        run_max = max(run_max, v)
+        if run_max >= best - tol:
+            return i + 1 if len(val) - (i + 1) >= max(5, math.ceil(0.2 * len(val))) else None
+    return None
+
+
+def decided_epoch(undecided: list, limit: float = UNDECIDED_MAX) -> int | None:
+    """1-based first epoch from which the undecided share stays below ``limit`` (``None`` if it never does)."""
+    if not undecided or any(u is None for u in undecided):
+        return None
+    e = None
+    for i in range(len(undecided) - 1, -1, -1):
+        if undecided[i] < limit:
+            e = i + 1
+        else:
+            break
+    return e
+
+
+def convergence(row: dict) -> dict:
+    """Flat epoch, decided epoch (gumbel) and the converged budget of one cell (``None``: not converged)."""
+    s = row["series"]
+    flat = flat_epoch(s["val_acc"])
+    decided = decided_epoch(s["undecided"]) if row["method"] == "gumbel" else None
+    if row["method"] == "gumbel":
+        budget = max(flat, decided) if flat is not None and decided is not None else None
+    else:
+        budget = flat
+    und = s["undecided"][-1] if s.get("undecided") else None
+    return {"flat_epoch": flat, "decided_epoch": decided, "converged_epoch": budget,
+            "undecided_final": und, "converged": budget is not None}
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+# Recipe sweeps: lenet300 x1, seed 0, on a training subset (the validation split is still 10% of the full one,
+# the test split is not looked at to choose anything). Each entry: (method, density, extract keyword arguments).
+
+SWEEP_SUBSET = 18000
+SWEEP_EPOCHS = 20
+
+
+def _ep_lr_sweep() -> list[tuple[str, float, dict]]:
+    return [("edge-popup", d, {"lr": lr, "rescale": rs}) for d in LENET_DENSITIES for rs in ("none", "smart")
+            for lr in (0.1, 0.3, 1.0)]
+
+
+def _gumbel_sweep() -> list[tuple[str, float, dict]]:
+    out = [("gumbel", d, {"lr": lr}) for d in (0.02, 0.1, 0.5) for lr in (300.0, 1000.0, 3000.0)]
+    out += [("gumbel", d, {"lr": 1000.0, "tau_end": t}) for d in (0.02, 0.1, 0.5) for t in (0.3, 3.0)]
+    return out
+
+
+SWEEPS = {
+    "edge-popup-lr": {"cells": _ep_lr_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS},
+    "gumbel": {"cells": _gumbel_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS},
+}
+
+
+def sweep_cells(name: str, args) -> list[dict]:
+    spec = SWEEPS[name]
+    return [{"arch": "lenet300", "width": 1.0, "density": d, "method": m, "seed": 0, "epochs": spec["epochs"],
+             "recipe": f"sweep-{name}", "kwargs": kw} for m, d, kw in spec["cells"]()]
+
+
+def sweep_report(rows: list[dict]) -> str:
+    """Per sweep, method and density: every setting's best validation accuracy; the chosen one in bold."""
+    lines = ["| sweep | method | density | setting | val acc % (best epoch) | test acc % | undecided at end |",
+             "|---|---|---|---|---|---|---|"]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["recipe"], r["method"], r["density"]), []).append(r)
+    for (rec, m, d), rs in sorted(groups.items()):
+        best = max(rs, key=lambda r: r["val_acc"])
+        for r in sorted(rs, key=lambda r: json.dumps(r["kwargs"], sort_keys=True)):
+            und = r["series"]["undecided"][-1]
+            setting = ", ".join(f"{k} {v}" for k, v in sorted(r["kwargs"].items()))
+            mark = "**" if r is best else ""
+            lines.append(f"| {rec[6:]} | {m} | {d:g} | {mark}{setting}{mark} | {100 * r['val_acc']:.2f} "
+                         f"({r['best_epoch']}) | {100 * r['test_acc']:.2f} | "
+                         f"{'–' if und is None else f'{100 * und:.1f}%'} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _ms(xs: list[float]) -> tuple[float | None, float | None]:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def grid_rows(rows: list[dict], recipe: str, epochs: dict = EPOCHS) -> list[dict]:
+    """The map's rows of ``recipe`` at the map's budget (budget-check and sweep rows left out)."""
+    return [r for r in rows if r["recipe"] == recipe and r["epochs"] == epochs[r["arch"]] and not r.get("kwargs")]
+
+
+def verdict(g: dict, e: dict) -> str:
+    """Does gumbel beat edge-popup here? ``yes``/``no`` only where |difference| > 2 x the larger std."""
+    if g["n"] < 2 or e["n"] < 2:
+        return f"n/a ({min(g['n'], e['n'])} seed)"
+    diff, sd = g["test_mean"] - e["test_mean"], max(g["test_std"], e["test_std"])
+    if diff > 2 * sd:
+        return "yes"
+    if diff < -2 * sd:
+        return "no"
+    return "not significant"
+
+
+def summarize(rows: list[dict], recipe: str, epochs: dict = EPOCHS) -> list[dict]:
+    """One entry per (arch, width, density): both methods' mean ± std, convergence and the verdict."""
+    groups: dict = {}
+    for r in grid_rows(rows, recipe, epochs):
+        groups.setdefault((r["arch"], r["width"], r["density"]), {}).setdefault(r["method"], []).append(r)
+    out = []
+    for (arch, width, density), by_method in groups.items():
+        entry = {"arch": arch, "width": width, "density": density}
+        for m in METHODS:
+            rs = sorted(by_method.get(m, []), key=lambda r: r["seed"])
+            conv = [convergence(r) for r in rs]
+            mean, sd = _ms([r["test_acc"] for r in rs])
+            budgets = [c["converged_epoch"] for c in conv]
+            entry[m] = {"n": len(rs), "seeds": [r["seed"] for r in rs], "test_mean": mean, "test_std": sd or 0.0,
+                        "test": [r["test_acc"] for r in rs], "val_mean": _ms([r["val_acc"] for r in rs])[0],
+                        "converged_epoch": max(budgets) if budgets and None not in budgets else None,
+                        "converged_n": sum(b is not None for b in budgets),
+                        "flat_epoch": [c["flat_epoch"] for c in conv], "decided_epoch": [c["decided_epoch"] for c in conv],
+                        "undecided_final": _ms([c["undecided_final"] for c in conv])[0],
+                        "best_epoch": [r["best_epoch"] for r in rs], "epochs": rs[0]["epochs"] if rs else None,
+                        "extract_kwargs": rs[0]["extract_kwargs"] if rs else None}
+        g, e = entry["gumbel"], entry["edge-popup"]
+        if g["n"] and e["n"]:
+            paired = {r: a - b for r, a in zip(g["seeds"], g["test"]) for r2, b in zip(e["seeds"], e["test"])
+                      if r == r2}
+            entry["diff_mean"] = g["test_mean"] - e["test_mean"]
+            entry["diff_paired_std"] = statistics.stdev(paired.values()) if len(paired) > 1 else None
+            entry["verdict"] = verdict(g, e)
+        out.append(entry)
+    order = {"lenet300": 0, "conv2": 1}
+    return sorted(out, key=lambda x: (order[x["arch"]], x["width"], -x["density"]))
+
+
+def _cell(s: dict) -> str:
+    if not s["n"]:
+        return "–"
+    sd = f" ± {100 * s['test_std']:.2f}" if s["n"] > 1 else ""
+    return f"{100 * s['test_mean']:.2f}{sd} ({s['n']})"
+
+
+def _budget(s: dict) -> str:
+    if not s["n"]:
+        return "–"
+    if s["converged_epoch"] is None:
+        return f"not converged ({s['n'] - s['converged_n']}/{s['n']} seeds) at {s['epochs']}"
+    return f"{s['converged_epoch']} / {s['epochs']}"
+
+
+def markdown(summary: list[dict]) -> str:
+    lines = ["| model | width | density | gumbel test % (seeds) | edge-popup test % (seeds) | gumbel − edge-popup "
+             "(points) | gumbel converged epoch / cap | gumbel undecided at end | edge-popup flat epoch / cap | "
+             "gumbel beats edge-popup? |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for x in summary:
+        g, e = x["gumbel"], x["edge-popup"]
+        diff = "–" if "diff_mean" not in x else f"{100 * x['diff_mean']:+.2f}" + (
+            f" ± {100 * x['diff_paired_std']:.2f}" if x.get("diff_paired_std") is not None else "")
+        und = "–" if g["undecided_final"] is None else f"{100 * g['undecided_final']:.1f}%"
+        lines.append(f"| {x['arch']} | ×{x['width']:g} | {x['density']:g} | {_cell(g)} | {_cell(e)} | {diff} | "
+                     f"{_budget(g)} | {und} | {_budget(e)} | {x.get('verdict', '–')} |")
+    return "\n".join(lines) + "\n"
+
+
+def moonshot(summary: list[dict]) -> dict:
+    """Cells with density ≤ 0.1 where gumbel significantly beats edge-popup, against the whole grid's count."""
+    low = [x for x in summary if x["density"] <= 0.1]
+    expected = len(LENET_WIDTHS) * sum(d <= 0.1 for d in LENET_DENSITIES) + sum(d <= 0.1 for d in CONV_DENSITIES)
+    wins = sum(x.get("verdict") == "yes" for x in low)
+    three = sum(x["gumbel"]["n"] >= 3 and x["edge-popup"]["n"] >= 3 for x in low)
+    return {"low_density_cells_in_grid": expected, "with_both_methods": sum("verdict" in x for x in low),
+            "with_3_seeds": three, "gumbel_wins": wins, "met": wins >= math.ceil(expected / 2)}
+
+
+def _columns(summary: list[dict]) -> list[tuple[str, float]]:
+    return sorted({(x["arch"], x["width"]) for x in summary}, key=lambda c: (c[0] != "lenet300", c[1]))
+
+
+def plot_heatmap(summary: list[dict], path: Path) -> None:
+    """Density × width, colour = gumbel − edge-popup (points), annotated with the mean, the paired seeds' std
+    and the number of seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cols = _columns(summary)
+    dens = sorted({x["density"] for x in summary}, reverse=True)
+    grid = np.full((len(dens), len(cols)), np.nan)
+    text = [["" for _ in cols] for _ in dens]
+    for x in summary:
+        if "diff_mean" not in x:
+            continue
+        i, j = dens.index(x["density"]), cols.index((x["arch"], x["width"]))
+        grid[i, j] = 100 * x["diff_mean"]
+        sd = x.get("diff_paired_std")
+        n = min(x["gumbel"]["n"], x["edge-popup"]["n"])
+        text[i][j] = (f"{grid[i, j]:+.2f}" + (f"\n± {100 * sd:.2f}" if sd is not None else "") + f"\nn={n}"
+                      + {"yes": "\ngumbel wins", "no": "\nedge-popup wins"}.get(x.get("verdict"), ""))
+    lim = max(1.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 1.0
+    fig, ax = plt.subplots(figsize=(2.3 * len(cols) + 2, 1.15 * len(dens) + 1.6))
+    im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    for i in range(len(dens)):
+        for j in range(len(cols)):
+            ax.text(j, i, text[i][j] or "not run", ha="center", va="center", fontsize=8,
+                    color="black" if not text[i][j] or abs(grid[i, j]) < 0.6 * lim else "white")
+    ax.set_xticks(range(len(cols)), [f"{a} ×{w:g}" for a, w in cols])
+    ax.set_yticks(range(len(dens)), [f"{d:g}" for d in dens])
+    ax.set_ylabel("density (kept fraction)")
+    fig.colorbar(im, ax=ax, label="gumbel − edge-popup, test accuracy points")
+    ax.set_title("Fashion-MNIST, frozen random weights: gumbel + Smart Rescale (--density) − edge-popup\n"
+                 "mean over seeds ± std of the paired (same seed) differences", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(summary: list[dict], path: Path) -> None:
+    """Test accuracy against density, one panel per network and width, both methods (mean ± std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = _columns(summary)
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.8), squeeze=False)
+    for ax, (arch, width) in zip(axes[0], cols):
+        xs = sorted((x for x in summary if x["arch"] == arch and x["width"] == width), key=lambda x: x["density"])
+        for m, color in zip(METHODS, ("tab:blue", "tab:orange")):
+            pts = [(x["density"], x[m]) for x in xs if x[m]["n"]]
+            if not pts:
+                continue
+            ax.errorbar([d for d, _ in pts], [100 * s["test_mean"] for _, s in pts],
+                        yerr=[100 * s["test_std"] for _, s in pts], marker="o", capsize=3, color=color,
+                        label=f"{m} (seeds: {'/'.join(str(s['n']) for _, s in pts)})")
+        ax.set_xscale("log")
+        ax.set_xticks([0.02, 0.05, 0.1, 0.2, 0.5], ["0.02", "0.05", "0.1", "0.2", "0.5"])
+        ax.set_xlabel("density")
+        ax.set_ylabel("test accuracy % (best validation epoch)")
+        ax.set_title(f"{arch} ×{width:g}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def budget_checks(rows: list[dict], recipe: str, epochs: dict = EPOCHS) -> list[dict]:
+    """Budget-check cells (twice the map's epochs) beside the same cell at the map's budget."""
+    base = {(r["arch"], r["width"], r["method"], r["density"], r["seed"]): r
+            for r in grid_rows(rows, recipe, epochs)}
+    out = []
+    for r in rows:
+        if r["recipe"] != recipe or r.get("kwargs") or r["epochs"] == epochs[r["arch"]]:
+            continue
+        b = base.get((r["arch"], r["width"], r["method"], r["density"], r["seed"]))
+        if b is not None:
+            out.append({"arch": r["arch"], "width": r["width"], "method": r["method"], "density": r["density"],
+                        "seed": r["seed"], "epochs": (b["epochs"], r["epochs"]),
+                        "val": (b["val_acc"], r["val_acc"]), "test": (b["test_acc"], r["test_acc"]),
+                        "best_epoch": (b["best_epoch"], r["best_epoch"])})
+    return out
+
+
+def report(rows: list[dict], out: Path, args) -> dict:
+    recipe = args.recipe
+    summary = summarize(rows, recipe, args.epochs)
+    shot = moonshot(summary)
+    checks = budget_checks(rows, recipe, args.epochs)
+    total = len(cells(argparse.Namespace(**{**vars(args), "budget_check": False})))
+    done = len(grid_rows(rows, recipe, args.epochs))
+    lines = [f"Recipe {recipe}; {done} of {total} map cells finished"
+             + (" (**partial**)" if done < total else "") + ".\n", markdown(summary)]
+    lines.append(f"\nMoonshot (gumbel significantly ahead on at least half of the {shot['low_density_cells_in_grid']}"
+                 f" cells with density ≤ 0.1): {shot['gumbel_wins']} wins among {shot['with_both_methods']} cells "
+                 f"measured ({shot['with_3_seeds']} with 3 seeds): "
+                 f"{'met' if shot['met'] else 'not met (so far)' if done < total else 'not met'}.\n")
+    if checks:
+        lines.append("\nBudget check (seed 0): the same cell at twice the budget.\n\n| cell | epochs | val % | test % "
+                     "| best epoch |\n|---|---|---|---|---|")
+        for c in checks:
+            lines.append(f"| {c['arch']} ×{c['width']:g} {c['method']} d {c['density']:g} | {c['epochs'][0]} → "
+                         f"{c['epochs'][1]} | {100 * c['val'][0]:.2f} → {100 * c['val'][1]:.2f} | "
+                         f"{100 * c['test'][0]:.2f} → {100 * c['test'][1]:.2f} | {c['best_epoch'][0]} → "
+                         f"{c['best_epoch'][1]} |")
+    text = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"recipe": recipe, "recipes": RECIPES, "epochs": args.epochs,
+                                                    "cells_done": done, "cells_total": total, "moonshot": shot,
+                                                    "summary": summary, "budget_checks": checks}, indent=1) + "\n")
+    if summary:
+        plot_heatmap(summary, out.parent / f"{out.name}_heatmap.png")
+        plot_curves(summary, out.parent / f"{out.name}_curves.png")
+    print(text)
+    return {"summary": summary, "moonshot": shot}
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke test: digits, 2 epochs, 1 seed, tmp outputs")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    p.add_argument("--archs", nargs="+", default=["lenet300", "conv2"], choices=["lenet300", "conv2"])
+    p.add_argument("--widths", type=float, nargs="+", default=list(LENET_WIDTHS), help="lenet300 widths")
+    p.add_argument("--densities", type=float, nargs="+", default=sorted(set(LENET_DENSITIES) | set(CONV_DENSITIES)))
+    p.add_argument("--conv-width", type=float, default=CONV_WIDTH)
+    p.add_argument("--recipe", default=RECIPE, choices=list(RECIPES))
+    p.add_argument("--budget-check", action="store_true", help="run the seed-0 budget-check cells (2x epochs)")
+    p.add_argument("--sweep", choices=list(SWEEPS), help="run a recipe sweep instead of the map")
+    p.add_argument("--shard", default="0/1", help="I/N: run only cells i with i %% N == I (a second worker)")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="benchmarks/results/masks_map")
+    p.add_argument("--runs", default="runs/masks_map", help="per-cell run folders")
+    p.add_argument("--report", action="store_true", help="only write the tables and plots")
+    p.add_argument("--list", action="store_true", help="only list the cells in run order and whether they are done")
+    args = p.parse_args(argv)
+    args.epochs = dict(EPOCHS)
+    args.train_subset = None
+    if args.quick:
+        args.data, args.seeds, args.epochs = "digits", args.seeds[:1], {"lenet300": 2, "conv2": 2}
+        args.widths, args.densities = args.widths[:2], [0.5, 0.05]
+        args.out, args.runs = "benchmarks/results/tmp/masks_map_quick", "runs/masks_map_quick"
+    shard, nshards = (int(x) for x in args.shard.split("/"))
+    if not 0 <= shard < nshards:
+        p.error(f"--shard {args.shard}: need 0 <= I < N")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        log = out.parent / f"{out.name}_sweep.jsonl"
+        spec = SWEEPS[args.sweep]
+        if not args.report:
+            args.train_subset = None if args.quick else spec["subset"]
+            todo = sweep_cells(args.sweep, args)
+            if args.quick:
+                todo = [{**c, "epochs": 2} for c in todo[:2]]
+            run_cells(todo, log, args)
+        text = sweep_report(read_rows(log))
+        (out.parent / f"{out.name}_sweep.md").write_text(text)
+        print(text)
+        return 0
+    log = out.with_suffix(".jsonl")
+    if args.report:
+        report(read_rows(log), out, args)
+        return 0
+    todo = cells(args)
+    if args.list:
+        done = {key(r) for r in read_rows(log)}
+        for i, c in enumerate(todo):
+            print(f"{i:3d} {'done' if key(c) in done else 'todo'} {key(c)}")
+        return 0
+    run_cells(todo, log, args)
+    report(read_rows(log), out, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
