@@ -67,52 +67,64 @@ UNDECIDED_MAX = 0.05
 
 # ------------------------------------------------------------------------------------------------ recipes
 # A recipe is what a cell passes to netsift.extract beyond (model, data, method, density, width, seed, epochs).
-# Chosen on validation accuracy only (benchmarks/results/masks_map_sweep.*); each cell's JSON line names its
-# recipe and holds the exact keyword arguments it ran with.
+# Recipes live in masks_map_recipes.json beside this script, read afresh before every cell, so a choice made
+# by a sweep while the grid runs reaches the cells not yet started. Every choice there is made on validation
+# accuracy only (benchmarks/results/masks_map_sweep.*); each cell's JSON line names its recipe and holds the
+# exact keyword arguments it ran with. A method with no entry for a density (neither the density nor
+# "default") is not decided yet: the worker defers those cells and comes back to them.
 
-RECIPES: dict[str, dict] = {
-    # r1: gumbel at netsift's defaults (lr 1000 constant, tau 1, logit init 0, Smart Rescale); edge-popup's
-    # published recipe (lr 0.1 cosine, weight decay 1e-4, no rescale) with the lr and rescale chosen per density
-    # by the edge-popup-lr sweep.
-    "r1": {
-        "gumbel": {"default": {"lr": 1000.0}},
-        "edge-popup": {"default": {"lr": 0.1, "rescale": "none"}},
-    },
-}
+RECIPES_FILE = Path(__file__).resolve().parent / "masks_map_recipes.json"
 RECIPE = "r1"
 
 
-def recipe_kwargs(recipe: str, method: str, density: float) -> dict:
-    """The extract keyword arguments of ``recipe`` for ``method`` at ``density`` (per-density entries win)."""
-    spec = RECIPES[recipe][method]
-    return {**spec["default"], **spec.get(density, {})}
+def load_recipes() -> dict:
+    for attempt in range(10):  # the file may be being rewritten (edit it by writing a copy and renaming it)
+        try:
+            return json.loads(RECIPES_FILE.read_text())["recipes"]
+        except (json.JSONDecodeError, FileNotFoundError):
+            if attempt == 9:
+                raise
+            time.sleep(3)
+    raise AssertionError("unreachable")
+
+
+def recipe_kwargs(recipe: str, method: str, density: float) -> dict | None:
+    """The extract keyword arguments of ``recipe`` for ``method`` at ``density`` (``None``: not decided yet)."""
+    spec = load_recipes()[recipe][method]
+    entry = spec.get(f"{density:g}", spec.get("default"))
+    if entry is None:
+        return None
+    return {k: v for k, v in entry.items() if not k.startswith("why")}
 
 
 # -------------------------------------------------------------------------------------------------- cells
 
 
+BLOCKS = (("lenet300", (1.0, 2.0)), ("lenet300", (4.0,)), ("conv2", None))
+"""Run order: the cheap widths first (all three seeds), then lenet300 x4, then Conv-2; within a block seed-major,
+low densities first, both methods of a cell back to back. An epoch costs ~5 CPU-s at x1, ~11 at x2, ~23 at x4
+and ~34 for Conv-2 x0.25, so the first block gives 3-seed verdicts on two widths after ~4 CPU-hours."""
+
+
 def cells(args) -> list[dict]:
-    """Every cell of the map in run order (seed-major, low densities first, lenet before conv2)."""
+    """Every cell of the map in run order (see :data:`BLOCKS`)."""
     out = []
-    for seed in args.seeds:
-        for d in LENET_DENSITIES:
-            if d not in args.densities:
-                continue
-            for w in args.widths:
-                for m in METHODS:
-                    out.append({"arch": "lenet300", "width": w, "density": d, "method": m, "seed": seed,
-                                "epochs": args.epochs["lenet300"]})
-        if "conv2" in args.archs:
-            for d in CONV_DENSITIES:
+    for arch, widths in BLOCKS:
+        if arch not in args.archs:
+            continue
+        widths = [w for w in (widths or (args.conv_width,)) if arch == "conv2" or w in args.widths]
+        for seed in args.seeds:
+            for d in (LENET_DENSITIES if arch == "lenet300" else CONV_DENSITIES):
                 if d not in args.densities:
                     continue
-                for m in METHODS:
-                    out.append({"arch": "conv2", "width": args.conv_width, "density": d, "method": m, "seed": seed,
-                                "epochs": args.epochs["conv2"]})
+                for w in widths:
+                    for m in METHODS:
+                        out.append({"arch": arch, "width": w, "density": d, "method": m, "seed": seed,
+                                    "epochs": args.epochs[arch]})
     if args.budget_check:
         out = [{**c, "epochs": 2 * c["epochs"]} for c in out
                if c["seed"] == 0 and c["arch"] == "lenet300" and c["width"] == 1.0 and c["density"] in (0.05, 0.5)]
-    return [{**c, "recipe": args.recipe} for c in out if "lenet300" in args.archs or c["arch"] != "lenet300"]
+    return [{**c, "recipe": args.recipe} for c in out]
 
 
 def _kwargs_tag(c: dict) -> str:
@@ -121,16 +133,20 @@ def _kwargs_tag(c: dict) -> str:
                     for k, v in sorted((c.get("kwargs") or {}).items()))
 
 
+def _d(density: float | None) -> str:
+    return "emergent" if density is None else f"{density:g}"
+
+
 def key(c: dict) -> str:
     tag = _kwargs_tag(c)
-    return (f"{c['recipe']}|{c['arch']}|w{c['width']:g}|{c['method']}|d{c['density']:g}|e{c['epochs']}"
+    return (f"{c['recipe']}|{c['arch']}|w{c['width']:g}|{c['method']}|d{_d(c['density'])}|e{c['epochs']}"
             + (f"|{tag}" if tag else "") + f"|s{c['seed']}")
 
 
 def run_dir(c: dict, args) -> Path:
     tag = _kwargs_tag(c)
     return (Path(args.runs) / c["recipe"] / f"{c['arch']}-w{c['width']:g}-e{c['epochs']}"
-            / (f"{c['method']}-d{c['density']:g}" + (f"-{tag}" if tag else "")) / f"seed{c['seed']}")
+            / (f"{c['method']}-d{_d(c['density'])}" + (f"-{tag}" if tag else "")) / f"seed{c['seed']}")
 
 
 def data_for(args):
@@ -144,7 +160,8 @@ def extract_kwargs(c: dict, args, extra: dict | None = None) -> dict:
     """Everything but ``out``/``resume`` that the cell passes to ``netsift.extract``."""
     kw = {"method": c["method"], "density": c["density"], "width": c["width"], "seed": c["seed"],
           "epochs": c["epochs"], "batch_size": BATCH, "patience": 0}
-    kw.update(recipe_kwargs(c["recipe"], c["method"], c["density"]) if c.get("recipe") in RECIPES else {})
+    if not c.get("kwargs"):
+        kw.update(recipe_kwargs(c["recipe"], c["method"], c["density"]) or {})
     kw.update(extra or c.get("kwargs") or {})
     return kw
 
@@ -204,28 +221,51 @@ def cell_lock(c: dict, args) -> int | None:
     return fd
 
 
+def _decided(c: dict) -> bool:
+    return bool(c.get("kwargs")) or recipe_kwargs(c["recipe"], c["method"], c["density"]) is not None
+
+
 def run_cells(todo: list[dict], log: Path, args, extra_of=None) -> None:
-    """Run every cell of ``todo`` not yet in ``log`` (one JSON line each), skipping cells another worker holds."""
+    """Run every cell of ``todo`` not yet in ``log`` (one JSON line each), skipping cells another worker holds;
+    cells whose recipe is not decided yet are deferred until it is (checked once a minute)."""
     shard, nshards = (int(x) for x in args.shard.split("/"))
-    mine = [c for i, c in enumerate(todo) if i % nshards == shard]
-    print(f"{len(todo)} cells, shard {shard}/{nshards}: {len(mine)}; threads {torch.get_num_threads()}", flush=True)
-    for i, c in enumerate(mine):
+    queue = [c for i, c in enumerate(todo) if i % nshards == shard]
+    n = len(queue)
+    print(f"{len(todo)} cells, shard {shard}/{nshards}: {n}; threads {torch.get_num_threads()}", flush=True)
+    deferred: list[dict] = []
+    while queue or deferred:
+        ready = [c for c in deferred if _decided(c)]  # decided meanwhile: they go first, in run order
+        if ready:
+            deferred = [c for c in deferred if c not in ready]
+            queue = ready + queue
+        if not queue:
+            time.sleep(60)
+            continue
+        c = queue.pop(0)
         if key(c) in {key(r) for r in read_rows(log)}:
             continue
-        lock = cell_lock(c, args)
-        if lock is None:
-            print(f"[{i + 1}/{len(mine)}] {key(c)} is running in another worker: skipped", flush=True)
+        if not _decided(c):
+            print(f"{key(c)}: no recipe for this density yet, deferred", flush=True)
+            deferred.append(c)
             continue
-        try:
-            print(f"[{i + 1}/{len(mine)}] {key(c)} start {time.strftime('%H:%M:%S')}", flush=True)
-            row = run_cell(c, args, extra_of(c) if extra_of else None)
-            append_row(log, row)
-        finally:
-            os.close(lock)
-        und = row["series"]["undecided"][-1]
-        print(f"[{i + 1}/{len(mine)}] {key(c)} test {row['test_acc']:.4f} val {row['val_acc']:.4f} best epoch "
-              f"{row['best_epoch']}/{row['epochs_run']}" + (f" undecided {und:.3f}" if und is not None else "")
-              + f" {row['cell_wall_s']:.0f}s", flush=True)
+        _run_locked(c, log, args, extra_of, f"[{len({key(r) for r in read_rows(log)})}/{n} done]")
+
+
+def _run_locked(c: dict, log: Path, args, extra_of, tag: str) -> None:
+    lock = cell_lock(c, args)
+    if lock is None:
+        print(f"{tag} {key(c)} is running in another worker: skipped", flush=True)
+        return
+    try:
+        print(f"{tag} {key(c)} start {time.strftime('%H:%M:%S')}", flush=True)
+        row = run_cell(c, args, extra_of(c) if extra_of else None)
+        append_row(log, row)
+    finally:
+        os.close(lock)
+    und = row["series"]["undecided"][-1]
+    print(f"{tag} {key(c)} test {row['test_acc']:.4f} val {row['val_acc']:.4f} best epoch "
+          f"{row['best_epoch']}/{row['epochs_run']}" + (f" undecided {und:.3f}" if und is not None else "")
+          + f" {row['cell_wall_s']:.0f}s", flush=True)
 
 
 # ------------------------------------------------------------------------------------------- convergence
@@ -280,8 +320,13 @@ SWEEP_EPOCHS = 20
 
 
 def _ep_lr_sweep() -> list[tuple[str, float, dict]]:
-    return [("edge-popup", d, {"lr": lr, "rescale": rs}) for d in LENET_DENSITIES for rs in ("none", "smart")
+    """edge-popup: lr {0.1 (published), 0.3, 1} x rescale {none (published), smart} at every density, and lr 3
+    with smart rescale (lr 1 was the best at the edge of the grid at low densities). The two lowest densities'
+    lr-3 runs come first: the map's first cells need them."""
+    first = [("edge-popup", d, {"lr": 3.0, "rescale": "smart"}) for d in (0.02, 0.05)]
+    grid = [("edge-popup", d, {"lr": lr, "rescale": rs}) for d in LENET_DENSITIES for rs in ("none", "smart")
             for lr in (0.1, 0.3, 1.0)]
+    return first + grid + [("edge-popup", d, {"lr": 3.0, "rescale": "smart"}) for d in (0.1, 0.2, 0.5)]
 
 
 def _gumbel_sweep() -> list[tuple[str, float, dict]]:
@@ -290,32 +335,38 @@ def _gumbel_sweep() -> list[tuple[str, float, dict]]:
     return out
 
 
+def _gumbel_budget_sweep() -> list[tuple[str, float | None, dict]]:
+    """The mask lr at 100 epochs on the full split, emergent density (lr 50 and 1000: masks_long.jsonl)."""
+    return [("gumbel", None, {"lr": 200.0})]
+
+
 SWEEPS = {
-    "edge-popup-lr": {"cells": _ep_lr_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS},
-    "gumbel": {"cells": _gumbel_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS},
+    "edge-popup-lr": {"cells": _ep_lr_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
+    "gumbel": {"cells": _gumbel_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
+    "gumbel-budget": {"cells": _gumbel_budget_sweep, "subset": None, "epochs": 100, "seeds": (0, 1)},
 }
 
 
 def sweep_cells(name: str, args) -> list[dict]:
     spec = SWEEPS[name]
-    return [{"arch": "lenet300", "width": 1.0, "density": d, "method": m, "seed": 0, "epochs": spec["epochs"],
-             "recipe": f"sweep-{name}", "kwargs": kw} for m, d, kw in spec["cells"]()]
+    return [{"arch": "lenet300", "width": 1.0, "density": d, "method": m, "seed": seed, "epochs": spec["epochs"],
+             "recipe": f"sweep-{name}", "kwargs": kw} for seed in spec["seeds"] for m, d, kw in spec["cells"]()]
 
 
 def sweep_report(rows: list[dict]) -> str:
     """Per sweep, method and density: every setting's best validation accuracy; the chosen one in bold."""
-    lines = ["| sweep | method | density | setting | val acc % (best epoch) | test acc % | undecided at end |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| sweep | method | density | seed | setting | val acc % (best epoch) | test acc % | undecided at end |",
+             "|---|---|---|---|---|---|---|---|"]
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["recipe"], r["method"], r["density"]), []).append(r)
-    for (rec, m, d), rs in sorted(groups.items()):
+        groups.setdefault((r["recipe"], r["method"], _d(r["density"]), r["seed"]), []).append(r)
+    for (rec, m, d, seed), rs in sorted(groups.items()):
         best = max(rs, key=lambda r: r["val_acc"])
         for r in sorted(rs, key=lambda r: json.dumps(r["kwargs"], sort_keys=True)):
             und = r["series"]["undecided"][-1]
             setting = ", ".join(f"{k} {v}" for k, v in sorted(r["kwargs"].items()))
             mark = "**" if r is best else ""
-            lines.append(f"| {rec[6:]} | {m} | {d:g} | {mark}{setting}{mark} | {100 * r['val_acc']:.2f} "
+            lines.append(f"| {rec[6:]} | {m} | {d} | {seed} | {mark}{setting}{mark} | {100 * r['val_acc']:.2f} "
                          f"({r['best_epoch']}) | {100 * r['test_acc']:.2f} | "
                          f"{'–' if und is None else f'{100 * und:.1f}%'} |")
     return "\n".join(lines) + "\n"
@@ -534,7 +585,7 @@ def report(rows: list[dict], out: Path, args) -> dict:
                          f"{c['best_epoch'][1]} |")
     text = "\n".join(lines) + "\n"
     out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"recipe": recipe, "recipes": RECIPES, "epochs": args.epochs,
+    out.with_suffix(".json").write_text(json.dumps({"recipe": recipe, "recipes": load_recipes(), "epochs": args.epochs,
                                                     "cells_done": done, "cells_total": total, "moonshot": shot,
                                                     "summary": summary, "budget_checks": checks}, indent=1) + "\n")
     if summary:
@@ -555,7 +606,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--widths", type=float, nargs="+", default=list(LENET_WIDTHS), help="lenet300 widths")
     p.add_argument("--densities", type=float, nargs="+", default=sorted(set(LENET_DENSITIES) | set(CONV_DENSITIES)))
     p.add_argument("--conv-width", type=float, default=CONV_WIDTH)
-    p.add_argument("--recipe", default=RECIPE, choices=list(RECIPES))
+    p.add_argument("--recipe", default=RECIPE, help="a recipe of masks_map_recipes.json")
     p.add_argument("--budget-check", action="store_true", help="run the seed-0 budget-check cells (2x epochs)")
     p.add_argument("--sweep", choices=list(SWEEPS), help="run a recipe sweep instead of the map")
     p.add_argument("--shard", default="0/1", help="I/N: run only cells i with i %% N == I (a second worker)")
@@ -572,6 +623,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.data, args.seeds, args.epochs = "digits", args.seeds[:1], {"lenet300": 2, "conv2": 2}
         args.widths, args.densities = args.widths[:2], [0.5, 0.05]
         args.out, args.runs = "benchmarks/results/tmp/masks_map_quick", "runs/masks_map_quick"
+        args.recipe = "defaults"
     shard, nshards = (int(x) for x in args.shard.split("/"))
     if not 0 <= shard < nshards:
         p.error(f"--shard {args.shard}: need 0 <= I < N")

@@ -88,12 +88,12 @@ def test_logit_init_sets_the_initial_keep_probability():
 def test_logit_init_moves_the_emergent_density(bundle):
     """Zhou et al.'s sigmoid bias: the emergent density follows the initial keep probability."""
     densities = {}
-    for init in (-1.5, 1.5):
+    for init in (-1.5, 0.0, 1.5):
         model = apply_masks(_net(), "gumbel", logit_init=init)
         fit_masks(model, bundle, TWO, seed=0)
         masks = [m for m, _ in masks_and_scales(model).values()]
         densities[init] = sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
-    assert densities[-1.5] < 0.35 < 0.65 < densities[1.5], densities
+    assert densities[-1.5] < 0.42 < densities[0.0] < 0.58 < densities[1.5], densities
 
 
 def test_tau_end_anneals_the_temperature_and_changes_the_masks(bundle):
@@ -121,3 +121,34 @@ def test_tau_end_through_the_pipeline(tmp_path):
     assert config["mask"]["options"]["tau_end"] == 0.5 and r.density > 0
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["tau"] for x in rows] == pytest.approx([1.0, 0.5])
+
+
+def test_default_mask_lr_follows_the_epoch_budget():
+    from netsift.masks import METHODS, train_config
+    from netsift.masks.methods import BudgetLR
+
+    rule = METHODS["gumbel"].defaults["lr"]
+    assert isinstance(rule, BudgetLR)
+    short, long = train_config("gumbel", TrainConfig(epochs=rule.epochs)), train_config("gumbel", TrainConfig(epochs=1000))
+    assert short.lr == rule.lr  # short budgets keep the lr tuned for them
+    assert long.lr == max(rule.floor, rule.lr * rule.epochs / 1000) < short.lr
+    assert train_config("gumbel", TrainConfig(epochs=4 * rule.epochs)).lr == pytest.approx(rule.lr / 4)
+    assert train_config("gumbel", TrainConfig(epochs=1000, lr=7.0)).lr == 7.0  # a given lr always wins
+    assert train_config("edge-popup", TrainConfig(epochs=1000)).lr == 0.1  # other methods: a fixed default
+    assert BudgetLR(100.0, 10, 5.0)(10_000) == 5.0  # the floor
+
+
+def test_budget_lr_reaches_result_json_and_help(tmp_path, run_cli):
+    import json
+
+    from netsift.masks import METHODS
+
+    rule = METHODS["gumbel"].defaults["lr"]
+    epochs = 2 * rule.epochs
+    code, _, err = run_cli("extract", "--data", "digits", "--width", "0.1", "--epochs", epochs, "--max-steps", "1",
+                           "--quiet", "--out", tmp_path / "run")
+    assert code == 0, err
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["mask_lr"] == pytest.approx(rule(epochs)) and result["mask_lr"] < rule.lr
+    code, out, _ = run_cli("extract", "--help")
+    assert f"up to {rule.epochs} epochs" in " ".join(out.split())

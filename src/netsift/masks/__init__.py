@@ -83,10 +83,14 @@ class MaskConfig:
 
 def train_config(method: str, cfg: TrainConfig | None = None, **options: Any) -> TrainConfig:
     """The loop settings of mask learning: ``cfg`` (or ``TrainConfig(**options)``) with the unset ``lr``,
-    ``weight_decay`` and ``schedule`` taken from ``method``'s defaults."""
+    ``weight_decay`` and ``schedule`` taken from ``method``'s defaults (a budget-dependent lr default, such as
+    gumbel's :class:`~.methods.BudgetLR`, is evaluated at ``cfg.epochs``)."""
     choose(method, METHODS, "method")
     cfg = cfg or TrainConfig(**options)
-    return cfg.resolved(**{k: v for k, v in METHODS[method].defaults.items() if k in ("lr", "weight_decay", "schedule")})
+    defaults = {k: v for k, v in METHODS[method].defaults.items() if k in ("lr", "weight_decay", "schedule")}
+    if callable(defaults.get("lr")):  # a budget-dependent default (see methods.BudgetLR)
+        defaults["lr"] = defaults["lr"](cfg.epochs)
+    return cfg.resolved(**defaults)
 
 
 def apply_masks(model: nn.Module, method: str | MaskConfig = "gumbel", seed: int = 0, **options: Any) -> nn.Module:

@@ -38,6 +38,22 @@ def positive(flag: str, value: float) -> None:
         raise NetsiftError(f"{flag} must be positive, got {value}")
 
 
+@dataclass(frozen=True)
+class BudgetLR:
+    """A default learning rate that depends on the epoch budget E: ``lr`` up to ``epochs`` epochs, then
+    ``lr · epochs / E`` (the same total step size, lr × E, spread over a longer run), never below ``floor``."""
+
+    lr: float
+    epochs: int
+    floor: float
+
+    def __call__(self, epochs: int) -> float:
+        return max(self.floor, self.lr * min(1.0, self.epochs / max(1, epochs)))
+
+    def __str__(self) -> str:
+        return f"{self.lr:g} up to {self.epochs} epochs, then {self.lr:g}*{self.epochs}/epochs (at least {self.floor:g})"
+
+
 def finite_logit(flag: str, value: float) -> None:
     """Check of an :class:`~netsift.config.Option`: a logit in [-20, 20] (σ within 2e-9 of 0 or 1)."""
     if not -20.0 <= value <= 20.0:
