@@ -336,8 +336,9 @@ def _gumbel_sweep() -> list[tuple[str, float, dict]]:
 
 
 def _gumbel_budget_sweep() -> list[tuple[str, float | None, dict]]:
-    """The mask lr at 100 epochs on the full split, emergent density (lr 50 and 1000: masks_long.jsonl)."""
-    return [("gumbel", None, {"lr": 200.0})]
+    """The mask lr at 100 epochs on the full split, emergent density: lr 300, the budget rule's value
+    (1000 · 30 / 100); lr 50 and 1000 at the same budget are in masks_long.jsonl."""
+    return [("gumbel", None, {"lr": 300.0})]
 
 
 SWEEPS = {
@@ -575,6 +576,17 @@ def report(rows: list[dict], out: Path, args) -> dict:
                  f" cells with density ≤ 0.1): {shot['gumbel_wins']} wins among {shot['with_both_methods']} cells "
                  f"measured ({shot['with_3_seeds']} with 3 seeds): "
                  f"{'met' if shot['met'] else 'not met (so far)' if done < total else 'not met'}.\n")
+    lines.append("\nRecipe of the measured cells (the `netsift.extract` keyword arguments beyond model, data, method, "
+                 "density, width, seed):\n\n| method | density | arguments |\n|---|---|---|")
+    used = {}
+    for x in summary:
+        for m in METHODS:
+            kw = x[m]["extract_kwargs"]
+            if kw:
+                used.setdefault((m, x["density"]), {k: v for k, v in kw.items()
+                                                     if k not in ("method", "density", "width", "seed")})
+    for (m, d), kw in sorted(used.items()):
+        lines.append(f"| {m} | {d:g} | {', '.join(f'{k}={v}' for k, v in sorted(kw.items()))} |")
     if checks:
         lines.append("\nBudget check (seed 0): the same cell at twice the budget.\n\n| cell | epochs | val % | test % "
                      "| best epoch |\n|---|---|---|---|---|")
