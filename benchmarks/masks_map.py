@@ -330,9 +330,22 @@ def _ep_lr_sweep() -> list[tuple[str, float, dict]]:
 
 
 def _gumbel_sweep() -> list[tuple[str, float, dict]]:
-    out = [("gumbel", d, {"lr": lr}) for d in (0.02, 0.1, 0.5) for lr in (300.0, 1000.0, 3000.0)]
-    out += [("gumbel", d, {"lr": 1000.0, "tau_end": t}) for d in (0.02, 0.1, 0.5) for t in (0.3, 3.0)]
+    """gumbel + Smart Rescale with --density: the scale's start (1/sqrt(d), --scale-init) and lr (--scale-lr)
+    first, then the mask lr {300, 1000 (default), 3000} and the temperature anneal (--tau-end 0.3 and 3)."""
+    ds = (0.02, 0.1, 0.5)
+    out = [("gumbel", d, {"lr": 1000.0}) for d in ds]
+    out += [("gumbel", d, {"lr": 1000.0, "scale_init": "inv-sqrt-density"}) for d in ds]
+    out += [("gumbel", d, {"lr": 1000.0, "scale_lr": 0.01}) for d in ds]
+    out += [("gumbel", d, {"lr": lr}) for d in ds for lr in (300.0, 3000.0)]
+    out += [("gumbel", d, {"lr": 1000.0, "tau_end": t}) for d in ds for t in (0.3, 3.0)]
     return out
+
+
+def _ep_scale_sweep() -> list[tuple[str, float, dict]]:
+    """edge-popup with smart rescale at its chosen lr 1: the same scale knobs as gumbel's."""
+    base = {"lr": 1.0, "rescale": "smart"}
+    return [("edge-popup", d, {**base, **kw}) for d in (0.02, 0.05, 0.1)
+            for kw in ({"scale_init": "inv-sqrt-density"}, {"scale_lr": 0.01})]
 
 
 def _gumbel_budget_sweep() -> list[tuple[str, float | None, dict]]:
@@ -344,6 +357,7 @@ def _gumbel_budget_sweep() -> list[tuple[str, float | None, dict]]:
 SWEEPS = {
     "edge-popup-lr": {"cells": _ep_lr_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
     "gumbel": {"cells": _gumbel_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
+    "edge-popup-scale": {"cells": _ep_scale_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
     "gumbel-budget": {"cells": _gumbel_budget_sweep, "subset": None, "epochs": 100, "seeds": (0, 1)},
 }
 

@@ -1,4 +1,5 @@
-"""gumbel's long-budget knobs: the temperature anneal (--tau-end) and the logit init (--logit-init).
+"""The mask recipes' knobs: gumbel's temperature anneal (--tau-end), logit init (--logit-init) and budget-dependent
+default mask lr, and the start of the learned layer scale (--scale-init, gumbel and edge-popup alike).
 
 Hermetic and fast: scikit-learn digits, a narrow lenet300, 1-2 epochs.
 """
@@ -152,3 +153,39 @@ def test_budget_lr_reaches_result_json_and_help(tmp_path, run_cli):
     assert result["mask_lr"] == pytest.approx(rule(epochs)) and result["mask_lr"] < rule.lr
     code, out, _ = run_cli("extract", "--help")
     assert f"up to {rule.epochs} epochs" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("method, options, start", [
+    ("gumbel", {"density": 0.04}, 0.04),
+    ("gumbel", {"logit_init": math.log(0.2 / 0.8)}, 0.2),  # emergent: the initial keep probability
+    ("edge-popup", {"density": 0.25, "rescale": "smart"}, 0.25),
+])
+def test_scale_init_starts_the_learned_scales_at_inv_sqrt_density(method, options, start):
+    model = apply_masks(_net(), method, scale_init="inv-sqrt-density", **options)
+    scales = [float(p.scale.detach()) for _, _, p in masked_layers(model)]
+    assert scales == pytest.approx([1 / math.sqrt(start)] * len(scales))
+    assert all(isinstance(p.scale, nn.Parameter) for _, _, p in masked_layers(model))  # still learned
+    plain = apply_masks(_net(), method, **options)
+    assert {float(p.scale.detach()) for _, _, p in masked_layers(plain)} == {1.0}  # the published start
+
+
+def test_scale_init_needs_a_learned_scale(run_cli, tmp_path):
+    with pytest.raises(NetsiftError, match="--scale-init inv-sqrt-density needs a learned scale"):
+        apply_masks(_net(), "edge-popup", scale_init="inv-sqrt-density")  # edge-popup's default: no rescale
+    code, _, err = run_cli("extract", "--data", "digits", "--epochs", "1", "--rescale", "none", "--scale-init",
+                           "inv-sqrt-density", "--out", tmp_path / "bad")
+    assert code == 2 and "needs a learned scale" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli("extract", "--data", "digits", "--epochs", "1", "--scale-init", "two",
+                           "--out", tmp_path / "bad")
+    assert code == 2 and "invalid choice: 'two'" in err and not (tmp_path / "bad").exists()
+
+
+def test_scale_init_changes_what_is_learned(bundle):
+    """At a low density the scaled start keeps larger activations: a different, better first epoch."""
+    accs = {}
+    for init in ("one", "inv-sqrt-density"):
+        model = apply_masks(_net(0.5), "gumbel", density=0.05, scale_init=init)
+        fitted = fit_masks(model, bundle, TrainConfig(epochs=1, batch_size=64, max_steps=10), seed=0)
+        accs[init] = (fitted.history[0]["val_acc"], [float(p.scale.detach()) for _, _, p in masked_layers(model)])
+    assert accs["one"] != accs["inv-sqrt-density"]
+    assert min(accs["inv-sqrt-density"][1]) > 2.0 > max(accs["one"][1])  # 1/sqrt(0.05) = 4.5 at the start

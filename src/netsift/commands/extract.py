@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     mask = from_args(MaskConfig, args, options=method_args(args, METHODS))
     model_cfg = from_args(ModelConfig, args)
-    shared = {k: v for k, v in dataclasses.asdict(mask).items() if k in ("rescale", "scale_lr")}
+    shared = {k: v for k, v in dataclasses.asdict(mask).items() if k in ("rescale", "scale_lr", "scale_init")}
     result = extract(model_cfg.model, from_args(DataConfig, args), mask.method, mask.density, init=mask.init,
                      config=from_args(TrainConfig, args), seed=args.seed, data_seed=args.data_seed,
                      width=model_cfg.width, recalibrate_bn_batches=args.recalibrate_bn, out=out_arg(args),

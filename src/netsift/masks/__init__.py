@@ -20,6 +20,7 @@ Importing this package is cheap (the settings and ``--help`` need no torch); tor
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .._lazy import lazy_exports
 from ..config import TrainConfig, check_finite, check_types, method_options, opt
 from ..errors import NetsiftError, check_density, choose
-from .methods import INIT_SCHEMES, METHODS, RESCALES, MaskMethod, check_scheme
+from .methods import INIT_SCHEMES, METHODS, RESCALES, SCALE_INITS, MaskMethod, check_scheme
 
 if TYPE_CHECKING:
     from torch import nn
@@ -56,6 +57,9 @@ class MaskConfig:
     init: str = opt("signed-constant", "frozen weight init", INIT_SCHEMES)
     rescale: str | None = opt(None, "layer scale: none, smart (learned), dynamic (N/sum m)", RESCALES)
     scale_lr: float = opt(1e-3, "learning rate of the smart-rescale scales (SGD, momentum from --momentum)")
+    scale_init: str = opt("one", "initial smart-rescale scale: one (published) or inv-sqrt-density, 1/sqrt(d) for "
+                                 "the density d the mask starts at (the variance-preserving scale of edge-popup's "
+                                 "scaled signed constant)", SCALE_INITS)
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's own settings"})
 
     def __post_init__(self):
@@ -75,10 +79,24 @@ class MaskConfig:
         self.options = method_options(self.method, self.options, METHODS)
 
     def resolved(self) -> "MaskConfig":
-        """A copy with every unset shared setting replaced by the method's default."""
+        """A copy with every unset shared setting replaced by the method's default.
+
+        Raises:
+            NetsiftError: ``scale_init`` other than ``one`` without a learned scale (``rescale`` smart).
+        """
         defaults = METHODS[self.method].defaults
         fill = {k: defaults[k] for k in ("rescale", "density") if getattr(self, k) is None and k in defaults}
-        return dataclasses.replace(self, **fill)
+        out = dataclasses.replace(self, **fill)
+        if out.scale_init != "one" and out.rescale != "smart":
+            raise NetsiftError(f"--scale-init {out.scale_init} needs a learned scale (--rescale smart), "
+                               f"got --rescale {out.rescale}")
+        return out
+
+    def start_density(self) -> float:
+        """The density the mask starts at: the target, else gumbel's σ(logit init), else 0.5 (logits at 0)."""
+        if self.density is not None:
+            return self.density
+        return 1.0 / (1.0 + math.exp(-float(self.options.get("logit_init", 0.0))))
 
 
 def train_config(method: str, cfg: TrainConfig | None = None, **options: Any) -> TrainConfig:
@@ -117,6 +135,14 @@ def apply_masks(model: nn.Module, method: str | MaskConfig = "gumbel", seed: int
 
     cfg = cfg.resolved()
     _apply(model, METHODS[cfg.method].make(cfg, seed))
+    if cfg.scale_init == "inv-sqrt-density":
+        import torch
+
+        from .base import scale_params
+
+        with torch.no_grad():
+            for scale in scale_params(model):
+                scale.fill_(1.0 / math.sqrt(cfg.start_density()))
     model.mask_config = cfg
     return model
 

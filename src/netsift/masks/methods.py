@@ -18,6 +18,9 @@ from ..errors import NetsiftError
 RESCALES = ("none", "smart", "dynamic")
 """Layer scale modes: 1, a learned scalar (Smart Rescale), or N / sum(m) of the current mask."""
 
+SCALE_INITS = ("one", "inv-sqrt-density")
+"""Initial value of a learned (smart) layer scale: 1 (published), or 1/sqrt(d) for the density d the mask starts at."""
+
 INIT_SCHEMES = ("kaiming-normal", "signed-constant")
 """Weight init recipes of the supermask papers: Kaiming-normal (fan_in, ReLU) and sign(w)·std of the layer."""
 
