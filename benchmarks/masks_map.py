@@ -19,8 +19,8 @@ its run folder), so two workers never run the same cell. Resumable at two levels
 line of ``<out>.jsonl`` (a rerun skips it); a cell cut short resumes from its last epoch checkpoint in its run
 folder (``netsift.extract(resume=True)``: bit for bit on the same machine and thread count).
 
-Cells run seed-major, low densities first, both methods of a (density, width) back to back: a partial run
-already holds comparable pairs, and the first seed covers the whole map before the second starts.
+Cells run one network and width at a time, cheapest first, low densities first, the three seeds of a density
+and both methods of a seed back to back (:data:`BLOCKS`): a partial run holds 3-seed verdicts for what it reached.
 
 Convergence (per cell, from its per-epoch ``metrics.jsonl`` as written by ``netsift.masks.stats.MaskStats``):
 the validation curve is *flat* from the first epoch whose best-so-far validation accuracy is within
@@ -101,27 +101,27 @@ def recipe_kwargs(recipe: str, method: str, density: float) -> dict | None:
 # -------------------------------------------------------------------------------------------------- cells
 
 
-BLOCKS = (("lenet300", (1.0, 2.0)), ("lenet300", (4.0,)), ("conv2", None))
-"""Run order: the cheap widths first (all three seeds), then lenet300 x4, then Conv-2; within a block seed-major,
-low densities first, both methods of a cell back to back. An epoch costs ~5 CPU-s at x1, ~11 at x2, ~23 at x4
-and ~34 for Conv-2 x0.25, so the first block gives 3-seed verdicts on two widths after ~4 CPU-hours."""
+BLOCKS = (("lenet300", 1.0), ("lenet300", 2.0), ("lenet300", 4.0), ("conv2", None))
+"""Run order: one network and width at a time, cheapest first (an epoch costs ~5 CPU-s at lenet300 x1, ~11 at x2,
+~23 at x4, ~34 for Conv-2 x0.25); within a block density-major, low densities first, the three seeds of a density
+back to back, both methods of a cell back to back. A partial run therefore holds 3-seed verdicts (the ones the
+moonshot needs, density <= 0.1, first) for the widths it reached, rather than one seed of everything."""
 
 
 def cells(args) -> list[dict]:
     """Every cell of the map in run order (see :data:`BLOCKS`)."""
     out = []
-    for arch, widths in BLOCKS:
-        if arch not in args.archs:
+    for arch, width in BLOCKS:
+        if arch not in args.archs or (arch == "lenet300" and width not in args.widths):
             continue
-        widths = [w for w in (widths or (args.conv_width,)) if arch == "conv2" or w in args.widths]
-        for seed in args.seeds:
-            for d in (LENET_DENSITIES if arch == "lenet300" else CONV_DENSITIES):
-                if d not in args.densities:
-                    continue
-                for w in widths:
-                    for m in METHODS:
-                        out.append({"arch": arch, "width": w, "density": d, "method": m, "seed": seed,
-                                    "epochs": args.epochs[arch]})
+        width = args.conv_width if width is None else width
+        for d in (LENET_DENSITIES if arch == "lenet300" else CONV_DENSITIES):
+            if d not in args.densities:
+                continue
+            for seed in args.seeds:
+                for m in METHODS:
+                    out.append({"arch": arch, "width": width, "density": d, "method": m, "seed": seed,
+                                "epochs": args.epochs[arch]})
     if args.budget_check:
         out = [{**c, "epochs": 2 * c["epochs"]} for c in out
                if c["seed"] == 0 and c["arch"] == "lenet300" and c["width"] == 1.0 and c["density"] in (0.05, 0.5)]
@@ -355,6 +355,16 @@ def _gumbel_sweep() -> list[tuple[str, float, dict]]:
     return out
 
 
+def _gumbel_sweep_2() -> list[tuple[str, float, dict]]:
+    """Second round (after the first: a lower mask lr, a faster scale and a temperature annealed up to 3 each
+    helped at low density): the first two together, with the anneal, and a faster scale still."""
+    out = [("gumbel", d, {"lr": 300.0, "scale_lr": 0.01}) for d in (0.02, 0.1, 0.5)]
+    out += [("gumbel", d, {"lr": 1000.0, "scale_lr": 0.03}) for d in (0.02, 0.1, 0.5)]
+    out += [("gumbel", 0.02, {"lr": 100.0, "scale_lr": 0.01})]
+    out += [("gumbel", d, {"lr": 300.0, "scale_lr": 0.01, "tau_end": 3.0}) for d in (0.02, 0.1, 0.5)]
+    return out
+
+
 def _ep_scale_sweep() -> list[tuple[str, float, dict]]:
     """edge-popup with smart rescale at its chosen lr 1: the same scale knobs as gumbel's."""
     base = {"lr": 1.0, "rescale": "smart"}
@@ -371,6 +381,7 @@ def _gumbel_budget_sweep() -> list[tuple[str, float | None, dict]]:
 SWEEPS = {
     "edge-popup-lr": {"cells": _ep_lr_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
     "gumbel": {"cells": _gumbel_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
+    "gumbel-2": {"cells": _gumbel_sweep_2, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
     "edge-popup-scale": {"cells": _ep_scale_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
     "gumbel-budget": {"cells": _gumbel_budget_sweep, "subset": None, "epochs": 100, "seeds": (0, 1)},
 }
