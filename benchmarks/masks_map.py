@@ -365,6 +365,20 @@ def _gumbel_sweep_2() -> list[tuple[str, float, dict]]:
     return out
 
 
+def _round3_sweep() -> list[tuple[str, float, dict]]:
+    """Densities 0.2 and 0.5 for the map (the first rounds settled the low densities): edge-popup published
+    (lr 0.1, no rescale), with Smart Rescale, and with the low densities' winners (smart, scale lr 0.01, lr 0.3 and
+    1); gumbel at 0.2 with the settings that won at 0.1 and 0.5 (lr 1000 at 0.5: the first round)."""
+    out = []
+    for d in (0.2, 0.5):
+        out += [("edge-popup", d, kw) for kw in ({"lr": 0.1, "rescale": "none"}, {"lr": 0.1, "rescale": "smart"},
+                                                 {"lr": 0.3, "rescale": "smart", "scale_lr": 0.01},
+                                                 {"lr": 1.0, "rescale": "smart", "scale_lr": 0.01})]
+    out += [("gumbel", 0.2, kw) for kw in ({"lr": 1000.0}, {"lr": 1000.0, "scale_lr": 0.01},
+                                           {"lr": 300.0, "scale_lr": 0.01})]
+    return out
+
+
 def _ep_scale_sweep() -> list[tuple[str, float, dict]]:
     """edge-popup with smart rescale at its chosen lr 1: the same scale knobs as gumbel's."""
     base = {"lr": 1.0, "rescale": "smart"}
@@ -383,6 +397,9 @@ SWEEPS = {
     "gumbel": {"cells": _gumbel_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
     "gumbel-2": {"cells": _gumbel_sweep_2, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
     "edge-popup-scale": {"cells": _ep_scale_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
+    "round3": {"cells": _round3_sweep, "subset": SWEEP_SUBSET, "epochs": SWEEP_EPOCHS, "seeds": (0,)},
+    "gumbel-budget-0": {"cells": _gumbel_budget_sweep, "subset": None, "epochs": 100, "seeds": (0,),
+                        "as": "gumbel-budget"},  # its first seed alone
     "gumbel-budget": {"cells": _gumbel_budget_sweep, "subset": None, "epochs": 100, "seeds": (0, 1)},
 }
 
@@ -390,7 +407,8 @@ SWEEPS = {
 def sweep_cells(name: str, args) -> list[dict]:
     spec = SWEEPS[name]
     return [{"arch": "lenet300", "width": 1.0, "density": d, "method": m, "seed": seed, "epochs": spec["epochs"],
-             "recipe": f"sweep-{name}", "kwargs": kw} for seed in spec["seeds"] for m, d, kw in spec["cells"]()]
+             "recipe": f"sweep-{spec.get('as', name)}", "kwargs": kw}
+            for seed in spec["seeds"] for m, d, kw in spec["cells"]()]
 
 
 def sweep_report(rows: list[dict]) -> str:
