@@ -368,7 +368,8 @@ def _gumbel_sweep_2() -> list[tuple[str, float, dict]]:
 def _round3_sweep() -> list[tuple[str, float, dict]]:
     """Densities 0.2 and 0.5 for the map (the first rounds settled the low densities): edge-popup published
     (lr 0.1, no rescale), with Smart Rescale, and with the low densities' winners (smart, scale lr 0.01, lr 0.3 and
-    1); gumbel at 0.2 with the settings that won at 0.1 and 0.5 (lr 1000 at 0.5: the first round)."""
+    1); gumbel at 0.2 with the settings that won at 0.1 and 0.5 (lr 1000 at 0.5: the first round); and the
+    emergent density of gumbel started at keep probability 0.1 and 0.25 (--logit-init -2.2 and -1.1)."""
     out = []
     for d in (0.2, 0.5):
         out += [("edge-popup", d, kw) for kw in ({"lr": 0.1, "rescale": "none"}, {"lr": 0.1, "rescale": "smart"},
@@ -376,6 +377,8 @@ def _round3_sweep() -> list[tuple[str, float, dict]]:
                                                  {"lr": 1.0, "rescale": "smart", "scale_lr": 0.01})]
     out += [("gumbel", 0.2, kw) for kw in ({"lr": 1000.0}, {"lr": 1000.0, "scale_lr": 0.01},
                                            {"lr": 300.0, "scale_lr": 0.01})]
+    # Zhou et al.'s way to other densities: the logit init (sigmoid bias), emergent density, netsift's defaults
+    out += [("gumbel", None, {"logit_init": x}) for x in (-2.2, -1.1)]
     return out
 
 
