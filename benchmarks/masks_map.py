@@ -433,6 +433,32 @@ def sweep_report(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def choose(rows: list[dict], recipe: str, densities: list[float]) -> dict:
+    """Write into ``recipe`` (masks_map_recipes.json, atomically) the best-validation sweep setting of each method
+    at each of ``densities`` (sweep rows of lenet300 x1, seed 0, on the sweep budget); returns the entries."""
+    chosen = {}
+    for m in METHODS:
+        for d in densities:
+            rs = [r for r in rows if r.get("kwargs") and r["method"] == m and r["density"] == d
+                  and r["epochs"] == SWEEP_EPOCHS and r["train_subset"] == SWEEP_SUBSET and r["seed"] == 0]
+            if not rs:
+                continue
+            rs.sort(key=lambda r: -r["val_acc"])
+            fmt = lambda r: f"{', '.join(f'{k} {v}' for k, v in sorted(r['kwargs'].items()))} {100 * r['val_acc']:.2f}"  # noqa: E731
+            chosen[(m, d)] = {**rs[0]["kwargs"], "why": (
+                f"sweeps (lenet300 x1, {SWEEP_SUBSET // 1000}k training subset, {SWEEP_EPOCHS} epochs, seed 0), best "
+                f"validation: {fmt(rs[0])} (then: {'; '.join(fmt(r) for r in rs[1:4])})")}
+    data = json.loads(RECIPES_FILE.read_text())
+    for (m, d), entry in chosen.items():
+        data["recipes"][recipe][m][f"{d:g}"] = entry
+    tmp = RECIPES_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, RECIPES_FILE)
+    for (m, d), entry in chosen.items():
+        print(f"{recipe} {m} {d:g}: {entry['why']}")
+    return chosen
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 
@@ -696,6 +722,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results/masks_map")
     p.add_argument("--runs", default="runs/masks_map", help="per-cell run folders")
     p.add_argument("--report", action="store_true", help="only write the tables and plots")
+    p.add_argument("--choose", type=float, nargs="+", metavar="DENSITY",
+                   help="write the best-validation sweep setting of each method at these densities into the recipe")
     p.add_argument("--list", action="store_true", help="only list the cells in run order and whether they are done")
     args = p.parse_args(argv)
     args.epochs = dict(EPOCHS)
@@ -730,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
     log = out.with_suffix(".jsonl")
+    if args.choose:
+        choose(read_rows(out.parent / f"{out.name}_sweep.jsonl"), args.recipe, args.choose)
+        return 0
     if args.report:
         report(read_rows(log), out, args)
         return 0
