@@ -27,8 +27,8 @@ the validation curve is *flat* from the first epoch whose best-so-far validation
 ``FLAT_TOL`` of the run's best, provided the run then went on for at least ``max(5, 20%)`` of its epochs
 without beating it by more; gumbel's masks are *decided* from the first epoch after which fewer than 5% of
 σ(m̂) stay in (0.1, 0.9). The converged budget is the later of the two (edge-popup: the flat epoch); a cell
-where either never happens is reported as not converged at its cap. ``--budget-check`` cells rerun a few
-seed-0 cells at twice the budget: what doubling the budget adds is the direct evidence for the cap.
+where either never happens is reported as not converged at its cap. Budget-check cells rerun a few seed-0
+cells at twice the budget (:data:`BUDGET_CHECK_DENSITIES`): what doubling it adds is the direct evidence for the cap.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ CONV_DENSITIES = (0.05, 0.1, 0.5)
 SEEDS = (0, 1, 2)
 EPOCHS = {"lenet300": 30, "conv2": 30}
 """Budget (epochs) of every cell; see the module docstring and docs/masks.md for the evidence behind it."""
+BUDGET_CHECK_DENSITIES = (0.05, 0.5)
+"""Seed-0 lenet300 x1 cells also run at twice the budget (both methods), right after the x1 block."""
 BATCH = 128
 FLAT_TOL = 0.003
 """Validation accuracy within 0.3 point (18 of 6,000 images) of the best counts as flat."""
@@ -122,9 +124,13 @@ def cells(args) -> list[dict]:
                 for m in METHODS:
                     out.append({"arch": arch, "width": width, "density": d, "method": m, "seed": seed,
                                 "epochs": args.epochs[arch]})
+    checks = [{**c, "epochs": 2 * c["epochs"]} for c in out if c["seed"] == 0 and c["arch"] == "lenet300"
+              and c["width"] == 1.0 and c["density"] in BUDGET_CHECK_DENSITIES]
     if args.budget_check:
-        out = [{**c, "epochs": 2 * c["epochs"]} for c in out
-               if c["seed"] == 0 and c["arch"] == "lenet300" and c["width"] == 1.0 and c["density"] in (0.05, 0.5)]
+        out = checks
+    elif checks:  # right after the x1 block: the evidence for the budget comes early
+        last = max(i for i, c in enumerate(out) if c["arch"] == "lenet300" and c["width"] == 1.0)
+        out = out[:last + 1] + checks + out[last + 1:]
     return [{**c, "recipe": args.recipe} for c in out]
 
 
@@ -663,7 +669,8 @@ def report(rows: list[dict], out: Path, args) -> dict:
     summary = summarize(rows, recipe, args.epochs)
     shot = moonshot(summary)
     checks = budget_checks(rows, recipe, args.epochs)
-    total = len(cells(argparse.Namespace(**{**vars(args), "budget_check": False})))
+    total = sum(c["epochs"] == args.epochs[c["arch"]]
+                for c in cells(argparse.Namespace(**{**vars(args), "budget_check": False})))
     done = len(grid_rows(rows, recipe, args.epochs))
     lines = [f"Recipe {recipe}; {done} of {total} map cells finished"
              + (" (**partial**)" if done < total else "") + ".\n", markdown(summary)]
@@ -714,7 +721,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--densities", type=float, nargs="+", default=sorted(set(LENET_DENSITIES) | set(CONV_DENSITIES)))
     p.add_argument("--conv-width", type=float, default=CONV_WIDTH)
     p.add_argument("--recipe", default=RECIPE, help="a recipe of masks_map_recipes.json")
-    p.add_argument("--budget-check", action="store_true", help="run the seed-0 budget-check cells (2x epochs)")
+    p.add_argument("--budget-check", action="store_true", help="run only the seed-0 budget-check cells (2x epochs)")
     p.add_argument("--sweep", choices=list(SWEEPS), help="run a recipe sweep instead of the map")
     p.add_argument("--shard", default="0/1", help="I/N: run only cells i with i %% N == I (a second worker)")
     p.add_argument("--data", default="fashion-mnist")
