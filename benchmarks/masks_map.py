@@ -202,7 +202,9 @@ def run_cell(c: dict, args, extra: dict | None = None) -> dict:
     try:
         r = netsift.extract(c["arch"], data_for(args), out=folder, resume=resume, progress=True, **kw)
     except NetsiftError as e:
-        if not resume or "corrupt" not in str(e):
+        # corrupt: killed between the two files of a checkpoint; "--resume: setting": the folder was written by a
+        # netsift without a setting added since (the cell's own arguments are the same: they name the folder)
+        if not resume or ("corrupt" not in str(e) and "--resume: setting" not in str(e)):
             raise
         print(f"  cannot resume {folder} ({e}); restarting the cell", flush=True)
         shutil.rmtree(folder)
