@@ -93,10 +93,11 @@ class MaskConfig:
         return out
 
     def start_density(self) -> float:
-        """The density the mask starts at: the target, else gumbel's σ(logit init), else 0.5 (logits at 0)."""
-        if self.density is not None:
-            return self.density
-        return 1.0 / (1.0 + math.exp(-float(self.options.get("logit_init", 0.0))))
+        """The density the training masks start at: a logit mask's σ(logit init) (gumbel samples at σ(m̂) even
+        with a density target, which only pins the extracted mask), else the target."""
+        if self.method in ("gumbel", "supermask") or self.density is None:
+            return 1.0 / (1.0 + math.exp(-float(self.options.get("logit_init", 0.0))))
+        return self.density
 
 
 def train_config(method: str, cfg: TrainConfig | None = None, **options: Any) -> TrainConfig:
