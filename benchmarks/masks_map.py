@@ -587,8 +587,9 @@ def plot_heatmap(summary: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    cols = _columns(summary)
-    dens = sorted({x["density"] for x in summary}, reverse=True)
+    cols = sorted(set(_columns(summary)) | {("lenet300", w) for w in LENET_WIDTHS} | {("conv2", CONV_WIDTH)},
+                  key=lambda c: (c[0] != "lenet300", c[1]))
+    dens = sorted(set(LENET_DENSITIES) | {x["density"] for x in summary}, reverse=True)
     grid = np.full((len(dens), len(cols)), np.nan)
     text = [["" for _ in cols] for _ in dens]
     for x in summary:
@@ -605,14 +606,15 @@ def plot_heatmap(summary: list[dict], path: Path) -> None:
     im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     for i in range(len(dens)):
         for j in range(len(cols)):
-            ax.text(j, i, text[i][j] or "not run", ha="center", va="center", fontsize=8,
+            planned = cols[j][0] == "lenet300" or dens[i] in CONV_DENSITIES
+            ax.text(j, i, text[i][j] or ("not yet" if planned else "–"), ha="center", va="center", fontsize=8,
                     color="black" if not text[i][j] or abs(grid[i, j]) < 0.6 * lim else "white")
     ax.set_xticks(range(len(cols)), [f"{a} ×{w:g}" for a, w in cols])
     ax.set_yticks(range(len(dens)), [f"{d:g}" for d in dens])
     ax.set_ylabel("density (kept fraction)")
-    fig.colorbar(im, ax=ax, label="gumbel − edge-popup, test accuracy points")
-    ax.set_title("Fashion-MNIST, frozen random weights: gumbel + Smart Rescale (--density) − edge-popup\n"
-                 "mean over seeds ± std of the paired (same seed) differences", fontsize=9)
+    fig.colorbar(im, ax=ax, label="gumbel − edge-popup (test points)")
+    ax.set_title("Fashion-MNIST: gumbel + Smart Rescale − edge-popup, same density\n"
+                 "mean ± std of the paired (same-seed) differences, n seeds", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
