@@ -20,6 +20,7 @@ Importing this package is cheap (the settings and ``--help`` need no torch); tor
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .._lazy import lazy_exports
 from ..config import TrainConfig, check_finite, check_types, method_options, opt
 from ..errors import NetsiftError, check_density, choose
-from .methods import INIT_SCHEMES, METHODS, RESCALES, MaskMethod, check_scheme
+from .methods import INIT_SCHEMES, METHODS, RESCALES, SCALE_INITS, MaskMethod, check_scheme
 
 if TYPE_CHECKING:
     from torch import nn
@@ -56,6 +57,9 @@ class MaskConfig:
     init: str = opt("signed-constant", "frozen weight init", INIT_SCHEMES)
     rescale: str | None = opt(None, "layer scale: none, smart (learned), dynamic (N/sum m)", RESCALES)
     scale_lr: float = opt(1e-3, "learning rate of the smart-rescale scales (SGD, momentum from --momentum)")
+    scale_init: str = opt("one", "initial smart-rescale scale: one (published) or inv-sqrt-density, 1/sqrt(d) for "
+                                 "the density d the mask starts at (the variance-preserving scale of edge-popup's "
+                                 "scaled signed constant)", SCALE_INITS)
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's own settings"})
 
     def __post_init__(self):
@@ -75,18 +79,37 @@ class MaskConfig:
         self.options = method_options(self.method, self.options, METHODS)
 
     def resolved(self) -> "MaskConfig":
-        """A copy with every unset shared setting replaced by the method's default."""
+        """A copy with every unset shared setting replaced by the method's default.
+
+        Raises:
+            NetsiftError: ``scale_init`` other than ``one`` without a learned scale (``rescale`` smart).
+        """
         defaults = METHODS[self.method].defaults
         fill = {k: defaults[k] for k in ("rescale", "density") if getattr(self, k) is None and k in defaults}
-        return dataclasses.replace(self, **fill)
+        out = dataclasses.replace(self, **fill)
+        if out.scale_init != "one" and out.rescale != "smart":
+            raise NetsiftError(f"--scale-init {out.scale_init} needs a learned scale (--rescale smart), "
+                               f"got --rescale {out.rescale}")
+        return out
+
+    def start_density(self) -> float:
+        """The density the training masks start at: a logit mask's σ(logit init) (gumbel samples at σ(m̂) even
+        with a density target, which only pins the extracted mask), else the target."""
+        if self.method in ("gumbel", "supermask") or self.density is None:
+            return 1.0 / (1.0 + math.exp(-float(self.options.get("logit_init", 0.0))))
+        return self.density
 
 
 def train_config(method: str, cfg: TrainConfig | None = None, **options: Any) -> TrainConfig:
     """The loop settings of mask learning: ``cfg`` (or ``TrainConfig(**options)``) with the unset ``lr``,
-    ``weight_decay`` and ``schedule`` taken from ``method``'s defaults."""
+    ``weight_decay`` and ``schedule`` taken from ``method``'s defaults (a budget-dependent lr default, such as
+    gumbel's :class:`~.methods.BudgetLR`, is evaluated at ``cfg.epochs``)."""
     choose(method, METHODS, "method")
     cfg = cfg or TrainConfig(**options)
-    return cfg.resolved(**{k: v for k, v in METHODS[method].defaults.items() if k in ("lr", "weight_decay", "schedule")})
+    defaults = {k: v for k, v in METHODS[method].defaults.items() if k in ("lr", "weight_decay", "schedule")}
+    if callable(defaults.get("lr")):  # a budget-dependent default (see methods.BudgetLR)
+        defaults["lr"] = defaults["lr"](cfg.epochs)
+    return cfg.resolved(**defaults)
 
 
 def apply_masks(model: nn.Module, method: str | MaskConfig = "gumbel", seed: int = 0, **options: Any) -> nn.Module:
@@ -113,6 +136,14 @@ def apply_masks(model: nn.Module, method: str | MaskConfig = "gumbel", seed: int
 
     cfg = cfg.resolved()
     _apply(model, METHODS[cfg.method].make(cfg, seed))
+    if cfg.scale_init == "inv-sqrt-density":
+        import torch
+
+        from .base import scale_params
+
+        with torch.no_grad():
+            for scale in scale_params(model):
+                scale.fill_(1.0 / math.sqrt(cfg.start_density()))
     model.mask_config = cfg
     return model
 
@@ -152,7 +183,7 @@ def fit_masks(model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig | Non
     from .stats import MaskStats
 
     spec = METHODS[cfg.method]
-    callbacks = (spec.callbacks(model, cfg) if spec.callbacks else []) + list(callbacks or [])
+    callbacks = (spec.callbacks(model, cfg, train_cfg) if spec.callbacks else []) + list(callbacks or [])
     if not any(isinstance(cb, MaskStats) for cb in callbacks):
         callbacks.append(MaskStats(model))  # mask_density, undecided, mask_changed per epoch in metrics.jsonl
     if not any(g.params for g in groups):

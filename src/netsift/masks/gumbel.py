@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..training import Callback
-from .base import MaskParametrization, dynamic_scale, mask_params
+from .base import MaskParametrization, dynamic_scale, mask_params, masked_layers
 from .edge_popup import ThresholdTracker
 
 
@@ -94,9 +94,10 @@ def bernoulli_weight(w: Tensor, logits: Tensor, rescale: str, scale: Tensor, tau
 class LogitMask(MaskParametrization):
     """A mask with one logit per weight, kept where the logit is ≥ 0 (Gumbel-Softmax and supermask)."""
 
-    def __init__(self, shape: torch.Size, rescale: str = "smart", tau: float = 1.0, grad: str = "gumbel"):
+    def __init__(self, shape: torch.Size, rescale: str = "smart", tau: float = 1.0, grad: str = "gumbel",
+                 init: float = 0.0):
         super().__init__(rescale)
-        self.logits = nn.Parameter(torch.zeros(shape))
+        self.logits = nn.Parameter(torch.full(shape, float(init)))
         self.tau, self.grad = tau, grad
 
     def mask_params(self) -> list[nn.Parameter]:
@@ -123,12 +124,43 @@ class NaiveGumbelMask(LogitMask):
 def make(settings, seed: int = 0):
     """Factory for :func:`netsift.masks.base.apply`: a Gumbel mask per layer."""
     cls = NaiveGumbelMask if settings.options["parametrization"] == "naive" else LogitMask
-    tau, rescale = settings.options["tau"], settings.rescale
-    return lambda name, layer: cls(layer.weight.shape, rescale, tau, "gumbel")
+    tau, rescale, init = settings.options["tau"], settings.rescale, settings.options["logit_init"]
+    return lambda name, layer: cls(layer.weight.shape, rescale, tau, "gumbel", init)
 
 
-def callbacks(model: nn.Module, settings) -> list:
-    return [DensityProjection(model, settings.density)] if settings.density is not None else []
+def callbacks(model: nn.Module, settings, train_cfg=None) -> list:
+    """The density projection (with ``--density``) and the temperature anneal (with ``--tau-end``)."""
+    out = [DensityProjection(model, settings.density)] if settings.density is not None else []
+    tau, tau_end = settings.options["tau"], settings.options.get("tau_end")
+    if tau_end is not None and tau_end != tau:
+        out.append(TemperatureAnneal(model, tau, tau_end, train_cfg.epochs if train_cfg is not None else 1))
+    return out
+
+
+def annealed_tau(tau: float, tau_end: float, epoch: int, epochs: int) -> float:
+    """Geometric anneal: ``tau`` at the first epoch (0-based ``epoch``), ``tau_end`` at the last of ``epochs``."""
+    if epochs <= 1:
+        return tau_end
+    return tau * (tau_end / tau) ** (min(epoch, epochs - 1) / (epochs - 1))
+
+
+class TemperatureAnneal(Callback):
+    """Sets every logit mask's temperature to :func:`annealed_tau` at the start of each epoch.
+
+    Stateless (the temperature is a function of the epoch), so a resumed run picks up the same schedule.
+    """
+
+    def __init__(self, model: nn.Module, tau: float, tau_end: float, epochs: int):
+        self.model, self.tau, self.tau_end, self.epochs = model, tau, tau_end, epochs
+
+    def on_epoch_start(self, epoch: int) -> None:
+        t = annealed_tau(self.tau, self.tau_end, epoch, self.epochs)
+        for _, _, p in masked_layers(self.model):
+            if isinstance(p, LogitMask):
+                p.tau = t
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        metrics["tau"] = annealed_tau(self.tau, self.tau_end, epoch, self.epochs)
 
 
 @torch.no_grad()
