@@ -715,7 +715,7 @@ class SavedRun:
             if key == "image_size" and own is None:
                 own = (self.manifest or {}).get("image_size") if value is not None else None
             if value != own:
-                raise NetsiftError(f"{self.path} was trained with {key}={saved.get(key)!r}, not {value!r}; leave "
+                raise NetsiftError(f"{self.path} was trained with {key}={own!r}, not {value!r}; leave "
                                    "the data settings out to use the run's (only --data-dir may differ)")
 
     def data_for(self, data: Any, image_size: int | None = None) -> Any:

@@ -75,8 +75,8 @@ class PruneConfig:
         check_finite(self)
         budgets = [f"--{k}" for k in ("macs", "params", "latency") if getattr(self, k) is not None]
         if len(budgets) > 1 or (budgets and self.tolerance is not None):
-            raise NetsiftError(f"give one budget ({', '.join(budgets + ['--tolerance'] * (self.tolerance is not None))} "
-                               "were given)")
+            given = budgets + ["--tolerance"] * (self.tolerance is not None)
+            raise NetsiftError(f"give one budget, not both {' and '.join(given)}")
         for k in ("macs", "params", "latency"):
             if getattr(self, k) is not None:
                 check_density(getattr(self, k), f"--{k}")
