@@ -94,6 +94,9 @@ class Result:
     selection_s: float | None = _f("prune: wall time of the channel selection (s)")
     finetune_s: float | None = _f("prune: wall time of the fine-tuning (s)")
     groups: list | None = _f("prune: per channel group: `group`, `size`, `kept` (and accuracies in tolerance mode)")
+    groups_skipped: list | None = _f("prune: every channel group kept whole (not pruned), with why: `layers` (the "
+                                     "layers whose output channels stay, root first), `channels`, `reason`; the "
+                                     "logits layer is never pruned and not listed")
     # --- where and with what
     run_dir: str | None = _f("the run folder (`null` for an in-memory run)")
     netsift_version: str = _f("netsift version", "")

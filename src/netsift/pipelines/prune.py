@@ -222,7 +222,8 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
                   "best_epoch": fitted.best_epoch if fitted else None,
                   "train_images_per_s": fitted.images_per_s if fitted else None,
                   "recalibrated_bn": recalibrated, "selection_s": pruned_out.selection_s, "finetune_s": finetune_s,
-                  "groups": pruned_out.selection.info, "wall_s": time.perf_counter() - t0}
+                  "groups": pruned_out.selection.info, "wall_s": time.perf_counter() - t0,
+                  "groups_skipped": [s.as_dict() for s in plan.skipped]}
         result = distributed.on_main(lambda: rundir.write_result(run, result), "writing result.json")
         return Result.from_dict(result, model=pruned)
 

@@ -51,7 +51,7 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
         model = build_for(model_name, shape, num_classes, seed=seed)
     model.eval()
     graph = build_graph(model, shape)
-    skipped: list[tuple[str, str]] = []
+    skipped: list = []
     groups = find_groups(model, shape, graph, skipped=skipped)
     widths = allocate(MacsModel(model, groups, shape), macs)
     gen = torch.Generator().manual_seed(seed)
@@ -82,7 +82,7 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
     if got.shape != (2, num_classes):
         raise NetsiftError(f"{model_name}: reloaded network gives outputs of shape {tuple(got.shape)}")
     return {"model": model_name, "method": method, "image_size": image_size, "groups": len(groups),
-            "groups_skipped": skipped, "macs_before": before, "macs_after": after, "macs_fraction": after / before,
+            "groups_skipped": [s.as_dict() for s in skipped], "macs_before": before, "macs_after": after, "macs_fraction": after / before,
             "target": macs, "selection_s": selection_s, "wall_s": time.perf_counter() - t0,
             "reload_max_diff": float((want - got).abs().max()), "out_scale": float(want.abs().max())}
 

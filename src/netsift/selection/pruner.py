@@ -6,6 +6,7 @@ data sets or fine-tuning (the ``netsift.prune`` pipeline adds those).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -21,7 +22,7 @@ from ..errors import NetsiftError
 from . import METHODS, PruneConfig
 from .base import Selection, SelectionContext
 from .budget import MacsModel, allocate
-from .groups import ChannelGroup, build_graph, find_groups
+from .groups import ChannelGroup, LeftWhole, build_graph, find_groups
 from .removal import remove_channels
 
 
@@ -78,6 +79,15 @@ class Plan:
     graph: object
     groups: list[ChannelGroup]
     widths: list[int] | None
+    skipped: list[LeftWhole] = dataclasses.field(default_factory=list)  # channel groups kept whole, and why
+
+
+def report_left_whole(skipped: list[LeftWhole]) -> None:
+    """One progress line per channel group kept whole, with the reason (nothing is left whole in silence)."""
+    if _progress.mode() == "off":
+        return
+    for s in skipped:
+        _progress.write(f"channel group kept whole: {s.line()}")
 
 
 GRAPH_TIMEOUT_ENV = "NETSIFT_GRAPH_TIMEOUT"
@@ -123,8 +133,10 @@ def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConf
                                f"(a layer it cannot follow?); pass that layer in ignored_layers or simplify the model"), \
                 _progress.stage("analysing the channel dependencies (Torch-Pruning)"):
             graph = build_graph(model, input_shape)
-            groups = find_groups(model, input_shape, graph,
+            skipped: list[LeftWhole] = []
+            groups = find_groups(model, input_shape, graph, skipped=skipped,
                                  ignored_layers=_modules(model, ignored_layers, "ignored_layers"))
+        report_left_whole(skipped)
         fixed = fixed_widths(model, groups, layer_density)
         if cfg.macs is not None:
             widths = allocate(MacsModel(model, groups, input_shape), cfg.macs, cfg.round_to, fixed)
@@ -132,7 +144,7 @@ def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConf
             widths = [fixed.get(gi, g.size) for gi, g in enumerate(groups)]
         else:
             widths = None
-        plan = Plan(model, input_shape, cfg, graph, groups, widths)
+        plan = Plan(model, input_shape, cfg, graph, groups, widths, skipped)
         check = METHODS[cfg.method].check
         if check is not None:
             ctx = _context(plan, lambda: None, (None, None), 0, False, None)
