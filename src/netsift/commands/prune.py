@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
                     "fine-tune, and write result.json, model.safetensors + model.json (and model.onnx with --onnx).")
     p.add_argument("--checkpoint", metavar="RUN_DIR", help="run folder written by `netsift train` (its data set, "
                                                           "subset and split are used unless --data is given)")
-    p.add_argument("--model", help="prune this architecture without a checkpoint (random init; tv:<name> too), "
+    p.add_argument("--model", help="prune this architecture without a checkpoint (random init; tv:<name> and timm:<name> too), "
                                    "or check that the checkpoint holds it")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier with --model (default: 1.0)")
     p.add_argument("--weights", metavar="FILE", help="with --model: start from the state dict in this local file "

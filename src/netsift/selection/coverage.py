@@ -86,3 +86,23 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
             "target": macs, "selection_s": selection_s, "wall_s": time.perf_counter() - t0,
             "reload_max_diff": float((want - got).abs().max()), "out_scale": float(want.abs().max())}
 
+
+
+def reason_kind(reason: str) -> str:
+    """A left-whole reason without what varies between groups (layer names, numbers, the error's text): the
+    coverage tables count groups by it."""
+    reason = reason.split(" (")[0]
+    return " ".join("…" if any(ch.isdigit() or ch in "._" for ch in w) else w for w in reason.split())
+
+
+def left_whole_summary(records: list[dict]) -> tuple[int, list[tuple[str, int]]]:
+    """Groups left whole over coverage ``records`` (``groups_skipped`` of each) and how many per reason kind,
+    most common first. Records written before the groups carried their channels (``[layer, reason]`` pairs)
+    are read too."""
+    counts: dict[str, int] = {}
+    for r in records:
+        for s in r.get("groups_skipped") or []:
+            reason = s["reason"] if isinstance(s, dict) else s[1]
+            kind = reason_kind(reason)
+            counts[kind] = counts.get(kind, 0) + 1
+    return sum(counts.values()), sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))

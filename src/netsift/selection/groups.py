@@ -135,9 +135,16 @@ def _uncovered(model: nn.Module, dg: tp.DependencyGraph, covered: set, ignored: 
     """Layers in no group Torch-Pruning yields: coupled to the logits or to ``ignored_layers`` (the logits layer
     itself is not listed)."""
     outputs = output_layers(model)
+    opaque = sorted({name for name, _ in getattr(dg, "netsift_opaque", {}).values()}, key=len, reverse=True)
     left = []
     for m in model.modules():
-        if not isinstance(m, (nn.Conv2d, nn.Linear)) or m in covered or m not in dg.module2node:
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or m in covered or m in outputs:
+            continue
+        if m not in dg.module2node:  # inside a module traced as one operation, or never called
+            inside = next((o for o in opaque if names[m].startswith(o + ".")), None)
+            channels = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            left.append(LeftWhole((names[m],), channels, f"it is inside {inside}, which is traced as one operation"
+                                  if inside else "the forward pass does not reach it"))
             continue
         try:
             pruner = dg.get_pruner_of_module(m)
@@ -149,8 +156,6 @@ def _uncovered(model: nn.Module, dg: tp.DependencyGraph, covered: set, ignored: 
             continue
         outs = [it.dep.target.module for it in group.items if dg.is_out_channel_pruning_fn(it.dep.handler)]
         covered.update(outs)
-        if m in outputs:
-            continue
         logits = next((o for o in outs if o in outputs), None)
         held = next((o for o in outs if o in ignored), None)
         reason = (f"its channels are coupled to the logits layer {names.get(logits, '?')}" if logits is not None
