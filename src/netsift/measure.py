@@ -22,6 +22,7 @@ from . import distributed
 from . import progress as _progress
 from .errors import NetsiftError
 from .models import prunable_layers
+from .structure import structure_hash
 
 SPREAD_WARNING = 0.10
 """Latency rounds that disagree by more than this fraction get a note in ``result.json``."""
@@ -267,7 +268,9 @@ def measure(model: nn.Module, bundle, batch_size: int = 512, latency_threads: in
         macs = count_macs(model, shape)
         if source is not None and source_macs is None:
             source_macs = count_macs(source, shape)
-    out = {"test_acc": test["acc"], "test_loss": test["loss"], "test_samples": test["n"], "val_acc": val["acc"],
+    out = {"input_shape": [int(d) for d in shape], "structure": structure_hash(model),
+           **({"source_structure": structure_hash(source)} if source is not None else {}),
+           "test_acc": test["acc"], "test_loss": test["loss"], "test_samples": test["n"], "val_acc": val["acc"],
            "density": kept / total if total else 1.0, "params": nonzero, "params_total": params_total,
            "macs": macs, "macs_sparse": sparse_macs(model, shape),
            "macs_fraction": macs / source_macs if source_macs else 1.0,

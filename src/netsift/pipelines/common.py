@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data import DataBundle, as_bundle
+from ..data.bundle import classes_from_labels
 from ..errors import NetsiftError
 from ..models import build_for, check_input, is_model_name, manifest_of, model_names
 
@@ -93,7 +94,7 @@ def network_for(model: nn.Module | str, bundle: DataBundle, seed: int, width: fl
             raise NetsiftError(f"unknown model {model!r}; choose from: {', '.join(model_names())}, tv:<name> or "
                                "timm:<name>")
         if bundle.num_classes is None:
-            raise NetsiftError("the data does not say how many classes it has; build the model yourself")
+            bundle.num_classes = classes_from_labels(bundle)  # the data set does not say: read from its labels
         return build_for(model, bundle.input_shape, bundle.num_classes, width, seed)
     if not isinstance(model, nn.Module):
         raise NetsiftError(f"model must be an nn.Module or a model name, got {type(model).__name__}")

@@ -1,73 +1,42 @@
-"""``netsift.evaluate``: rebuild a saved network (run folder or compact file) and measure it again on its data."""
+"""``netsift.evaluate``: rebuild a saved network (run folder, compact file, returned result) and measure it on its
+data or yours (:mod:`netsift.saved` finds both)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .. import rundir
-from ..config import DataConfig
-from ..data import load_bundle
-from ..errors import NetsiftError
-from ..masks.compact import read_compact, rebuild
+from torch import nn
+
 from ..measure import measure
 from ..progress import observed
-from ..schema import RESULT_FILE
+from ..saved import eval_bundle, open_network
 
 
 @observed
-def evaluate(path: str | Path, data: str | None = None, data_dir: str | None = None,
-             latency_threads: int | None = None, progress: bool | None = None,
-             image_size: int | None = None) -> dict[str, Any]:
-    """Measure the network saved in run folder or compact file ``path`` on its own data (or ``data``).
+def evaluate(path: Any, data: Any = None, data_dir: str | None = None, latency_threads: int | None = None,
+             progress: bool | None = None, image_size: int | None = None, *, model: nn.Module | None = None,
+             images: str | Path | None = None, mean: tuple[float, ...] | None = None,
+             std: tuple[float, ...] | None = None, input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Measure a saved or returned network on its own data, or on the data you give.
 
-    The images are resized as the run recorded (``image_size`` overrides it; the network must take the size).
-
-    ``progress``: report the slow steps (measurement, latency timing) on stderr (``None``: as the caller).
+    Args:
+        path: a run folder, a compact ``.nsc`` file, the :class:`~netsift.results.Result` a pipeline returned, or
+            an ``nn.Module`` (then give ``input_shape`` unless it is a zoo network).
+        data: a data-set name, a ``DataConfig``, a bundle, or your ``DataLoader``\\ s / data sets as a dict (a
+            ``test`` split is enough); default: the data the source records (a built-in data set).
+        data_dir: where a built-in data set's files are.
+        image_size: resize a built-in data set's images (default: as the run recorded).
+        model: a fresh instance of your own module, for a run folder or compact file made from it.
+        images: an image folder ``DIR/<class>/*`` to measure on (converted to the network's channels and size,
+            pixels in [0, 1], normalised with ``mean``/``std`` when given).
+        progress: report the slow steps (measurement, latency timing) on stderr (``None``: as the caller).
 
     Returns the measurements of :func:`netsift.measure.measure` plus ``model`` (the network), ``arch``,
-    ``data``, ``run`` and ``saved_test_acc`` (what the run recorded, to compare).
+    ``data``, ``run`` and ``saved_test_acc`` (what the source recorded, to compare).
     """
-    path = Path(path)
-    if not path.exists():
-        raise NetsiftError(f"no such run folder or file: {path}")
-    if path.is_file():
-        subnet = read_compact(path)
-        model = rebuild(subnet, str(path))
-        manifest = subnet.manifest
-        saved = subnet.info.get("data_config") or subnet.info.get("data")
-        if not saved and not data:
-            raise NetsiftError(f"{path} does not record its data set; pass --data")
-        saved = saved if isinstance(saved, dict) else {"data": saved or data}
-        seed, saved_acc = subnet.info.get("seed", 0), subnet.info.get("test_acc")
-    else:
-        if not (path / rundir.CONFIG).is_file():
-            raise NetsiftError(f"{path} is not a run folder ({rundir.CONFIG} missing)")
-        config = rundir.read_run_config(path)
-        model, manifest = rundir.load_model(path)
-        saved = config.get("data")
-        if not isinstance(saved, dict) or saved.get("data") in (None, "custom"):
-            if not data:
-                raise NetsiftError(f"{path} does not record a built-in data set; pass --data")
-            saved = {"data": data}
-        seed = config.get("data_seed", config.get("seed", 0))
-        result = rundir.read_json_if(path / rundir.RESULT, RESULT_FILE)
-        saved_acc = result.get("test_acc") if isinstance(result, dict) else None
-    cfg = _data_config(saved, data, data_dir, image_size)
-    bundle = load_bundle(cfg, seed)
-    want = (manifest["in_channels"], manifest["image_size"], manifest["num_classes"])
-    if (bundle.in_channels, bundle.image_size, bundle.num_classes) != want:
-        raise NetsiftError(f"data {cfg.data} ({bundle.in_channels}x{bundle.image_size}px, {bundle.num_classes} "
-                           f"classes) does not fit the saved model ({want[0]}x{want[1]}px, {want[2]} classes)")
-    return {"run": str(path), "arch": manifest["model"], "data": cfg.data,
-            **measure(model, bundle, latency_threads=latency_threads), "saved_test_acc": saved_acc, "model": model}
-
-
-def _data_config(saved: dict, data: str | None, data_dir: str | None, image_size: int | None = None) -> DataConfig:
-    known = {"data", "data_dir", "val_fraction", "train_subset", "download", "image_size"}
-    given = {"data": data, "data_dir": data_dir, "image_size": image_size}
-    try:
-        values = {k: v for k, v in saved.items() if k in known}
-        return DataConfig(**{**values, **{k: v for k, v in given.items() if v is not None}})
-    except TypeError as e:
-        raise NetsiftError(f"saved data settings are malformed: {e}") from None
+    saved = open_network(path, model, input_shape)
+    bundle = eval_bundle(saved, data, data_dir, image_size, images, mean, std)
+    return {"run": saved.origin, "arch": saved.arch, "data": bundle.name,
+            **measure(saved.model, bundle, latency_threads=latency_threads), "saved_test_acc": saved.saved_acc,
+            "model": saved.model}

@@ -8,7 +8,7 @@ Default output paths, next to the source: ``RUN_DIR/model.nsc`` (compact), ``RUN
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import NetsiftError
 from ..masks import COMPACT_SUFFIX as SUFFIX
@@ -27,26 +27,22 @@ def default_out(src: Path, fmt: str) -> Path:
     return src / ("dense.safetensors" if fmt == "safetensors" else f"model{ext}")
 
 
-def load_source(src: Path) -> tuple[nn.Module, dict]:
-    """The network and manifest of a run folder (``model.safetensors``) or of a compact file."""
-    from ..masks.compact import read_compact, rebuild
-    from ..rundir import load_model
-
-    if src.is_file():
-        subnet = read_compact(src)
-        return rebuild(subnet, str(src)), subnet.manifest
-    return load_model(src)
-
-
-def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None, overwrite: bool = False) -> dict:
-    """Export ``src`` (a run folder, or a compact file for safetensors/onnx) as ``fmt``.
+def export(src: Any, fmt: str = "compact", out: str | Path | None = None, overwrite: bool = False, *,
+           model: nn.Module | None = None, input_shape: tuple[int, ...] | None = None) -> dict:
+    """Export ``src`` (a run folder, a compact file for safetensors/onnx, or what a pipeline returned) as ``fmt``.
 
     Args:
-        src: a run folder (``compact`` needs one of ``netsift extract``) or a compact ``.nsc`` file.
+        src: a run folder (``compact`` needs one of ``netsift extract``), a compact ``.nsc`` file, the
+            :class:`~netsift.results.Result` a pipeline returned (``compact``: the one of ``netsift.extract``), or
+            an ``nn.Module`` (safetensors, onnx).
         fmt: ``compact`` (architecture + init seed + one bit per weight + per-layer scales), ``safetensors``
             (the dense weights + JSON manifest, loads with :func:`netsift.load_model`) or ``onnx``.
-        out: the output file (default: next to the source, see the module docstring).
+        out: the output file (default: next to the source, see the module docstring; required for a network
+            held in memory without a run folder).
         overwrite: replace an existing output file.
+        model: a fresh instance of your own module, for a run folder or compact file made from it (ONNX, and the
+            checks of a compact export).
+        input_shape: the shape of one sample, for ONNX where the source does not record it.
 
     Returns:
         the path written and its size in bytes (``path``, ``bytes`` or ``compact_bytes``, ``dense_bytes``, ...).
@@ -56,9 +52,15 @@ def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None,
     """
     if fmt not in FORMATS:
         raise NetsiftError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
-    from ..masks.compact import dense_bytes, write_compact
-    from ..rundir import save_model
+    from ..masks.compact import write_compact
+    from ..saved import export_source
 
+    from ..results import Result
+
+    if isinstance(src, Result) and out is None and src.run_dir:
+        src = src.run_dir  # its run folder: the default output goes next to it
+    if not isinstance(src, (str, Path)):
+        return _export_object(src, fmt, out, overwrite, model, input_shape)
     src = Path(src)
     if not src.exists():
         raise NetsiftError(f"no such run folder or file: {src}")
@@ -84,15 +86,25 @@ def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None,
         raise NetsiftError(f"{src} is a file: compact export needs a run folder of `netsift extract`")
     with _lock_if_run(out.parent):
         if fmt == "compact":
-            return write_compact(src, out)
-        model, manifest = load_source(src)
-        if fmt == "safetensors":
-            save_model(out.parent, model, manifest, name=out.with_suffix("").name)
-        else:
-            from ..onnx_export import export_onnx
+            return write_compact(src, out, model)
+        return export_source(src, fmt, out, model, input_shape)
 
-            export_onnx(model, (manifest["in_channels"], manifest["image_size"], manifest["image_size"]), out)
-        return {"path": str(targets[0]), "bytes": targets[0].stat().st_size, "dense_bytes": dense_bytes(model)}
+
+def _export_object(src: Any, fmt: str, out: str | Path | None, overwrite: bool, model, input_shape) -> dict:
+    """Export a result or module held in memory (no run folder to write next to: ``out`` is required)."""
+    from ..saved import export_object
+
+    if out is None:
+        raise NetsiftError("give the output file (out=...) to export a network held in memory")
+    out = Path(out)
+    targets = [out.with_suffix(".safetensors"), out.with_suffix(".json")] if fmt == "safetensors" else [out]
+    for t in {out, *targets}:
+        if t.is_symlink() or t.is_dir():
+            raise NetsiftError(f"--out {t} is a {'symbolic link' if t.is_symlink() else 'folder'}; give a file name")
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise NetsiftError(f"{existing[0]} exists; pass --overwrite to replace it")
+    return export_object(src, fmt, out, model, input_shape)
 
 
 def _lock_if_run(folder: Path):

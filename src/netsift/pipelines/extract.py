@@ -10,12 +10,11 @@ from typing import Any
 from torch import nn
 
 from .. import distributed, rundir
-from ..checkpoint import save_checkpoint
 from ..config import TrainConfig
 from ..errors import NetsiftError
 from ..masks import EXTRACT_DEFAULTS, METHODS, MaskConfig, apply_masks, fit_masks, masks_and_scales, train_config
 from ..masks import extract as extract_masks
-from ..masks.compact import subnet_tensors
+from ..masks.compact import compact_of_run, save_run_subnet
 from ..masks.frozen import INIT_SCHEMES, frozen_network, init_frozen, weights_sha256
 from ..measure import measure
 from ..progress import observed
@@ -119,16 +118,15 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
         scales = {k: float(v[1]) for k, v in masks_and_scales(masked).items()}
         for row in measured["layers"]:
             row["scale"] = scales.get(row["name"])
+        # the subnet contract: frozen weights regenerated from (architecture, init, seed), one bit per weight
+        compact = compact_of_run(masked, extracted, manifest, cfg.init if init is not None else None, seed,
+                                 bool(cfg.options.get("train_weights")), bundle, data_seed, method=cfg.method,
+                                 test_acc=measured["test_acc"])
 
         def save() -> str | None:
             rundir.save_model(run_dir, extracted, manifest)
-            if manifest is not None and init is not None and not cfg.options.get("train_weights"):
-                # the subnet contract: frozen weights regenerated from (manifest, init, seed), one bit per weight
-                meta = {"manifest": manifest, "init": {"scheme": cfg.init, "seed": seed},
-                        "weights_sha256": weights_hash, "method": cfg.method, "data": bundle.name,
-                        "test_acc": measured["test_acc"]}
-                save_checkpoint(run_dir / "subnet",
-                                subnet_tensors(masked, extracted, frozen_network(manifest, cfg.init, seed)), meta)
+            if compact is not None:
+                save_run_subnet(run_dir, compact)
                 return "subnet.safetensors"
             return None
 
@@ -144,4 +142,6 @@ def extract(model: nn.Module | str, data: Any, method: str = "gumbel", density: 
                   "stopped_early": fitted.stopped_early, "train_images_per_s": fitted.images_per_s,
                   "weights_sha256": weights_hash, "subnet": subnet, "wall_s": time.perf_counter() - t0}
         result = distributed.on_main(lambda: rundir.write_result(run, result), "writing result.json")
-        return Result.from_dict(result, model=extracted)
+        out = Result.from_dict(result, model=extracted)
+        out.compact = compact  # netsift.export(result, "compact") without a run folder
+        return out
