@@ -322,11 +322,14 @@ def test_report_of_one_run_and_errors(run_cli, sweep, tmp_path):
 
 
 def test_result_json_is_flat_enough(sweep):
-    """Every key of result.json is a scalar, except `layers` and `groups`: lists of flat records."""
+    """Every key of result.json is a scalar, except `layers`, `groups` and `groups_skipped` (lists of flat records)
+    and `input_shape` (a list of ints)."""
     for path in sweep.rglob("result.json"):
         result = json.loads(path.read_text())
         for key, value in result.items():
-            if key in ("layers", "groups"):
+            if key == "input_shape":
+                assert all(isinstance(v, int) for v in value)
+            elif key in ("layers", "groups", "groups_skipped"):
                 assert value is None or all(isinstance(v, dict) and not any(isinstance(x, dict) for x in v.values())
                                             for v in value)
             else:
