@@ -7,8 +7,8 @@ device; the families whose smallest model is larger are listed as cut for size).
 groups from Torch-Pruning's dependency graph, a 50% MACs budget, selection, physical removal, ``save_model`` with
 the module manifest, ``load_model`` and a forward pass whose output must equal the pruned network's. Each
 (model, method) runs in its own process with a time limit; a refusal is one ``NetsiftError`` line, anything else
-(a raw exception, a timeout) is a failure. Inputs are 32 px, or the first of 64, 96, 128, 160, 224 px the model
-can be built for and run at; selection data are random tensors. Every channel group left whole is counted with
+(a raw exception, a timeout) is a failure. Inputs are 32 px, or the first of 64, 96, 128, 160, 224 px and the model's
+own input size it can be built for and run at; selection data are random tensors. Every channel group left whole is counted with
 its reason.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/timm_coverage.py            # l1
@@ -68,7 +68,7 @@ def families(path: Path, max_params: int) -> dict:
             if name not in entry["models"]:
                 entry["models"][name] = _count_params(name)
                 path.write_text(json.dumps(known, indent=1))
-        sized = sorted((p, n) for n, p in entry["models"].items() if isinstance(p, int))
+        sized = sorted((p, n) for n, p in entry["models"].items() if isinstance(p, int) and not n.startswith("test_"))
         entry["smallest"] = sized[0][1] if sized else None
         entry["pick"] = sized[0][1] if sized and sized[0][0] <= max_params else None
     path.write_text(json.dumps(known, indent=1))
@@ -90,7 +90,11 @@ def worker(name: str, method: str, candidates: int) -> None:
 
     t0, c0 = time.perf_counter(), time.process_time()
     size, model, why = None, None, None
-    for size in SIZES:
+    import timm
+
+    default = timm.models.get_pretrained_cfg(name)
+    own = default.input_size[-1] if default is not None and getattr(default, "input_size", None) else 224
+    for size in dict.fromkeys((*SIZES, own)):
         try:
             model = build_for(f"timm:{name}", (3, size, size), 10, seed=0)
             break
@@ -145,7 +149,7 @@ def write_table(records: list[dict], fams: dict, max_params: int, path: Path) ->
                  else f"{m} (cannot be built)" for m, e in fams.items() if not e.get("pick"))
     lines = ["# timm classification models: prune, save, load back, run", "",
              f"timm {timm.__version__}, {len(fams)} model families (`timm.list_modules()`); the smallest model of "
-             f"each family up to {max_params / 1e6:.0f} M parameters is tried. **{passed}/{len(l1)}** pass end to "
+             f"each family up to {max_params / 1e6:.0f} M parameters is tried (timm's `test_*` models left out). **{passed}/{len(l1)}** pass end to "
              f"end with l1 at a 50% MACs budget ({100 * passed / max(1, len(l1)):.1f}%; random weights, small "
              "inputs).", "",
              f"Cut for size or not buildable ({len(cut)}): {', '.join(cut) or 'none'}.", "",
@@ -190,10 +194,11 @@ def main() -> None:
         worker(name, method, int(cands))
         return
     fams = families(RESULTS / "timm_families.json", int(args.max_params))
-    names = {"families": [e["pick"] for e in fams.values() if e.get("pick")],
-             "representative": list(REPRESENTATIVE)}.get(args.models, args.models.split(","))
+    picks = [e["pick"] for e in fams.values() if e.get("pick")]
+    names = {"families": picks, "representative": list(REPRESENTATIVE)}.get(args.models, args.models.split(","))
     out = Path(args.out)
     records = json.loads(out.read_text()) if out.exists() else []
+    records = [r for r in records if r["model"] in set(picks) | set(REPRESENTATIVE) | set(names)]
     done = {(r["model"], r["method"]) for r in records}
     for name in names:
         for method in args.methods.split(","):

@@ -71,6 +71,11 @@ def run_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     try:
         out = model(x)
     except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as e:
+        from .models import dtype_problem
+
+        problem = dtype_problem(model, x.dtype) if x.is_floating_point() else None
+        if problem:
+            raise NetsiftError(problem) from None
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise NetsiftError(f"model cannot take inputs of shape {tuple(x.shape[1:])}: {why}") from None
     if not isinstance(out, torch.Tensor):

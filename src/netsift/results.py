@@ -98,6 +98,11 @@ class Result:
     finetuned: bool | None = _f("prune: whether the network was fine-tuned (`test_acc` is then after fine-tuning)")
     finetune_epochs: int | None = _f("prune: fine-tune epochs")
     selection_s: float | None = _f("prune: wall time of the channel selection (s)")
+    selection_estimate_s: float | None = _f("prune, gfs/backward: the selection's time estimated before it started "
+                                            "(s; from the MACs of the suffix passes and this machine's measured "
+                                            "speed; an upper bound in tolerance mode)")
+    selection_passes: int | None = _f("prune, gfs/backward: suffix passes (candidates x steps) estimated before "
+                                      "the selection started")
     finetune_s: float | None = _f("prune: wall time of the fine-tuning (s)")
     groups: list | None = _f("prune: per channel group: `group`, `size`, `kept` (and accuracies in tolerance mode)")
     groups_skipped: list | None = _f("prune: every channel group kept whole (not pruned), with why: `layers` (the "

@@ -145,15 +145,31 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
-def check_input(model: nn.Module, shape: tuple[int, ...]) -> None:
-    """Run one sample of ``shape`` through ``model``; raise a one-line error if it cannot take it."""
+def dtype_problem(model: nn.Module, dtype: torch.dtype) -> str | None:
+    """Why ``model`` cannot take inputs of ``dtype`` (its floating-point weights are of another dtype), or ``None``."""
+    have = sorted({str(t.dtype).removeprefix("torch.") for t in [*model.parameters(), *model.buffers()]
+                   if t.is_floating_point()})
+    want = str(dtype).removeprefix("torch.")
+    if have and have != [want]:
+        return (f"the model's weights are {' and '.join(have)} but its inputs are {want}: give them one dtype "
+                f"(e.g. model.float())")
+    return None
+
+
+def check_input(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> None:
+    """Run one sample of ``shape`` (float32 unless ``dtype``) through ``model``; raise a one-line error if it
+    cannot take it, saying so when the problem is the dtype, not the shape."""
     import torch
 
+    dtype = dtype or torch.float32
+    problem = dtype_problem(model, dtype)
+    if problem:
+        raise NetsiftError(problem)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *shape, device=_device(model)))
+            model(torch.zeros(1, *shape, device=_device(model), dtype=dtype))
     except Exception as e:  # shape errors surface as RuntimeError, AssertionError, ValueError, IndexError, ...
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise NetsiftError(f"model cannot take inputs of shape {tuple(shape)}: {why}") from None

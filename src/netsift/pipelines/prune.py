@@ -223,7 +223,9 @@ def prune(model: nn.Module | str | Path, data: Any = None, method: str = "gfs", 
                   "train_images_per_s": fitted.images_per_s if fitted else None,
                   "recalibrated_bn": recalibrated, "selection_s": pruned_out.selection_s, "finetune_s": finetune_s,
                   "groups": pruned_out.selection.info, "wall_s": time.perf_counter() - t0,
-                  "groups_skipped": [s.as_dict() for s in plan.skipped]}
+                  "groups_skipped": [s.as_dict() for s in plan.skipped],
+                  **({"selection_estimate_s": pruned_out.estimate.seconds,
+                      "selection_passes": pruned_out.estimate.passes} if pruned_out.estimate else {})}
         result = distributed.on_main(lambda: rundir.write_result(run, result), "writing result.json")
         return Result.from_dict(result, model=pruned)
 

@@ -120,6 +120,8 @@ def _plain_group(dg: tp.DependencyGraph, group, names: dict, exec_order: dict, m
     consumers: dict[nn.Module, Consumer] = {}
     for mod, idxs, root_idxs in reads:
         n_in = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
+        if any(not 0 <= int(i) < n_in for i in idxs):
+            return _left(dg, group, names, f"Torch-Pruning maps its channels outside the inputs of {names[mod]}")
         c = consumers.setdefault(mod, Consumer(names[mod], mod, torch.full((n_in,), -1, dtype=torch.long)))
         for i, r in zip(idxs, root_idxs):
             if r is not None:

@@ -137,42 +137,49 @@ def merge(pending: list[Pending], dg: tp.DependencyGraph, names: dict, exec_orde
     """Merged channel groups from ``pending``, and the groups left whole with the reason."""
     groups, left = [], []
     for cluster in _clusters(pending):
-        built = _units(cluster)
+        built = _build(cluster, dg, names, exec_order, min_size)
         if isinstance(built, str):
             left.extend(_left(dg, p, names, built) for p in cluster)
-            continue
-        unit_of, size, unit = built
-        parts, member_units, consumers = [], {}, {}
-        for pi, p in enumerate(cluster):
-            per_unit = [[] for _ in range(size)]
-            for r in range(p.channels):
-                per_unit[unit_of[(pi, r)]].append(r)
-            if len({len(u) for u in per_unit}) != 1:
-                why = "its channels do not spread evenly over the channel groups of the grouped layers"
-                left.extend(_left(dg, q, names, why) for q in cluster)
-                break
-            parts.append(Part(p.name, torch.tensor(per_unit, dtype=torch.long)))
-            members, reads = members_and_reads(dg, p.group, names)
-            for m in members:
-                member_units[m] = member_units.get(m, 0) + len(per_unit[0])
-            for mod, idxs, root_idxs in reads:
-                n_in = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
-                c = consumers.setdefault(mod, Consumer(names[mod], mod, torch.full((n_in,), -1, dtype=torch.long)))
-                for i, r in zip(idxs, root_idxs):
-                    if r is not None:
-                        c.root_of[i] = unit_of[(pi, int(r))]
         else:
-            if size < min_size or not consumers:
-                why = "no weighted layer reads its channels" if not consumers else \
-                    f"its {size * unit} channels form one unit of its grouped layers"
-                left.extend(_left(dg, p, names, why) for p in cluster)
-                continue
-            modules = {names[m]: m for m in names}
-            order = min(exec_order.get(modules[n], 10**9) for n in member_units)
-            head = min(parts, key=lambda part: exec_order.get(modules[part.name], 10**9))
-            groups.append(ChannelGroup(head.name, modules[head.name], size, list(consumers.values()),
-                                       list(member_units), order, unit, parts, member_units))
+            groups.append(built)
     return groups, left
+
+
+def _build(cluster: list[Pending], dg: tp.DependencyGraph, names: dict, exec_order: dict, min_size: int
+           ) -> ChannelGroup | str:
+    """One merged group from a cluster of pending groups, or why it cannot be pruned."""
+    built = _units(cluster)
+    if isinstance(built, str):
+        return built
+    unit_of, size, unit = built
+    parts, member_units, consumers = [], {}, {}
+    for pi, p in enumerate(cluster):
+        per_unit = [[] for _ in range(size)]
+        for r in range(p.channels):
+            per_unit[unit_of[(pi, r)]].append(r)
+        if len({len(u) for u in per_unit}) != 1:
+            return "its channels do not spread evenly over the channel groups of the grouped layers"
+        parts.append(Part(p.name, torch.tensor(per_unit, dtype=torch.long)))
+        members, reads = members_and_reads(dg, p.group, names)
+        for m in members:
+            member_units[m] = member_units.get(m, 0) + len(per_unit[0])
+        for mod, idxs, root_idxs in reads:
+            n_in = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
+            if any(not 0 <= int(i) < n_in for i in idxs):
+                return f"Torch-Pruning maps its channels outside the inputs of {names[mod]}"
+            c = consumers.setdefault(mod, Consumer(names[mod], mod, torch.full((n_in,), -1, dtype=torch.long)))
+            for i, r in zip(idxs, root_idxs):
+                if r is not None:
+                    c.root_of[i] = unit_of[(pi, int(r))]
+    if not consumers:
+        return "no weighted layer reads its channels"
+    if size < min_size:
+        return f"its {size * unit} channels form one unit of its grouped layers"
+    modules = {n: m for m, n in names.items()}
+    order = min(exec_order.get(modules[n], 10**9) for n in member_units)
+    head = min(parts, key=lambda part: exec_order.get(modules[part.name], 10**9))
+    return ChannelGroup(head.name, modules[head.name], size, list(consumers.values()), list(member_units), order,
+                        unit, parts, member_units)
 
 
 def _left(dg: tp.DependencyGraph, p: Pending, names: dict, reason: str) -> LeftWhole:

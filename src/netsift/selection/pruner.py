@@ -22,6 +22,7 @@ from ..errors import NetsiftError
 from . import METHODS, PruneConfig
 from .base import Selection, SelectionContext
 from .budget import MacsModel, allocate
+from .estimate import Estimate, estimate as estimate_cost
 from .groups import ChannelGroup, LeftWhole, build_graph, find_groups
 from .removal import remove_channels
 
@@ -35,6 +36,7 @@ class Pruned:
     groups: list[ChannelGroup]
     widths: list[int] | None  # per-group budget (None in tolerance mode)
     selection_s: float
+    estimate: Estimate | None = None  # the greedy selection's cost, said before it started
 
 
 def _modules(model: nn.Module, items, what: str) -> list[nn.Module]:
@@ -185,6 +187,7 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
     model.eval()
     ctx = _context(plan, next_batch, holdout, seed, progress, layer_finetune, **resume)
     try:
+        estimate = say_estimate(ctx, cfg, progress)
         t0 = time.perf_counter()
         ctx.start_report()
         with _progress.scope():  # ends the per-group bars a failing method leaves open
@@ -196,4 +199,20 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
         model.train(was_training)
     rescale = selection.rescale if cfg.rescale == "auto" else cfg.rescale == "on"
     pruned = remove_channels(model, plan.input_shape, selection.kept, rescale)
-    return Pruned(pruned, selection, plan.groups, plan.widths, selection_s)
+    return Pruned(pruned, selection, plan.groups, plan.widths, selection_s, estimate)
+
+
+GREEDY = ("gfs", "backward")
+"""The methods whose cost grows with candidates x steps: their cost is estimated and said before they start."""
+
+
+def say_estimate(ctx: SelectionContext, cfg: PruneConfig, progress: bool) -> Estimate | None:
+    """For a greedy method, estimate its cost (:mod:`.estimate`) and say it on the progress output."""
+    if cfg.method not in GREEDY:
+        return None
+    from .. import distributed
+
+    est = estimate_cost(ctx, cfg.method, cfg.select_batch, distributed.world_size())
+    if progress and _progress.mode() != "off":
+        _progress.write(est.line(cfg.method))
+    return est
