@@ -220,7 +220,7 @@ def test_heartbeat_and_stray_tasks(monkeypatch, capsys):
             time.sleep(1.6)
             raise RuntimeError("boom")
     err = capsys.readouterr().err
-    assert "slow step: 3/10 batchs, loss 0.2500, elapsed" in err and "ETA" in err
+    assert "slow step: 3/10 batches, loss 0.2500, elapsed" in err and "ETA" in err
     time.sleep(1.0)  # the stray task was ended by scope(): no more heartbeats
     assert capsys.readouterr().err == ""
     assert progress.duration(3725) == "1:02:05" and progress.duration(65) == "1:05"

@@ -123,7 +123,7 @@ def _manifest_for(net: nn.Module | None, path: Path) -> dict:
     from .schema import MODEL_FILE
 
     if not (path / "model.json").is_file():
-        raise NetsiftError(f"{path} holds no saved network (model.json missing)")
+        raise NetsiftError(f"{path / 'model.json'} not found: {path} holds no saved network")
     manifest = read_json(path / "model.json", "model", MODEL_FILE)["manifest"]
     name = str(manifest.get("model", ""))
     if net is not None and name.startswith("custom:") and name[7:] != type(net).__qualname__:
@@ -168,13 +168,16 @@ def eval_bundle(saved: Saved, data: Any = None, data_dir: str | None = None, ima
         except TypeError as e:
             raise NetsiftError(f"saved data settings are malformed: {e}") from None
         bundle = load_bundle(cfg, saved.seed)
-    if saved.input_shape is not None and tuple(bundle.input_shape) != tuple(saved.input_shape):
-        raise NetsiftError(f"data {bundle.name} has samples of shape {tuple(bundle.input_shape)}; {saved.origin} "
-                           f"takes {tuple(saved.input_shape)}")
-    if saved.num_classes is not None and bundle.num_classes not in (None, saved.num_classes):
-        raise NetsiftError(f"data {bundle.name} has {bundle.num_classes} classes; {saved.origin} has "
-                           f"{saved.num_classes}")
+    shape_ok = saved.input_shape is None or tuple(bundle.input_shape) == tuple(saved.input_shape)
+    classes_ok = saved.num_classes is None or bundle.num_classes in (None, saved.num_classes)
+    if not (shape_ok and classes_ok):
+        raise NetsiftError(f"data {bundle.name} (samples {_shape(bundle.input_shape)}, {bundle.num_classes} classes) "
+                           f"does not fit the saved model ({_shape(saved.input_shape)}, {saved.num_classes} classes)")
     return bundle
+
+
+def _shape(shape) -> str:
+    return "x".join(map(str, shape)) if shape else "?"
 
 
 def import_module_class(spec: str) -> nn.Module:
