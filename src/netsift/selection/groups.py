@@ -37,7 +37,7 @@ from torch import nn
 
 from ..errors import NetsiftError
 from .group_types import ChannelGroup, Consumer, LeftWhole, Part, is_depthwise, is_grouped  # noqa: F401
-from .merged import Pending, constraints_of, members_and_reads, merge, needs_merge
+from .merged import Pending, constraints_of, members_and_reads, merge, needs_merge, out_of_range
 from .tracing import OPAQUE, _first_line, build_graph, register_opaque, static_index_mapping  # noqa: F401
 
 META_BYTES = 512 * 2**20  # trial removals of larger models run on the meta device (see _verified)
@@ -200,7 +200,7 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...], dg: tp.Dependenc
     for group in all_groups:
         covered.update(it.dep.target.module for it in group.items if dg.is_out_channel_pruning_fn(it.dep.handler))
         root = group[0].dep.target.module
-        reason = _refusal(dg, group, names)
+        reason = _refusal(dg, group, names) or out_of_range(dg, group, names)
         if reason is not None:
             refused.append(_left(dg, group, names, reason))
             continue

@@ -62,6 +62,31 @@ def constraints_of(dg: tp.DependencyGraph, group, names: dict) -> list[Constrain
     return out
 
 
+def _extent(dg: tp.DependencyGraph, mod: nn.Module, handler) -> int | None:
+    """How many channels a layer has on the side ``handler`` prunes (``None``: a layer type not checked)."""
+    out = dg.is_out_channel_pruning_fn(handler)
+    if isinstance(mod, nn.Conv2d):
+        return mod.out_channels if out else mod.in_channels
+    if isinstance(mod, nn.Linear):
+        return mod.out_features if out else mod.in_features
+    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        return mod.num_features
+    if isinstance(mod, nn.GroupNorm):
+        return mod.num_channels
+    return None
+
+
+def out_of_range(dg: tp.DependencyGraph, group, names: dict) -> str | None:
+    """Why a Torch-Pruning group cannot be trusted: it maps channels past a layer's own (an index mapping it got
+    wrong, e.g. through a concatenation whose sizes it could not infer), or ``None``."""
+    for item in group.items:
+        mod = item.dep.target.module
+        n = _extent(dg, mod, item.dep.handler) if isinstance(mod, nn.Module) else None
+        if n is not None and any(not 0 <= int(i) < n for i in item.idxs):
+            return f"Torch-Pruning maps its channels outside the channels of {names.get(mod, '?')}"
+    return None
+
+
 def needs_merge(constraints: list[Constraint]) -> bool:
     """Whether a group reaches a grouped layer in another order, or covers only some of its channels."""
     return any(sorted(c.mapping.values()) != list(range(c.channels)) or any(r != i for r, i in c.mapping.items())
