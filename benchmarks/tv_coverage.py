@@ -110,6 +110,15 @@ def _other_methods(records: list[dict]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
+def _whole(records: list[dict]) -> str:
+    """Groups left whole in ``records`` and their reasons (counted by kind)."""
+    sys.path[:0] = [str(ROOT / "tests")]
+    from prune_roundtrip import left_whole_summary
+
+    n, kinds = left_whole_summary(records)
+    return f"{n}" + (f" ({'; '.join(f'{c}x {k}' for k, c in kinds)})" if n else "")
+
+
 def write_table(records: list[dict], path: Path) -> None:
     import torchvision
 
@@ -119,26 +128,27 @@ def write_table(records: list[dict], path: Path) -> None:
     lines = ["# torchvision classification models: prune, save, load back, run", "",
              f"torchvision {torchvision.__version__}: **{passed}/{len(models)}** models pass end to end with l1 at a "
              "50% MACs budget (random weights, small inputs; Torch-Pruning reports 77/85 over all its tasks).", "",
-             *_other_methods(records), 
-             "| model | method | px | status | MACs kept (target 0.50) | groups | selection s | total s (cpu s) | "
-             "load-back | note / reason |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"Channel groups left whole over every run: {_whole(records)}; each one is listed with its reason "
+             "(layers, channels) in the records: none in silence.", "",
+             *_other_methods(records),
+             "| model | method | px | status | MACs kept (target 0.50) | groups | left whole (reasons) | selection s | "
+             "total s (cpu s) | load-back | note / reason |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate(models)}
     for r in sorted(records, key=lambda r: (order.get(r["model"], 999), ALL_METHODS.index(r["method"]))):
         if "macs_fraction" in r:
-            skipped = r.get("groups_skipped") or []
-            note = f"{len(skipped)} group(s) not pruned, e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
             lines.append(f"| {r['model']} | {r['method']} | {r['image_size']} | {r['status']} | "
-                         f"{r['macs_fraction']:.3f} | {r['groups']} | {r['selection_s']:.1f} | {r['wall_s']:.1f} "
-                         f"({r.get('cpu_s', float('nan')):.1f} cpu) | {'ok' if r['status'] == 'pass' else '-'} | "
-                         f"{note.replace('|', '/')} |")
+                         f"{r['macs_fraction']:.3f} | {r['groups']} | {_whole([r]).replace('|', '/')} | "
+                         f"{r['selection_s']:.1f} | {r['wall_s']:.1f} ({r.get('cpu_s', float('nan')):.1f} cpu) | "
+                         f"{'ok' if r['status'] == 'pass' else '-'} | {r.get('reason', '').replace('|', '/')} |")
         else:
-            lines.append(f"| {r['model']} | {r['method']} | {r['image_size']} | {r['status']} | - | - | - | "
+            lines.append(f"| {r['model']} | {r['method']} | {r['image_size']} | {r['status']} | - | - | - | - | "
                          f"{r['wall_s']:.1f} | - | {r.get('reason', '').replace('|', '/')} |")
     path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
+    sys.path.insert(0, str(ROOT / "src"))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", nargs=4, metavar=("MODEL", "METHOD", "SIZE", "CANDIDATES"), help=argparse.SUPPRESS)
     ap.add_argument("--models", default="all", help="comma-separated torchvision names, 'all', 'families' (one per "

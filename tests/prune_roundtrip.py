@@ -36,13 +36,13 @@ def random_data(shape: tuple[int, ...], num_classes: int, n_train: int, n_test: 
     return {"train": split(n_train), "test": split(n_test)}
 
 
-def skipped_groups(model: nn.Module, shape: tuple[int, ...]) -> list[tuple[str, str]]:
-    """``(layer, reason)`` of every channel group the pruning leaves out (a second analysis of the graph)."""
+def skipped_groups(model: nn.Module, shape: tuple[int, ...]) -> list[dict]:
+    """Every channel group the pruning leaves whole (layers, channels, reason; a second analysis of the graph)."""
     from netsift.selection.groups import find_groups
 
-    skipped: list[tuple[str, str]] = []
+    skipped: list = []
     find_groups(model, shape, skipped=skipped)
-    return skipped
+    return [s.as_dict() for s in skipped]
 
 
 def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
@@ -89,3 +89,23 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
         out["groups_skipped"] = skipped_groups(model, shape)
         out["explain_s"] = time.perf_counter() - t1
     return out
+
+
+def reason_kind(reason: str) -> str:
+    """A left-whole reason without what varies between groups (layer names, numbers, the error's text): the
+    coverage tables count groups by it."""
+    reason = reason.split(" (")[0]
+    return " ".join("…" if any(ch.isdigit() or ch in "._" for ch in w) else w for w in reason.split())
+
+
+def left_whole_summary(records: list[dict]) -> tuple[int, list[tuple[str, int]]]:
+    """Groups left whole over coverage ``records`` (``groups_skipped`` of each) and how many per reason kind,
+    most common first. Records written before the groups carried their channels (``[layer, reason]`` pairs)
+    are read too."""
+    counts: dict[str, int] = {}
+    for r in records:
+        for s in r.get("groups_skipped") or []:
+            reason = s["reason"] if isinstance(s, dict) else s[1]
+            kind = reason_kind(reason)
+            counts[kind] = counts.get(kind, 0) + 1
+    return sum(counts.values()), sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -40,3 +40,24 @@ def test_results_doc_matches_the_schema():
     from netsift.results import schema_markdown
 
     assert schema_markdown() in (ROOT / "docs" / "results.md").read_text()
+
+
+def _fields(text: str, start: str, end: str) -> set[str]:
+    import re
+
+    part = text[text.index(start):]
+    part = part[:part.index(end)]
+    return set(re.findall(r"`([a-z][a-z0-9_]*)`", part))
+
+
+def test_documented_result_fields_exist():
+    """Every result.json field the docs list by name is a field of the schema (docs/results.md)."""
+    from netsift.results import RESULT_KEYS
+
+    prune = _fields((ROOT / "docs" / "prune.md").read_text(), "`--out DIR` gets `result.json`", "the fine-tune's")
+    masks = _fields((ROOT / "docs" / "masks.md").read_text(), "`result.json` (DESIGN §4 fields plus", "extracted network")
+    readme = _fields((ROOT / "README.md").read_text(), "writes `DIR/result.json` (", "...)")
+    assert prune and masks and readme
+    for where, names in (("docs/prune.md", prune), ("docs/masks.md", masks), ("README.md", readme)):
+        unknown = sorted(names - set(RESULT_KEYS))
+        assert not unknown, f"{where} documents result.json fields that do not exist: {unknown}"

@@ -106,7 +106,7 @@ def test_channel_shuffle_is_kept_whole_and_branches_are_pruned():
     skipped: list = []
     groups = find_groups(model, (3, 16, 16), skipped=skipped)
     assert groups and all(".branch" in g.name or g.name in ("conv1.0", "conv5.0") for g in groups)
-    assert any("shuffle" in why for _, why in skipped)
+    assert any("shuffle" in s.reason for s in skipped)
     _masked_equals_pruned(model, (3, 16, 16))
 
 
@@ -117,7 +117,7 @@ def test_vit_keeps_its_embedding_width_and_prunes_mlp_widths(tmp_path):
     skipped: list = []
     groups = find_groups(model, (3, 32, 32), skipped=skipped)
     assert [g.name for g in groups] == ["encoder.layers.encoder_layer_0.mlp.0", "encoder.layers.encoder_layer_1.mlp.0"]
-    assert any("embedding width of attention layer" in why for _, why in skipped)
+    assert any("embedding width of attention layer" in s.reason for s in skipped)
     pruned = _masked_equals_pruned(model, (3, 32, 32))
     assert pruned.conv_proj.out_channels == 16 and pruned.encoder.layers[0].mlp[0].out_features == 16
 
@@ -164,7 +164,7 @@ def test_a_group_whose_removal_breaks_the_forward_pass_is_left_out():
     skipped: list = []
     groups = find_groups(_FixedWidth().eval(), (3, 8, 8), skipped=skipped)
     assert [g.name for g in groups] == ["b"]
-    assert skipped and skipped[0][0] == "a" and "fails" in skipped[0][1]
+    assert skipped and skipped[0].layers[0] == "a" and "fails" in skipped[0].reason
 
 
 def test_the_tracer_knows_its_opaque_classes_by_their_real_names():

@@ -220,7 +220,7 @@ def test_heartbeat_and_stray_tasks(monkeypatch, capsys):
             time.sleep(1.6)
             raise RuntimeError("boom")
     err = capsys.readouterr().err
-    assert "slow step: 3/10 batchs, loss 0.2500, elapsed" in err and "ETA" in err
+    assert "slow step: 3/10 batches, loss 0.2500, elapsed" in err and "ETA" in err
     time.sleep(1.0)  # the stray task was ended by scope(): no more heartbeats
     assert capsys.readouterr().err == ""
     assert progress.duration(3725) == "1:02:05" and progress.duration(65) == "1:05"
@@ -322,11 +322,14 @@ def test_report_of_one_run_and_errors(run_cli, sweep, tmp_path):
 
 
 def test_result_json_is_flat_enough(sweep):
-    """Every key of result.json is a scalar, except `layers` and `groups`: lists of flat records."""
+    """Every key of result.json is a scalar, except `layers`, `groups` and `groups_skipped` (lists of flat records)
+    and `input_shape` (a list of ints)."""
     for path in sweep.rglob("result.json"):
         result = json.loads(path.read_text())
         for key, value in result.items():
-            if key in ("layers", "groups"):
+            if key == "input_shape":
+                assert all(isinstance(v, int) for v in value)
+            elif key in ("layers", "groups", "groups_skipped"):
                 assert value is None or all(isinstance(v, dict) and not any(isinstance(x, dict) for x in v.values())
                                             for v in value)
             else:

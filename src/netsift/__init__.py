@@ -10,8 +10,8 @@ Two published methods and the measurement around them, on your own ``nn.Module``
 * :func:`extract`: Gumbel-Softmax weight masks on untrained networks (ASLP parametrisation + Smart Rescale).
 * :func:`prune`: Greedy Forward Selection of neurons on trained networks, physical removal and fine-tuning.
 * :func:`train`: the dense training every comparison starts from.
-* :func:`evaluate` and :func:`export`: measure a saved network again; write it as a compact file, safetensors or
-  ONNX.
+* :func:`evaluate` and :func:`export`: measure a saved network again (on its data or yours); write it as a compact
+  file, safetensors or ONNX. :func:`load_compact` rebuilds a compact file (into your module: ``model=MyNet()``).
 
 Importing ``netsift`` is cheap: torch loads on first use of these names.
 """
@@ -25,7 +25,7 @@ _LAZY = {
     "evaluate": "netsift.pipelines", "export": "netsift.pipelines", "Result": "netsift.results", "DataBundle": "netsift.data",
     "load_data": "netsift.data", "load_model": "netsift.rundir", "load_weights": "netsift.rundir",
     "save_model": "netsift.rundir", "build_model": "netsift.models", "NetsiftError": "netsift.errors",
-    "TrainConfig": "netsift.config",
+    "TrainConfig": "netsift.config", "load_compact": "netsift.masks.compact",
 }
 
 _CHECKED = {"load_data", "load_model", "load_weights", "save_model", "build_model"}

@@ -17,7 +17,10 @@ import math
 import os
 from typing import Any, Callable
 
+from torch import nn
+
 from .errors import NetsiftError
+from .results import Result
 
 
 def _type_name(value: Any) -> str:
@@ -194,6 +197,17 @@ def _train_config(value: Any, name: str) -> Any:
     return as_config(value, TrainConfig, name)
 
 
+
+def _source(value: Any, name: str) -> Any:
+    """A saved network's source: a path (run folder, compact file), a returned :class:`Result` or a module."""
+    if isinstance(value, (Result, nn.Module)):
+        return value
+    try:
+        return check_path(value, name, optional=False)
+    except NetsiftError:
+        raise NetsiftError(f"{name} must be a run folder, a compact file, a returned result or an nn.Module, got "
+                           f"{_type_name(value)} {_short(value)}") from None
+
 ARGUMENTS: dict[str, Callable[[Any, str], Any]] = {
     "config": _train_config,
     "finetune": _train_config,
@@ -203,7 +217,7 @@ ARGUMENTS: dict[str, Callable[[Any, str], Any]] = {
     "progress": lambda v, n: check_flag(v, n, optional=True),
     "out": _out,
     "weights": check_path,
-    "src": lambda v, n: check_path(v, n, optional=False),
+    "src": lambda v, n: _source(v, n),
     "path": lambda v, n: check_path(v, n, optional=False),
     "data_dir": check_path,
     "latency_threads": _threads,
@@ -233,6 +247,7 @@ ARGUMENTS: dict[str, Callable[[Any, str], Any]] = {
 
 BY_FUNCTION: dict[tuple[str, str], Callable[[Any, str], Any]] = {
     ("save_model", "model"): _module,
+    ("evaluate", "path"): _source,
     ("build_model", "image_size"): lambda v, n: _image_size(_int(1, 1024)(v, n), n),
 }
 """(function, argument) -> check, where an argument means something else than in :data:`ARGUMENTS`."""

@@ -124,8 +124,8 @@ class DataConfig:
 class ModelConfig:
     """Which architecture to build."""
 
-    model: str | None = opt("lenet300", f"architecture: {', '.join(ZOO)} (see `netsift models`), or tv:<torchvision "
-                                        "name>")
+    model: str | None = opt("lenet300", f"architecture: {', '.join(ZOO)} (see `netsift models`), tv:<torchvision "
+                                        "name> or timm:<timm name> (needs the timm extra)")
     width: float = opt(1.0, "width multiplier for the zoo's architectures")
     pretrained: bool = opt(False, "tv:<name> only: start from torchvision's published weights (needs the network)")
     weights: str | None = opt(None, "start from the state dict in this local file (.safetensors, or a torch.save "
@@ -133,11 +133,12 @@ class ModelConfig:
                               shown="none", metavar="FILE")
 
     def __post_init__(self):
-        from .models import REGISTRY, model_names
+        from .models import is_model_name, model_names
 
         check_types(self)
-        if self.model is not None and not self.model.startswith("tv:") and self.model not in REGISTRY:
-            raise NetsiftError(f"unknown model {self.model!r}; choose from: {', '.join(model_names())}, or tv:<name>")
+        if self.model is not None and not is_model_name(self.model):
+            raise NetsiftError(f"unknown model {self.model!r}; choose from: {', '.join(model_names())}, tv:<name> "
+                               "or timm:<name>")
         check_finite(self)
         if not 0 < self.width <= 64:
             raise NetsiftError(f"--width must be in (0, 64], got {self.width}")

@@ -22,6 +22,7 @@ from . import distributed
 from . import progress as _progress
 from .errors import NetsiftError
 from .models import prunable_layers
+from .structure import structure_hash
 
 SPREAD_WARNING = 0.10
 """Latency rounds that disagree by more than this fraction get a note in ``result.json``."""
@@ -70,6 +71,11 @@ def run_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     try:
         out = model(x)
     except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as e:
+        from .models import dtype_problem
+
+        problem = dtype_problem(model, x.dtype) if x.is_floating_point() else None
+        if problem:
+            raise NetsiftError(problem) from None
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, torch.OutOfMemoryError) or "out of memory" in why or "allocate" in why:
             raise NetsiftError(f"out of memory running the model on a batch of {len(x)} inputs of shape "
@@ -274,7 +280,9 @@ def measure(model: nn.Module, bundle, batch_size: int = 512, latency_threads: in
         macs = count_macs(model, shape)
         if source is not None and source_macs is None:
             source_macs = count_macs(source, shape)
-    out = {"test_acc": test["acc"], "test_loss": test["loss"], "test_samples": test["n"], "val_acc": val["acc"],
+    out = {"input_shape": [int(d) for d in shape], "structure": structure_hash(model),
+           **({"source_structure": structure_hash(source)} if source is not None else {}),
+           "test_acc": test["acc"], "test_loss": test["loss"], "test_samples": test["n"], "val_acc": val["acc"],
            "density": kept / total if total else 1.0, "params": nonzero, "params_total": params_total,
            "macs": macs, "macs_sparse": sparse_macs(model, shape),
            "macs_fraction": macs / source_macs if source_macs else 1.0,

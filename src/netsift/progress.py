@@ -173,7 +173,7 @@ class Task:
     def heartbeat(self) -> str:
         """The line written when a log file would otherwise stay silent."""
         if self.total:
-            what = f"{_fmt(self.done)}/{_fmt(self.total)} {self.unit}s"
+            what = f"{_fmt(self.done)}/{_fmt(self.total)} {plural(self.unit)}"
         else:
             what = "running"
         status = "".join(f", {k} {_fmt(v)}" for k, v in self.status.items())
@@ -195,6 +195,11 @@ class Task:
             self.bar = None
         if summary and self.summary_after is not None and self.elapsed >= self.summary_after and self.mode != "off":
             write(f"{self.desc}: done in {duration(self.elapsed) if self.elapsed >= 60 else f'{self.elapsed:.1f} s'}")
+
+
+def plural(noun: str) -> str:
+    """``noun`` in the plural (``step`` -> ``steps``, ``batch`` -> ``batches``)."""
+    return noun + ("es" if noun.endswith(("s", "sh", "ch", "x", "z")) else "s")
 
 
 def _fmt(v: Any) -> str:

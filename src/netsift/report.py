@@ -3,14 +3,19 @@
 :func:`collect` finds the run folders (a folder holding ``result.json``, or any folder below the given ones)
 and flattens each into one row: every scalar of ``result.json`` plus every scalar setting of ``config.json``
 as ``config.<section>.<key>`` (``config.train.lr``, ``config.prune.candidates``, ``config.data.train_subset``).
-Runs that differ only in their seed form one *series* point (mean ± standard deviation); a series is the
-command, the method and the settings in which its runs differ from the usual value (``gfs
-bn_batch_stats=true``), with one point per MACs or density target and fine-tune budget. A ``train`` run kept
+Runs that differ only in their seed form one *series* point (mean ± standard deviation over the seeds; runs that
+differ in nothing, same settings and same seed, are *replicates* and are labelled so); a series is the command,
+the method and the settings in which its runs differ from the usual value (``gfs bn_batch_stats=true``), with one
+point per MACs or density target and fine-tune budget, on one network and data set. Networks are told apart by
+their structure hash (``structure`` in ``result.json``; of the source network for a prune), never by class name
+alone: a panel is ``<model> on <data>``, with the short hash (``custom:Net #1a2b3c4d``) for your own modules and
+wherever one name covers several architectures. A ``train`` run kept
 inside a ``prune`` run's folder (``runs/bench-structured/resnet20/gfs-0.5-s0/ft1``) is a *fine-tune* of that
 selection: it joins its series, with its epochs as the fine-tune budget. :func:`report` writes
 
-* ``report.csv`` (one row per run), ``summary.csv`` (one row per series point, mean and std over seeds),
-  ``report.md`` (both tables and the plots) and the markdown tables on stdout,
+* ``report.csv`` (one row per run), ``summary.csv`` (one row per series point, mean and std over seeds or
+  replicates), ``report.md`` (both tables, the channel groups kept whole with their reasons, and the plots) and
+  the markdown tables on stdout,
 * ``accuracy_vs_macs.png`` (prune: test accuracy against MACs, one panel per fine-tune budget),
   ``accuracy_vs_density.png`` (extract: test accuracy against the kept fraction of weights, log scale),
   ``training_curves.png`` (train loss and validation accuracy per epoch, from ``metrics.jsonl``),
@@ -58,6 +63,7 @@ class Run:
     groups: list[dict]
     metrics: list[dict]
     settings: dict[str, Any]  # flat config.json (without the "config." prefix)
+    skipped: list[dict] = dataclasses.field(default_factory=list)  # prune: channel groups kept whole
     kind: str = ""  # train, extract, prune, or fine-tune (a train run inside a prune run's folder)
     parent: "Run | None" = None  # the prune run a fine-tune continues
 
@@ -113,7 +119,8 @@ def load_run(path: Path, root: Path | None = None) -> Run:
         name = str(path)
     row = {"run": name, **{k: v for k, v in result.items() if not isinstance(v, (list, dict))}}
     row.update({f"config.{k}": v for k, v in settings.items()})
-    return Run(path, row, result.get("layers") or [], result.get("groups") or [], metrics, settings)
+    return Run(path, row, result.get("layers") or [], result.get("groups") or [], metrics, settings,
+               result.get("groups_skipped") or [])
 
 
 def collect(paths: Iterable[str | Path]) -> list[Run]:
@@ -134,7 +141,33 @@ def collect(paths: Iterable[str | Path]) -> list[Run]:
         if r.parent is not None:  # what the fine-tune's own result.json cannot know: the selection it continues
             for key in ("test_acc_selected", "density", "macs_fraction", "source_test_acc", "source_macs"):
                 r.row[key] = r.parent.row.get(key)
+    _name_panels(runs)
     return runs
+
+
+def _arch(row: dict) -> str | None:
+    """The structure hash a run's series is keyed by: its source network's for a prune, else its network's."""
+    return row.get("source_structure") or row.get("structure")
+
+
+def _name_panels(runs: list[Run]) -> None:
+    """Set each run's ``arch`` (short structure hash) and ``panel`` (``<model>[ #hash] on <data>``): the hash is
+    shown for your own modules and where one name covers several architectures; a fine-tune takes its parent's."""
+    from .structure import short
+
+    for r in runs:
+        if r.parent is None:
+            r.row["arch"] = short(_arch(r.row)) if _arch(r.row) else None
+    for r in runs:
+        if r.parent is not None:
+            r.row["arch"] = r.parent.row.get("arch")
+    hashes: dict[str, set] = defaultdict(set)
+    for r in runs:
+        hashes[_base_panel(r.row)].add(r.row.get("arch"))
+    for r in runs:
+        base, arch = _base_panel(r.row), r.row.get("arch")
+        shown = arch and (str(r.row.get("model", "")).startswith("custom:") or len(hashes[base]) > 1)
+        r.row["panel"] = base.replace(" on ", f" #{arch} on ", 1) if shown else base
 
 
 # ------------------------------------------------------------------------------------------- series
@@ -227,10 +260,25 @@ def _budget(run: Run) -> int | None:
     return None
 
 
-def _panel(row: dict) -> str:
+def _base_panel(row: dict) -> str:
     width = row.get("width")
     w = "" if width in (None, 1, 1.0) else f" x{_value(width)}"
     return f"{row.get('model')}{w} on {row.get('data')}"
+
+
+def _panel(row: dict) -> str:
+    """The network and data a run belongs to (see :func:`_name_panels`)."""
+    return row.get("panel") or _base_panel(row)
+
+
+def _over(n: int, seeds: list) -> str:
+    """What a series point's mean and std are over: seeds, replicates (same settings and seed), or both."""
+    if n == 1:
+        return "1 run"
+    if len(seeds) == 1:
+        return f"{n} replicates (seed {seeds[0]})"
+    extra = n - len(seeds)
+    return f"{len(seeds)} seeds" + (f" (+{extra} replicate{'s' if extra > 1 else ''})" if extra else "")
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -247,8 +295,11 @@ def summarize(runs: list[Run], labels: dict[int, str]) -> list[dict]:
         groups[(r.kind, _panel(r.row), labels[i], json.dumps(_target(r)), _budget(r))].append(i)
     out = []
     for (kind, panel, label, target, budget), idx in groups.items():
+        seeds = [(runs[i].row.get("seed"), runs[i].row.get("data_seed")) for i in idx]
+        distinct = list(dict.fromkeys(seeds))
         row = {"kind": kind, "model": panel, "series": label, "target": json.loads(target),
-               "finetune_epochs": budget, "n": len(idx), "seeds": " ".join(str(runs[i].row.get("seed")) for i in idx)}
+               "finetune_epochs": budget, "n": len(idx), "seeds": " ".join(str(s) for s, _ in distinct),
+               "replicates": len(idx) - len(distinct), "over": _over(len(idx), [s for s, _ in distinct])}
         for k in AGGREGATED:
             mean, std = _mean_std([runs[i].row.get(k) for i in idx])
             row[k], row[f"{k}_std"] = mean, std
@@ -294,7 +345,7 @@ def _pm(mean: float | None, std: float | None, n: int) -> str:
     return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
 
 
-RUN_COLUMNS = ["run", "kind", "series", "model", "width", "data", "seed", "target", "test_acc", "val_acc",
+RUN_COLUMNS = ["run", "kind", "series", "model", "arch", "width", "data", "seed", "target", "test_acc", "val_acc",
                "test_acc_selected", "density", "macs", "macs_fraction", "params", "epochs_run", "wall_s"]
 
 
@@ -320,6 +371,23 @@ def _save_figure(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def left_whole_section(runs: list[Run]) -> str:
+    """Markdown: the channel groups prune runs kept whole, with the reason, per network (empty without prunes)."""
+    prunes = [r for r in runs if r.kind == "prune"]
+    if not prunes:
+        return ""
+    seen: dict[tuple, list[str]] = defaultdict(list)
+    for r in prunes:
+        for s in r.skipped:
+            layers = s.get("layers") or ["?"]
+            seen[(_panel(r.row), layers[0], len(layers) - 1, s.get("channels"), s.get("reason"))].append(r.row["run"])
+    if not seen:
+        return f"\n## Channel groups kept whole\n\nNone: every channel group of the {len(prunes)} prune runs was pruned.\n"
+    rows = [{"model": panel, "layer": layer, "coupled layers": coupled, "channels": channels, "reason": reason,
+             "runs": len(names)} for (panel, layer, coupled, channels, reason), names in seen.items()]
+    return f"\n## Channel groups kept whole\n\n{markdown(rows, list(rows[0]))}\n"
 
 
 # ------------------------------------------------------------------------------------------- plots
@@ -427,7 +495,7 @@ def plot_accuracy_vs_macs(summary: list[dict], runs: list[Run], path: Path) -> b
             ax.grid(alpha=0.3)
             if by_series:
                 _legend(ax, len(by_series) + 1)
-    fig.suptitle("Channel pruning: accuracy against MACs (mean ± std over seeds)", fontsize=11)
+    fig.suptitle("Channel pruning: accuracy against MACs (mean ± std over seeds, or over replicates)", fontsize=11)
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
@@ -602,19 +670,21 @@ def report(paths: Iterable[str | Path], out: str | Path = "report", plots: bool 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [r.row for r in runs]
-    first = ["run", "kind", "parent", "command", "series", "method", "model", "width", "data", "seed", "target",
-             "finetune_budget"]
+    first = ["run", "kind", "parent", "command", "series", "method", "model", "arch", "panel", "width", "data",
+             "seed", "target", "finetune_budget"]
     write_csv(out / "report.csv", [{**{k: r.get(k) for k in first}, **r} for r in rows])
     write_csv(out / "summary.csv", summary)
     files = [out / "report.csv", out / "summary.csv"]
     summary_md = [{"kind": s["kind"], "model": s["model"], "series": s["series"], "target": s["target"],
-                   "fine-tune ep": s["finetune_epochs"], "n": s["n"], "test_acc": _pm(s["test_acc"], s["test_acc_std"], s["n"]),
+                   "fine-tune ep": s["finetune_epochs"], "n": s["n"], "over": s["over"],
+                   "test_acc": _pm(s["test_acc"], s["test_acc_std"], s["n"]),
                    "selected": _pm(s["test_acc_selected"], s["test_acc_selected_std"], s["n"]),
                    "density": s["density"], "macs": None if s["macs"] is None else int(round(s["macs"])),
                    "params": None if s["params"] is None else int(round(s["params"])), "wall_s": s["wall_s"]}
                   for s in summary]
-    text = (f"## Runs ({len(runs)})\n\n{markdown(rows, RUN_COLUMNS)}\n\n## Summary (mean ± std over seeds)\n\n"
-            f"{markdown(summary_md, list(summary_md[0]))}\n")
+    text = (f"## Runs ({len(runs)})\n\n{markdown(rows, RUN_COLUMNS)}\n\n## Summary (mean ± std over seeds; "
+            f"replicates are runs with the same settings and seed)\n\n{markdown(summary_md, list(summary_md[0]))}\n"
+            f"{left_whole_section(runs)}")
     if plots:
         with progress.stage("drawing the plots"):
             drawn = [name for name, ok in [

@@ -28,6 +28,8 @@ class Result:
     """
 
     model: nn.Module | None = field(default=None, repr=False, metadata={"help": "the network (not in result.json)"})
+    compact: Any = field(default=None, repr=False, metadata={
+        "help": "extract: the subnetwork as a compact file holds it, for `netsift.export` (not in result.json)"})
     # --- what ran
     command: str = _f("`train`, `extract` or `prune` (`evaluate` and `export` in what those return)", "")
     method: str = _f("`dense` (train), the mask method (extract) or the selection method (prune)", "")
@@ -37,6 +39,9 @@ class Result:
     data: str = _f("data set name (`custom` for your own data)", "")
     image_size: int | None = _f("side (px) of the square images fed to the network (after any `--image-size` "
                                 "resize; `null` for other inputs)")
+    input_shape: list | None = _f("shape of one input sample as the network takes it, e.g. `[1, 28, 28]`")
+    structure: str | None = _f("structure hash of the network (SHA-256 of its parameter and buffer names, shapes "
+                               "and dtypes; `netsift report` keys its series by it, shown short)")
     seed: int = _f("seed of the initialisation, sampling, selection and training", 0)
     data_seed: int = _f("seed of the train/validation split", 0)
     # --- the network
@@ -97,12 +102,21 @@ class Result:
     source_test_acc: float | None = _f("prune: the source network's test accuracy")
     source_macs: int | None = _f("prune: the source network's MACs")
     source_params: int | None = _f("prune: the source network's parameters")
+    source_structure: str | None = _f("prune: structure hash of the source network (the series key of a prune)")
     test_acc_selected: float | None = _f("prune: test accuracy after removal, before any fine-tuning")
     finetuned: bool | None = _f("prune: whether the network was fine-tuned (`test_acc` is then after fine-tuning)")
     finetune_epochs: int | None = _f("prune: fine-tune epochs")
     selection_s: float | None = _f("prune: wall time of the channel selection (s)")
+    selection_estimate_s: float | None = _f("prune, gfs/backward: the selection's time estimated before it started "
+                                            "(s; from the MACs of the suffix passes and this machine's measured "
+                                            "speed; an upper bound in tolerance mode)")
+    selection_passes: int | None = _f("prune, gfs/backward: suffix passes (candidates x steps) estimated before "
+                                      "the selection started")
     finetune_s: float | None = _f("prune: wall time of the fine-tuning (s)")
     groups: list | None = _f("prune: per channel group: `group`, `size`, `kept` (and accuracies in tolerance mode)")
+    groups_skipped: list | None = _f("prune: every channel group kept whole (not pruned), with why: `layers` (the "
+                                     "layers whose output channels stay, root first), `channels`, `reason`; the "
+                                     "logits layer is never pruned and not listed")
     # --- evaluate and export (returned by netsift.evaluate / netsift.export; never in a run's result.json)
     saved_test_acc: float | None = _f("evaluate: the test accuracy the run (or compact file) recorded", returned=True)
     format: str | None = _f("export: `compact`, `safetensors` or `onnx`", returned=True)
@@ -125,7 +139,7 @@ class Result:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "model" or (f.metadata.get("returned") and value is None):
+            if f.name in ("model", "compact") or (f.metadata.get("returned") and value is None):
                 continue
             out["model" if f.name == "arch" else f.name] = value
         return out
@@ -135,7 +149,7 @@ class Result:
         """A result read back from ``result.json`` (unknown keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = {("arch" if k == "model" else k): v for k, v in data.items()}
-        return cls(model=model, **{k: v for k, v in values.items() if k in names and k != "model"})
+        return cls(model=model, **{k: v for k, v in values.items() if k in names and k not in ("model", "compact")})
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, "arch" if key == "model" else key)
@@ -156,7 +170,7 @@ def schema_markdown() -> str:
     """The ``result.json`` fields as a markdown table (docs/results.md)."""
     rows = ["| key | meaning |", "|---|---|"]
     for f in dataclasses.fields(Result):
-        if f.name == "model" or f.metadata.get("returned"):
+        if f.name in ("model", "compact") or f.metadata.get("returned"):
             continue
         rows.append(f"| `{'model' if f.name == 'arch' else f.name}` | {f.metadata['help']} |")
     return "\n".join(rows)

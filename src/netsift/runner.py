@@ -151,6 +151,7 @@ class Outcome:
     fields: dict
     manifest: dict | None = None  # saved with the model (default: the model's own)
     artifacts: Callable[[Path], dict] | None = None  # writes more files into the run folder; returns result fields
+    compact: Any = None  # extract: the subnetwork as a compact file holds it (``Result.compact``)
 
 
 @dataclass
@@ -234,7 +235,9 @@ def _execute(spec: Spec, opts: RunOptions) -> Result:
                   "seed": start.seed, "data_seed": start.data_seed, **outcome.fields, **saved,
                   "wall_s": time.perf_counter() - t0}
         result = distributed.on_main(lambda: rundir.write_result(run, result), "writing result.json")
-        return Result.from_dict(result, model=outcome.model)
+        out = Result.from_dict(result, model=outcome.model)
+        out.compact = outcome.compact  # netsift.export(result, "compact") without a run folder
+        return out
 
 
 def _save(run: rundir.RunFolder, outcome: Outcome) -> dict:

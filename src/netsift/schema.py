@@ -296,6 +296,7 @@ _MANIFEST_FIELDS = {
     "kwargs": Map(JSON, 100),
     "modules": MODULE_SIZES,
     "pretrained": Bool(),
+    "structure": HEX64,
 }
 
 
@@ -370,8 +371,13 @@ MODEL_FILE = Obj({"manifest": MANIFEST, "netsift": Opt(Str(100))}, required=("ma
 
 INIT = Obj({"scheme": Str(100), "seed": SEED}, required="all")
 
-SUBNET_FILE = Obj({"manifest": MANIFEST, "init": INIT, "weights_sha256": HEX64, "method": Opt(Str(100)),
-                   "data": Opt(OneOf(Str(100), Map(JSON, 100))), "test_acc": Opt(Num(0, 1, nan=True))},
+_INPUT_SHAPE = List(Int(1, MAX_SIZE), 8, 1)
+
+SUBNET_FILE = Obj({"manifest": MANIFEST, "init": INIT, "weights_sha256": HEX64, "state_sha256": Opt(HEX64),
+                   "method": Opt(Str(100)), "data": Opt(OneOf(Str(100), Map(JSON, 100))),
+                   "test_acc": Opt(Num(0, 1, nan=True)), "layers": List(Str(1000), 100_000),
+                   "input_shape": Opt(_INPUT_SHAPE), "num_classes": Opt(Int(1, MAX_CLASSES)),
+                   "dense_bytes": Opt(Int(0, 2**50)), "data_config": Opt(Map(JSON, 100)), "seed": Opt(SEED)},
                   required=("manifest", "init", "weights_sha256"))
 """``subnet.json`` of an extract run."""
 
@@ -393,6 +399,9 @@ COMPACT_HEADER = Obj({
     "method": Opt(Str(100)),
     "data": Opt(OneOf(Str(100), Map(JSON, 100))),
     "data_config": Opt(DATA_SETTINGS),
+    "input_shape": Opt(_INPUT_SHAPE),
+    "num_classes": Opt(Int(1, MAX_CLASSES)),
+    "dense_bytes": Opt(Int(0, 2**50)),
 }, required=("manifest", "init", "layers", "extras", "codec", "raw_bytes", "payload_bytes"))
 """The JSON header of a compact ``.nsc`` file."""
 

@@ -1,8 +1,8 @@
 """Recording and re-applying layer sizes, so a network whose channels were removed reloads as plain modules.
 
 :func:`module_sizes` lists the sizes of every resizable layer (Conv2d, Linear, BatchNorm, LayerNorm, GroupNorm,
-PReLU: the attributes their ``forward`` reads) and the shape of every parameter or buffer that belongs to no
-such layer (a layer-scale γ, a class token, a position embedding, a per-channel gate);
+PReLU: the attributes their ``forward`` reads) and the shape of every parameter or (persistent) buffer that belongs
+to no such layer (a layer-scale γ, a class token, a position embedding, a per-channel gate);
 :func:`apply_module_sizes` resizes a freshly built model to those sizes in place: each layer keeps its class
 (subclasses such as ``LayerNorm2d`` included) with its attributes updated and empty tensors of the recorded
 shapes, ready for ``load_state_dict``.
@@ -48,9 +48,10 @@ def module_sizes(model: nn.Module) -> dict[str, dict]:
             sizes[name] = {"type": kind, "out": m.num_parameters}
         else:
             sizes[name] = {"type": kind, "out": m.num_features}
+    saved = set(model.state_dict())  # a non-persistent buffer is derived state its module recomputes: not recorded
     for what, tensors in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
         for name, t in tensors:
-            if id(t) not in owned and name not in sizes:
+            if id(t) not in owned and name not in sizes and name in saved:
                 sizes[name] = {"type": what, "shape": list(t.shape)}
     return sizes
 

@@ -14,4 +14,6 @@ def run(args) -> int:
     for name, description in zoo_descriptions().items():
         print(f"{name:<12} {description}")
     print(f"{'tv:<name>':<12} any torchvision classification model (random init; --pretrained where online)")
+    print(f"{'timm:<name>':<12} any timm classification model (random init, or a local file with --weights; "
+          "needs pip install 'netsift[timm]')")
     return 0

@@ -91,6 +91,23 @@ def as_bundle(data: Any, seed: int = 0, val_fraction: float = 0.1, image_size: i
                       _num_classes(datasets["train"]), loaders=loaders, loader_kwargs=kwargs)
 
 
+def classes_from_labels(bundle: DataBundle) -> int:
+    """The number of classes of a data set that does not say (no ``classes``, ``labels`` or ``targets``): the
+    largest label over every split, plus one. It reads every sample once."""
+    from .. import progress
+
+    top = -1
+    with progress.stage("counting the classes from the labels (the data set does not say)"):
+        for split in SPLITS:
+            if bundle.size(split):
+                for _, y in bundle.loader(split, 1024):
+                    if len(y):
+                        top = max(top, int(torch.as_tensor(y).max()))
+    if top < 1:
+        raise NetsiftError("the labels hold fewer than 2 classes")
+    return top + 1
+
+
 def _fast(dataset, split: str = "data"):
     """A ``torch.utils.data.TensorDataset`` of (inputs, labels) as netsift's in-memory data set (batched fast);
     its values are checked once here, where they enter (finite inputs, non-negative labels)."""

@@ -204,3 +204,54 @@ def _load_image_folder(root: Path, info: DatasetInfo, seed: int, val_fraction: f
     val = torch.utils.data.Subset(train_eval, perm[:n_val].tolist())  # validation images without augmentation
     return DataBundle("imagenet", train, val, test, (3, size, size), len(train_all.classes), None, None, "imagenet",
                       config=config)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+def load_image_dir(path: str | Path, input_shape: tuple[int, ...], mean: tuple[float, ...] | None = None,
+                   std: tuple[float, ...] | None = None, max_images: int = 1_000_000) -> DataBundle:
+    """Images in class folders ``path/<class>/*`` (classes in sorted order are labels 0, 1, ...) as the test split
+    of a bundle, for measuring a saved network on them: each image converted to the network's channels (grey or
+    RGB) and size, pixels in [0, 1], normalised with ``mean``/``std`` when given. The bundle's training split is
+    the same images (nothing trains on it) and it has no validation split.
+
+    Raises:
+        NetsiftError: a missing folder, no class folders or images, an unreadable image, or an input shape that
+            is not (1 or 3, H, W).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    if not root.is_dir():
+        raise NetsiftError(f"image folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise NetsiftError(f"an image folder feeds networks taking (1 or 3, H, W) inputs, not {tuple(input_shape)}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise NetsiftError(f"{root} has no class folders (expected {root}/<class>/<image>)")
+    c, h, w = input_shape
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for f in sorted((root / name).iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if len(images) >= max_images:
+                raise NetsiftError(f"{root} holds more than {max_images:,} images")
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("L" if c == 1 else "RGB")
+                    if im.size != (w, h):
+                        im = im.resize((w, h), Image.BILINEAR)
+                    a = np.asarray(im, dtype=np.uint8)
+            except (OSError, UnidentifiedImageError) as e:
+                raise NetsiftError(f"cannot read image {f}: {e}") from None
+            images.append(torch.from_numpy(a.copy()).view(h, w, c).permute(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise NetsiftError(f"{root} has no images in its class folders ({', '.join(IMAGE_SUFFIXES)})")
+    if (mean is None) != (std is None) or (mean is not None and (len(mean) != c or len(std) != c)):
+        raise NetsiftError(f"give --mean and --std together, one value per channel ({c})")
+    data = TensorDataset(torch.stack(images), torch.tensor(labels))
+    empty = data.subset(torch.zeros(0, dtype=torch.long))
+    return DataBundle("images", data, empty, data, (c, h, w), len(classes), mean, std, "none")

@@ -1,7 +1,8 @@
 """The model zoo: a registry of architectures that adapt to a data set's channels, image size and classes.
 
 ``build_model("conv4", in_channels=1, image_size=28, num_classes=10, width=0.5)`` builds a network; any
-torchvision classification model is available as ``tv:<name>``. Register a new architecture with
+torchvision classification model is available as ``tv:<name>``, and any timm model as ``timm:<name>`` (with
+the optional ``timm`` package). Register a new architecture with
 :func:`register`. The built-in architectures are declared in :data:`ZOO` (name, module, description) and
 their modules load on first use, so that importing this package (``netsift models``, ``--help``) needs no torch.
 """
@@ -82,8 +83,17 @@ def register(name: str, description: str | None = None) -> Callable[[Builder], B
     return wrap
 
 
+EXTERNAL = ("tv:", "timm:")
+"""Prefixes of the architectures built by other libraries: torchvision (``tv:``) and timm (``timm:``)."""
+
+
+def is_model_name(name: object) -> bool:
+    """Whether ``name`` names an architecture :func:`build_model` builds (zoo, ``tv:`` or ``timm:``)."""
+    return isinstance(name, str) and (name.startswith(EXTERNAL) or name in _load_zoo())
+
+
 def model_names() -> list[str]:
-    """Names accepted by :func:`build_model` (``tv:<name>`` is accepted too)."""
+    """Names accepted by :func:`build_model` (``tv:<name>`` and ``timm:<name>`` are accepted too)."""
     return sorted(_load_zoo())
 
 
@@ -110,9 +120,16 @@ def build_model(name: str, in_channels: int = 3, image_size: int = 32, num_class
         from .torchvision_models import build_torchvision
 
         return build_torchvision(name[3:], in_channels, image_size, num_classes, width=width, **kwargs)
+    if name.startswith("timm:"):
+        from .timm_models import build_timm
+
+        if kwargs.pop("pretrained", False):
+            raise NetsiftError("timm models are never downloaded: start from a local file with --weights FILE")
+        return build_timm(name[5:], in_channels, image_size, num_classes, width=width, **kwargs)
     registry = _load_zoo()
     if name not in registry:
-        raise NetsiftError(f"unknown model {name!r}; choose from: {', '.join(model_names())}, or tv:<torchvision name>")
+        raise NetsiftError(f"unknown model {name!r}; choose from: {', '.join(model_names())}, tv:<torchvision name> "
+                           "or timm:<timm name>")
     return registry[name].builder(in_channels=in_channels, image_size=image_size, num_classes=num_classes,
                                   width=width, **kwargs)
 
@@ -129,15 +146,31 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
-def check_input(model: nn.Module, shape: tuple[int, ...]) -> None:
-    """Run one sample of ``shape`` through ``model``; raise a one-line error if it cannot take it."""
+def dtype_problem(model: nn.Module, dtype: torch.dtype) -> str | None:
+    """Why ``model`` cannot take inputs of ``dtype`` (its floating-point weights are of another dtype), or ``None``."""
+    have = sorted({str(t.dtype).removeprefix("torch.") for t in [*model.parameters(), *model.buffers()]
+                   if t.is_floating_point()})
+    want = str(dtype).removeprefix("torch.")
+    if have and have != [want]:
+        return (f"the model's weights are {' and '.join(have)} but its inputs are {want}: give them one dtype "
+                f"(e.g. model.float())")
+    return None
+
+
+def check_input(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> None:
+    """Run one sample of ``shape`` (float32 unless ``dtype``) through ``model``; raise a one-line error if it
+    cannot take it, saying so when the problem is the dtype, not the shape."""
     import torch
 
+    dtype = dtype or torch.float32
+    problem = dtype_problem(model, dtype)
+    if problem:
+        raise NetsiftError(problem)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *shape, device=_device(model)))
+            model(torch.zeros(1, *shape, device=_device(model), dtype=dtype))
     except Exception as e:  # shape errors surface as RuntimeError, AssertionError, ValueError, IndexError, ...
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise NetsiftError(f"model cannot take inputs of shape {tuple(shape)}: {why}") from None

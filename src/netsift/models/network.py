@@ -17,7 +17,7 @@ from torch import nn
 from .. import memory, progress
 from ..checks import check_finite_model
 from ..errors import NetsiftError
-from . import REGISTRY, build_for, check_input, manifest_of
+from . import build_for, check_input, is_model_name, manifest_of, model_names
 
 
 def check_weights(weights: Any, model: Any) -> Path | None:
@@ -27,9 +27,9 @@ def check_weights(weights: Any, model: Any) -> Path | None:
     from ..config import check_weights_path
 
     check_weights_path(str(weights) if isinstance(weights, Path) else weights)
-    if not isinstance(model, str) or not (model.startswith("tv:") or model in REGISTRY):
-        raise NetsiftError("weights apply to a network built by name (a zoo name or tv:<name>); load your own "
-                           "module's state dict yourself")
+    if not is_model_name(model):
+        raise NetsiftError("weights apply to a network built by name (a zoo name, tv:<name> or timm:<name>); load "
+                           "your own module's state dict yourself")
     path = Path(weights)
     if not path.is_file():
         raise NetsiftError(f"weights file {path} does not exist" if not path.exists() else
@@ -57,10 +57,13 @@ def load_weights(net: nn.Module, path: Path) -> dict:
 def network_for(model: nn.Module | str, bundle: Any, seed: int, width: float = 1.0) -> nn.Module:
     """``model`` itself, or the zoo architecture it names built for ``bundle`` from ``seed``; checked on one input."""
     if isinstance(model, str):
-        if not model.startswith("tv:") and model not in REGISTRY:
-            raise NetsiftError(f"unknown model {model!r}; choose from: {', '.join(sorted(REGISTRY))}, or tv:<name>")
+        if not is_model_name(model):
+            raise NetsiftError(f"unknown model {model!r}; choose from: {', '.join(model_names())}, tv:<name> or "
+                               "timm:<name>")
         if bundle.num_classes is None:
-            raise NetsiftError("the data does not say how many classes it has; build the model yourself")
+            from ..data.resolve import classes_from_labels
+
+            bundle.num_classes = classes_from_labels(bundle)  # the data set does not say: read from its labels
         memory.check_new_network(model, lambda: build_for(model, bundle.input_shape, bundle.num_classes, width, seed),
                                  bundle.input_shape)  # its size checked on the meta device before it is built
         return build_for(model, bundle.input_shape, bundle.num_classes, width, seed)

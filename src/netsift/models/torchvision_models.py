@@ -264,7 +264,7 @@ def load_state(model: nn.Module, state, origin: str = "state dict") -> list[str]
                 and got.shape[2:] == want.shape[2:]:
             fixed[key] = _adapt_channels(got.float(), want.shape[1]).to(got.dtype)
             notes.append(f"{convs[0]}: {got.shape[1]}-channel filters averaged for {want.shape[1]} channels")
-        elif key == "encoder.pos_embedding" and got.dim() == 3 and got.shape[2] == want.shape[2]:
+        elif key in ("encoder.pos_embedding", "pos_embed") and got.dim() == 3 and got.shape[2] == want.shape[2]:
             fixed[key] = _interpolate_positions(got, want.shape[1])
             notes.append(f"{key}: position embedding interpolated ({got.shape[1]} -> {want.shape[1]} tokens)")
         else:

@@ -8,12 +8,15 @@ Default output paths, next to the source: ``RUN_DIR/model.nsc`` (compact), ``RUN
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..checks import check_finite_model, checked
+from .. import rundir
+from ..checks import checked
 from ..errors import NetsiftError
 from ..masks import COMPACT_SUFFIX as SUFFIX
+from ..masks.compact import write_compact
 from ..results import Result
+from ..saved import export_object, export_source
 
 if TYPE_CHECKING:
     from torch import nn
@@ -25,35 +28,28 @@ def default_out(src: Path, fmt: str) -> Path:
     """Where ``export`` writes when ``--out`` is not given."""
     ext = {"compact": SUFFIX, "safetensors": ".safetensors", "onnx": ".onnx"}[fmt]
     if src.is_file():  # a run's own model.nsc: its safetensors export is dense.*, not the run's model.* pair
-        own = fmt == "safetensors" and src.stem == "model"
+        own = fmt == "safetensors" and src.stem == "model" and rundir.is_run(src.parent)
         return src.parent / "dense.safetensors" if own else src.with_suffix(ext)
     return src / ("dense.safetensors" if fmt == "safetensors" else f"model{ext}")
 
 
-def load_source(src: Path) -> tuple[nn.Module, dict]:
-    """The network and manifest of a run folder (``model.safetensors``) or of a compact file."""
-    from ..masks.compact import read_compact, rebuild
-    from ..rundir import load_model
-
-    if src.is_file():
-        subnet = read_compact(src)
-        model, manifest = rebuild(subnet, str(src)), subnet.manifest
-    else:
-        model, manifest = load_model(src)
-    check_finite_model(model, f"the network in {src}")  # refused before anything is written
-    return model, manifest
-
-
 @checked  # wrong argument types are one line
-def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None, overwrite: bool = False) -> Result:
-    """Export ``src`` (a run folder, or a compact file for safetensors/onnx) as ``fmt``.
+def export(src: Any, fmt: str = "compact", out: str | Path | None = None, overwrite: bool = False, *,
+           model: nn.Module | None = None, input_shape: tuple[int, ...] | None = None) -> Result:
+    """Export ``src`` (a run folder, a compact file for safetensors/onnx, or what a pipeline returned) as ``fmt``.
 
     Args:
-        src: a run folder (``compact`` needs one of ``netsift extract``) or a compact ``.nsc`` file.
+        src: a run folder (``compact`` needs one of ``netsift extract``), a compact ``.nsc`` file, the
+            :class:`~netsift.results.Result` a pipeline returned (``compact``: the one of ``netsift.extract``), or
+            an ``nn.Module`` (safetensors, onnx).
         fmt: ``compact`` (architecture + init seed + one bit per weight + per-layer scales), ``safetensors``
             (the dense weights + JSON manifest, loads with :func:`netsift.load_model`) or ``onnx``.
-        out: the output file (default: next to the source, see the module docstring).
+        out: the output file (default: next to the source, see the module docstring; required for a network
+            held in memory without a run folder).
         overwrite: replace an existing output file.
+        model: a fresh instance of your own module, for a run folder or compact file made from it (ONNX, and the
+            checks of a compact export).
+        input_shape: the shape of one sample, for ONNX where the source does not record it.
 
     Returns:
         a :class:`~netsift.results.Result` (``command`` ``export``): ``path`` written, its size ``bytes``, the
@@ -64,32 +60,40 @@ def export(src: str | Path, fmt: str = "compact", out: str | Path | None = None,
     """
     if fmt not in FORMATS:
         raise NetsiftError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
-    from .. import rundir
-    from ..masks.compact import dense_bytes, write_compact
-
+    if isinstance(src, Result) and out is None and src.run_dir:
+        src = src.run_dir  # its run folder: the default output goes next to it
+    if not isinstance(src, (str, Path)):
+        return _export_object(src, fmt, out, overwrite, model, input_shape)
     src = Path(src)
     if not src.exists():
         raise NetsiftError(f"no such run folder or file: {src}")
     out = default_out(src, fmt) if out is None else out
-    targets = rundir.check_output_file(out, fmt, overwrite, source=src)  # never a file of a run but its own kind
+    rundir.check_output_file(out, fmt, overwrite, source=src)  # never a file of a run but its own kind
     out = Path(out)
     if fmt == "compact" and src.is_file():
         raise NetsiftError(f"{src} is a file: compact export needs a run folder of `netsift extract`")
     with _lock_if_run(out.parent):
         if fmt == "compact":
-            r = write_compact(src, out)
-            fields = {"path": r["path"], "bytes": r["compact_bytes"], "dense_bytes": r["dense_bytes"],
-                      "ratio": r["ratio"], "codec": r["codec"], "density": r["density"]}
+            r = write_compact(src, out, model)
         else:
-            model, manifest = load_source(src)
-            if fmt == "safetensors":
-                rundir.save_model(out.parent, model, manifest, name=out.with_suffix("").name)
-            else:
-                from ..onnx_export import export_onnx
+            r = export_source(src, fmt, out, model, input_shape)
+    return _result(fmt, src, r)
 
-                export_onnx(model, (manifest["in_channels"], manifest["image_size"], manifest["image_size"]), out)
-            fields = {"path": str(targets[0]), "bytes": targets[0].stat().st_size, "dense_bytes": dense_bytes(model)}
-    return Result.from_dict({"command": "export", "format": fmt, "run_dir": str(src), **fields})
+
+def _export_object(src: Any, fmt: str, out: str | Path | None, overwrite: bool, model, input_shape) -> Result:
+    """Export a result or module held in memory (no run folder to write next to: ``out`` is required)."""
+    if out is None:
+        raise NetsiftError("give the output file (out=...) to export a network held in memory")
+    rundir.check_output_file(out, fmt, overwrite)  # a folder, a link, a run's own file or an existing file: refused
+    return _result(fmt, None, export_object(src, fmt, Path(out), model, input_shape))
+
+
+def _result(fmt: str, src: Path | None, r: dict) -> Result:
+    """The :class:`Result` of an export from what the writer returned."""
+    fields = {"path": r["path"], "bytes": r.get("compact_bytes", r.get("bytes")), "dense_bytes": r["dense_bytes"]}
+    if fmt == "compact":
+        fields.update(ratio=r["ratio"], codec=r["codec"], density=r["density"])
+    return Result.from_dict({"command": "export", "format": fmt, "run_dir": str(src) if src else None, **fields})
 
 
 def _lock_if_run(folder: Path):

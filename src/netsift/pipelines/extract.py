@@ -10,13 +10,12 @@ from typing import Any
 from torch import nn
 
 from .. import distributed, rundir
-from ..checkpoint import save_checkpoint
 from ..checks import checked
 from ..config import RUN_FIELDS, RunOptions, TrainConfig
 from ..errors import NetsiftError
 from ..masks import EXTRACT_DEFAULTS, METHODS, MaskConfig, apply_masks, fit_masks, masks_and_scales, train_config
 from ..masks import extract as extract_masks
-from ..masks.compact import subnet_tensors
+from ..masks.compact import compact_of_run, save_run_subnet
 from ..masks.frozen import INIT_SCHEMES, frozen_network, init_frozen, weights_sha256
 from ..models import manifest_of
 from ..results import Result
@@ -80,8 +79,6 @@ class ExtractSpec:
     def _body(self, ctx: RunContext, net: nn.Module, manifest: dict | None) -> Outcome:
         bundle, seed, opts = ctx.start.bundle, ctx.start.seed, ctx.options
         weights_hash = weights_sha256(net)
-        keeps_subnet = manifest is not None and self.init is not None and not self.mask.options.get("train_weights")
-        reference = {k: v.detach().clone() for k, v in net.state_dict().items()} if keeps_subnet else None
         masked = apply_masks(net, self.mask, seed=seed)
         callbacks = []
         if self.recalibrate_bn and has_batch_norm(masked):
@@ -104,15 +101,16 @@ class ExtractSpec:
                   "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
                   "train_images_per_s": fitted.images_per_s, "weights_sha256": weights_hash}
 
+        # the subnet contract: frozen weights regenerated from (architecture, init, seed), one bit per weight
+        compact = compact_of_run(masked, extracted, manifest, self.mask.init if self.init is not None else None, seed,
+                                 bool(self.mask.options.get("train_weights")), bundle, ctx.start.data_seed,
+                                 method=self.mask.method, test_acc=measured["test_acc"])
+
         def subnet(run_dir: Path) -> dict:
-            # the subnet contract: frozen weights regenerated from (manifest, init, seed), one bit per weight
-            meta = {"manifest": manifest, "init": {"scheme": self.mask.init, "seed": seed},
-                    "weights_sha256": weights_hash, "method": self.mask.method, "data": bundle.name,
-                    "test_acc": measured["test_acc"]}
-            save_checkpoint(rundir.artifact(run_dir, "subnet"), subnet_tensors(masked, extracted, reference), meta)
+            save_run_subnet(run_dir, compact)
             return {"subnet": "subnet.safetensors"}
 
-        return Outcome(extracted, fields, manifest, subnet if keeps_subnet else None)
+        return Outcome(extracted, fields, manifest, subnet if compact is not None else None, compact=compact)
 
 
 @checked  # wrong argument types (nested configs and keyword options too) are one line

@@ -146,8 +146,11 @@ class PruneSpec:
                                       cfg.recalibrate_bn)
         if cfg.reinit:
             _reinit(pruned, seed)
+        estimate = ({"selection_estimate_s": out.estimate.seconds, "selection_passes": out.estimate.passes}
+                    if out.estimate else {})
         return pruned, {"recalibrated_bn": recalibrated, "selection_s": out.selection_s,
-                        "groups": out.selection.info}
+                        "groups": out.selection.info, "groups_skipped": [s.as_dict() for s in plan.skipped],
+                        **estimate}
 
 
 @checked  # wrong argument types (nested configs and keyword options too) are one line

@@ -17,7 +17,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from .. import progress as _progress
-from .groups import ChannelGroup
+from .groups import ChannelGroup, unit_importance
 from .masking import Masker
 from .methods import SelectionMethod  # noqa: F401  (declared torch-free)
 from .reference import masked_accuracy
@@ -235,15 +235,10 @@ def tp_importance_scores(ctx: SelectionContext, importance: tp.importance.Import
         NetsiftError: the criterion cannot score some group (e.g. BN scale on a group without batch norm).
     """
     from ..errors import NetsiftError
-    from .tracing import static_index_mapping
 
     scores = []
-    with static_index_mapping():  # nothing is removed while scoring
-        groups = [tp_group(ctx, gi) for gi in range(len(ctx.groups))]
-    for g, group in zip(ctx.groups, groups):
-        s = importance(group)
-        if s is not None and len(s) == g.channels:
-            s = g.unit_scores(s)  # grouped convolutions: a unit's channels go together
+    for g in ctx.groups:
+        s = unit_importance(ctx.graph, g, importance)  # per unit (merged groups: over every root)
         if s is None or len(s) != g.size:
             raise NetsiftError(f"{type(importance).__name__} cannot score channel group {g.name} "
                                "(the criterion does not apply to this layer type)")

@@ -71,17 +71,18 @@ class MacsModel:
             for h in hooks:
                 h.remove()
         names = {m: n for n, m in model.named_modules()}
-        self._out_group: dict[nn.Module, int] = {}
+        self._out_group: dict[nn.Module, tuple[int, int]] = {}  # member -> (group, its channels per unit)
         self._in_reads: dict[nn.Module, list[tuple[int, torch.Tensor]]] = {}
         for gi, g in enumerate(self.groups):
             for n in g.members:
-                self._out_group[model.get_submodule(n)] = gi
+                self._out_group[model.get_submodule(n)] = (gi, g.member_unit(n))
             for c in g.consumers:
                 counts = torch.bincount(c.root_of[c.root_of >= 0], minlength=g.size).double()
                 self._in_reads.setdefault(c.module, []).append((gi, counts))
         self._names = names
-        # per layer: (out group or -1, out, depthwise, in per group, positions, groups, [(group, counts, total)])
-        self._plan = [(self._out_group.get(l.module, -1), l.out, l.depthwise, l.in_per_group, l.positions, l.groups,
+        # per layer: ((out group or -1, its channels per unit), out, depthwise, in per group, positions, groups,
+        # [(group, counts, total)])
+        self._plan = [(self._out_group.get(l.module, (-1, 0)), l.out, l.depthwise, l.in_per_group, l.positions, l.groups,
                        [(gj, counts, float(counts.sum())) for gj, counts in self._in_reads.get(l.module, [])])
                       for l in self.layers]
         # what no group changes (attention products, layers outside every group...): counted once
@@ -101,13 +102,12 @@ class MacsModel:
     def _layer_macs(self, kept, widths) -> float:
         kept = kept or {}
         sizes = [g.size for g in self.groups]
-        units = [g.unit for g in self.groups]
         w = [len(set(kept[i])) if i in kept else (widths[i] if widths is not None else sizes[i])
              for i in range(len(sizes))]
         total = 0.0
-        for gi, out, depthwise, inp, positions, groups, reads in self._plan:
+        for (gi, per_unit), out, depthwise, inp, positions, groups, reads in self._plan:
             if gi >= 0:
-                out = w[gi] * units[gi]
+                out = w[gi] * per_unit
             if depthwise:
                 total += out * positions
                 continue
@@ -146,8 +146,8 @@ class ParamsModel(MacsModel):
     def _bias_out(self, layer: _Layer, w: list[int]) -> int:
         if getattr(layer.module, "bias", None) is None:
             return 0
-        gi = self._out_group.get(layer.module, -1)
-        return w[gi] * self.groups[gi].unit if gi >= 0 else layer.out
+        gi, per_unit = self._out_group.get(layer.module, (-1, 0))
+        return w[gi] * per_unit if gi >= 0 else layer.out
 
 
 def _channel_params(graph, group: ChannelGroup) -> int:

@@ -10,77 +10,41 @@ Grouped convolutions (ResNeXt, RegNet) need every one of their ``G`` channel gro
 as Torch-Pruning's pruners do: such a group is selected in *units* of ``G`` channels (unit ``j`` is channels
 ``j, j + N/G, ...``), and ``size`` counts units.
 
-Groups are left out (and listed with the reason) when they reach a module traced as atomic (see
+When a group's channels reach a grouped convolution (or GroupNorm) in another order, or only some of its
+channels (the branches of a concatenation read by one grouped convolution), the Torch-Pruning groups that share
+that layer are merged into one: unit ``j`` is then the channels at position ``j`` of every channel group of the
+grouped layer, wherever they come from (:class:`Part` lists each root's channels per unit), so any subset of units
+keeps the grouped layer's channel groups equal and in the same order.
+
+Every channel group left whole is listed (:class:`LeftWhole`: its layers, channels and the reason). Groups are
+left whole when they reach a module traced as atomic (see
 :mod:`.tracing`: attention keeps its width and heads, ShuffleNet's shuffled streams keep theirs), when they would
 change the embedding width of an ``nn.MultiheadAttention`` (ViT reshapes with its fixed hidden width; the MLP
 widths of transformer blocks are pruned), and when removing one unit of them, tried on a copy of the model,
-fails in Torch-Pruning or in the forward pass (a width hard-coded in the model's code).
+fails in Torch-Pruning or in the forward pass (a width hard-coded in the model's code); also when they are one
+unit wide, when no weighted layer reads them, and when they are coupled to the logits layer or to a layer in
+``ignored_layers``. The logits layer itself is never pruned and not listed.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
-from torch import Tensor, nn
+from torch import nn
 
 from ..errors import NetsiftError
+from .group_types import ChannelGroup, Consumer, LeftWhole, Part, is_depthwise, is_grouped  # noqa: F401
+from .merged import Pending, constraints_of, members_and_reads, merge, needs_merge, out_of_range
 from .tracing import OPAQUE, _first_line, build_graph, register_opaque, static_index_mapping  # noqa: F401
 
 META_BYTES = 512 * 2**20  # trial removals of larger models run on the meta device (see _verified)
 
 
-@dataclass
-class Consumer:
-    """A layer reading a group's channels: ``root_of[i]`` is the group unit feeding input index ``i``."""
 
-    name: str
-    module: nn.Module
-    root_of: Tensor  # (in_features,) long, -1 where the input is not from this group
-
-
-@dataclass
-class ChannelGroup:
-    """``size`` coupled units of ``unit`` channels rooted at layer ``name``; a selection keeps a subset of
-    ``range(size)``."""
-
-    name: str
-    root: nn.Module
-    size: int
-    consumers: list[Consumer]
-    members: list[str] = field(default_factory=list)  # every layer whose out channels are in the group
-    order: int = 0  # position of the root in the forward pass
-    unit: int = 1  # channels per unit: the channel groups of grouped convolutions touching the group
-
-    @property
-    def channels(self) -> int:
-        """Channels of the group (``size · unit``)."""
-        return self.size * self.unit
-
-    def channel_indices(self, units) -> list[int]:
-        """The channels of ``units``: unit ``j`` is channels ``j + k · size`` for ``k < unit``."""
-        return sorted(int(j) + k * self.size for j in set(int(u) for u in units) for k in range(self.unit))
-
-    def unit_scores(self, scores: Tensor) -> Tensor:
-        """Per-unit scores from per-channel ones (the mean over a unit's channels)."""
-        if self.unit == 1 or len(scores) == self.size:
-            return scores
-        return scores.reshape(self.unit, self.size).mean(0)
-
-    def __repr__(self) -> str:
-        unit = f"x{self.unit}" if self.unit > 1 else ""
-        return f"ChannelGroup({self.name}, N={self.size}{unit}, consumers={[c.name for c in self.consumers]})"
-
-
-def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
-
-
-def _is_grouped(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups != m.out_channels
+_is_depthwise, _is_grouped = is_depthwise, is_grouped  # the names other modules used
 
 
 def output_layers(model: nn.Module) -> list[nn.Module]:
@@ -122,31 +86,98 @@ def _refusal(dg: tp.DependencyGraph, group, names: dict) -> str | None:
     return None
 
 
-def _unit(group, names: dict) -> tuple[int, str | None]:
-    """Channels per unit (lcm of the grouped convolutions' groups), or a reason the layout does not fit."""
+def _unit(group) -> int:
+    """Channels per unit: the lcm of the groups of the grouped convolutions and GroupNorms in ``group``."""
     unit = 1
     for item in group.items:
         mod = item.dep.target.module
         if isinstance(mod, nn.GroupNorm):
             unit = math.lcm(unit, mod.num_groups)
-        if not _is_grouped(mod):
+        elif is_grouped(mod):
+            unit = math.lcm(unit, mod.groups)
+    return unit
+
+
+def _left(dg: tp.DependencyGraph, group, names: dict, reason: str) -> LeftWhole:
+    root = group[0].dep.target.module
+    members, _ = members_and_reads(dg, group, names)
+    return LeftWhole(tuple([names[root]] + [m for m in members if m != names[root]]), len(group[0].idxs), reason)
+
+
+def _plain_group(dg: tp.DependencyGraph, group, names: dict, exec_order: dict, modules: dict,
+                 min_size: int) -> ChannelGroup | LeftWhole:
+    """One Torch-Pruning group as a :class:`ChannelGroup`, or why it is left whole."""
+    root = group[0].dep.target.module
+    channels = len(group[0].idxs)
+    unit = _unit(group)
+    if channels % unit:
+        return _left(dg, group, names, f"its {channels} channels do not split into {unit} equal channel groups")
+    size = channels // unit
+    if size < min_size:
+        return _left(dg, group, names, "it has a single channel" if channels == 1 else
+                     f"its {channels} channels form one unit of its grouped layers")
+    members, reads = members_and_reads(dg, group, names)
+    consumers: dict[nn.Module, Consumer] = {}
+    for mod, idxs, root_idxs in reads:
+        n_in = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
+        if any(not 0 <= int(i) < n_in for i in idxs):
+            return _left(dg, group, names, f"Torch-Pruning maps its channels outside the inputs of {names[mod]}")
+        c = consumers.setdefault(mod, Consumer(names[mod], mod, torch.full((n_in,), -1, dtype=torch.long)))
+        for i, r in zip(idxs, root_idxs):
+            if r is not None:
+                c.root_of[i] = r % size
+    if not consumers:
+        return _left(dg, group, names, "no weighted layer reads its channels")
+    order = min(exec_order.get(modules[n], 10**9) for n in members) if members else exec_order.get(root, 10**9)
+    return ChannelGroup(names[root], root, size, list(consumers.values()), members, order, unit)
+
+
+def _uncovered(model: nn.Module, dg: tp.DependencyGraph, covered: set, ignored: list[nn.Module],
+               names: dict) -> list[LeftWhole]:
+    """Layers in no group Torch-Pruning yields: coupled to the logits or to ``ignored_layers`` (the logits layer
+    itself is not listed)."""
+    outputs = output_layers(model)
+    opaque = sorted({name for name, _ in getattr(dg, "netsift_opaque", {}).values()}, key=len, reverse=True)
+    left = []
+    for m in model.modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or m in covered or m in outputs:
             continue
-        if list(item.idxs) != [r for r in item.root_idxs]:
-            return 0, f"its channels reach grouped convolution {names.get(mod, '?')} in another order"
-        unit = math.lcm(unit, mod.groups)
-    return unit, None
+        if m not in dg.module2node:  # inside a module traced as one operation, or never called
+            inside = next((o for o in opaque if names[m].startswith(o + ".")), None)
+            channels = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            left.append(LeftWhole((names[m],), channels, f"it is inside {inside}, which is traced as one operation"
+                                  if inside else "the forward pass does not reach it"))
+            continue
+        try:
+            pruner = dg.get_pruner_of_module(m)
+            with static_index_mapping():
+                group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except Exception as e:
+            left.append(LeftWhole((names[m],), 0, f"Torch-Pruning cannot follow it ({_first_line(e)})"))
+            covered.add(m)
+            continue
+        outs = [it.dep.target.module for it in group.items if dg.is_out_channel_pruning_fn(it.dep.handler)]
+        covered.update(outs)
+        logits = next((o for o in outs if o in outputs), None)
+        held = next((o for o in outs if o in ignored), None)
+        reason = (f"its channels are coupled to the logits layer {names.get(logits, '?')}" if logits is not None
+                  else "it is in ignored_layers" if held is m
+                  else f"its channels are coupled to {names.get(held, '?')}, which is in ignored_layers"
+                  if held is not None else "Torch-Pruning gives no group for it")
+        left.append(_left(dg, group, names, reason))
+    return left
 
 
 def find_groups(model: nn.Module, input_shape: tuple[int, ...], dg: tp.DependencyGraph | None = None,
                 min_size: int = 2, ignored_layers: list[nn.Module] | None = None, verify: bool = True,
-                skipped: list[tuple[str, str]] | None = None) -> list[ChannelGroup]:
+                skipped: list[LeftWhole] | None = None) -> list[ChannelGroup]:
     """Every prunable channel group of ``model``, in forward order (the logits layer is never pruned).
 
     ``ignored_layers`` keep their output channels, as in Torch-Pruning (and so does every layer coupled to one).
     Groups that cannot be pruned (see the module notes) are left out; with ``verify``, removing one unit of
     every group is tried on a copy of the model first, and groups whose removal fails (in Torch-Pruning or
-    in the pruned network's forward pass) are left out too. ``skipped`` collects ``(layer, reason)`` of every
-    group left out.
+    in the pruned network's forward pass) are left out too. ``skipped`` collects a :class:`LeftWhole` for every
+    group left whole.
 
     Raises:
         NetsiftError: the model has no prunable channel group (naming the first layer left out and why).
@@ -155,59 +186,70 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...], dg: tp.Dependenc
     names = {m: n for n, m in model.named_modules()}
     exec_order = _execution_order(model, input_shape)
     modules = dict(model.named_modules())
+    ignored = list(ignored_layers or [])
     groups: list[ChannelGroup] = []
-    refused: list[tuple[str, str]] = []
+    refused: list[LeftWhole] = []
+    pending: list[Pending] = []
+    covered: set = set()
     try:
         with static_index_mapping():
-            all_groups = list(dg.get_all_groups(ignored_layers=output_layers(model) + list(ignored_layers or []),
+            all_groups = list(dg.get_all_groups(ignored_layers=output_layers(model) + ignored,
                                                 root_module_types=[nn.Conv2d, nn.Linear]))
     except Exception as e:
         raise NetsiftError(f"cannot find the model's channel groups: {_first_line(e)}") from None
     for group in all_groups:
+        covered.update(it.dep.target.module for it in group.items if dg.is_out_channel_pruning_fn(it.dep.handler))
         root = group[0].dep.target.module
-        channels = len(group[0].idxs)
-        reason = _refusal(dg, group, names)
-        unit, layout = _unit(group, names)
-        reason = reason or layout
-        if reason is None and channels % unit:
-            reason = f"its {channels} channels do not split into {unit} equal channel groups"
+        reason = _refusal(dg, group, names) or out_of_range(dg, group, names)
         if reason is not None:
-            refused.append((names[root], reason))
+            refused.append(_left(dg, group, names, reason))
             continue
-        size = channels // unit
-        if size < min_size:
+        found = constraints_of(dg, group, names)
+        if needs_merge(found):
+            pending.append(Pending(names[root], root, len(group[0].idxs), group, found))
             continue
-        consumers: dict[nn.Module, Consumer] = {}
-        members: list[str] = []
-        for item in group.items:
-            dep, mod = item.dep, item.dep.target.module
-            if not isinstance(mod, (nn.Conv2d, nn.Linear)):
-                continue
-            if dg.is_out_channel_pruning_fn(dep.handler) or (_is_depthwise(mod) and dep.handler in (
-                    tp.prune_depthwise_conv_in_channels, tp.prune_depthwise_conv_out_channels)):
-                if names[mod] not in members:
-                    members.append(names[mod])
-                continue
-            if dg.is_in_channel_pruning_fn(dep.handler) and not _is_depthwise(mod):
-                n_in = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
-                c = consumers.setdefault(mod, Consumer(names[mod], mod, torch.full((n_in,), -1, dtype=torch.long)))
-                for i, r in zip(item.idxs, item.root_idxs):
-                    if r is not None:
-                        c.root_of[i] = r % size
-        if not consumers:
-            continue
-        order = min(exec_order.get(modules[n], 10**9) for n in members) if members else exec_order.get(root, 10**9)
-        groups.append(ChannelGroup(names[root], root, size, list(consumers.values()), members, order, unit))
+        made = _plain_group(dg, group, names, exec_order, modules, min_size)
+        (refused if isinstance(made, LeftWhole) else groups).append(made)
+    merged, left = merge(pending, dg, names, exec_order, min_size)
+    groups += merged
+    refused += left
+    refused += _uncovered(model, dg, covered, ignored, names)
     groups.sort(key=lambda g: g.order)
     if verify and groups:
         groups = _verified(model, input_shape, groups, refused)
     if skipped is not None:
         skipped.extend(refused)
     if not groups:
-        why = f": {refused[0][0]} is not pruned because {refused[0][1]}" if refused else ""
+        why = f": {refused[0].layers[0]} is not pruned because {refused[0].reason}" if refused else ""
         raise NetsiftError("the model has no prunable channel groups (nothing between its input and logits "
                            f"can lose channels){why}")
     return groups
+
+
+def unit_importance(dg: tp.DependencyGraph, g: ChannelGroup, importance) -> torch.Tensor | None:
+    """Per-unit scores of group ``g`` from a Torch-Pruning importance criterion (``None``: it cannot score it).
+
+    The criterion scores Torch-Pruning's group of every channel of each root; a unit's score is the mean over its
+    channels (over every root of a merged group).
+    """
+    modules = dict(dg.model.named_modules()) if g.parts else {}
+    with static_index_mapping():  # nothing is removed while scoring
+        roots = [(g.root, list(range(g.channels)), None)] if g.parts is None else \
+            [(modules[p.name], sorted(int(c) for c in p.channels.reshape(-1)), p) for p in g.parts]
+        tp_groups = [(dg.get_pruning_group(r, dg.get_pruner_of_module(r).prune_out_channels, idxs), idxs, p)
+                     for r, idxs, p in roots]
+    if g.parts is None:
+        s = importance(tp_groups[0][0])
+        return g.unit_scores(s) if s is not None and len(s) == g.channels else s
+    total = torch.zeros(g.size, dtype=torch.float64)
+    for group, idxs, part in tp_groups:
+        s = importance(group)
+        if s is None or len(s) != len(idxs):
+            return None
+        at = {c: i for i, c in enumerate(idxs)}
+        per_channel = s.detach().double().cpu()
+        total += per_channel[torch.tensor([[at[int(c)] for c in row] for row in part.channels.tolist()])].sum(1)
+    return (total / g.unit).float()
 
 
 def prune_groups(model: nn.Module, dg: tp.DependencyGraph, drops: list[tuple[ChannelGroup, list[int]]]) -> None:
@@ -220,15 +262,18 @@ def prune_groups(model: nn.Module, dg: tp.DependencyGraph, drops: list[tuple[Cha
         NetsiftError: a handler failed (one line naming the group and the layer).
     """
     plan: dict = {}
+    modules = dict(model.named_modules())
     try:
         with static_index_mapping():
             for g, drop in drops:
                 if not drop:
                     continue
-                pruner = dg.get_pruner_of_module(g.root)
-                for item in dg.get_pruning_group(g.root, pruner.prune_out_channels, g.channel_indices(drop)).items:
-                    entry = plan.setdefault((item.dep.target, item.dep.handler), (item.dep, set(), g.name))
-                    entry[1].update(int(i) for i in item.idxs)
+                for name, channels in g.root_channels(drop):  # a merged group has one entry per root
+                    root = g.root if name == g.name else modules[name]
+                    pruner = dg.get_pruner_of_module(root)
+                    for item in dg.get_pruning_group(root, pruner.prune_out_channels, channels).items:
+                        entry = plan.setdefault((item.dep.target, item.dep.handler), (item.dep, set(), g.name))
+                        entry[1].update(int(i) for i in item.idxs)
     except Exception as e:
         raise NetsiftError(f"cannot plan the removal of channels: {_first_line(e)}") from None
     for dep, idxs, name in plan.values():
@@ -279,7 +324,7 @@ def _meta_copy(model: nn.Module) -> nn.Module:
 
 
 def _verified(model: nn.Module, input_shape: tuple[int, ...], groups: list[ChannelGroup],
-              refused: list[tuple[str, str]]) -> list[ChannelGroup]:
+              refused: list[LeftWhole]) -> list[ChannelGroup]:
     """``groups`` minus those whose removal fails (bisection: a few trial removals even with failures).
 
     Models over ``META_BYTES`` of weights are tried on the meta device first (no copy of the weights; slower
@@ -310,12 +355,17 @@ def _verified(model: nn.Module, input_shape: tuple[int, ...], groups: list[Chann
         if not found:
             return ok
         for g, why in found:
-            refused.append((g.name, f"removing its channels fails ({why})"))
+            refused.append(_failed(g, why))
         ok = [g for g in ok if all(g is not b for b, _ in found)]
         if not ok:
             return ok
         failure = _try_removal(model, input_shape, ok)
         if failure is None:
             return ok
-    refused.extend((g.name, f"removing its channels fails ({failure})") for g in ok)
+    refused.extend(_failed(g, failure) for g in ok)
     return []
+
+
+def _failed(g: ChannelGroup, why: str) -> LeftWhole:
+    return LeftWhole(tuple([g.name] + [m for m in g.members if m != g.name]), g.channels,
+                     f"removing its channels fails ({why})")

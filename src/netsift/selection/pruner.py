@@ -6,6 +6,7 @@ data sets or fine-tuning (the ``netsift.prune`` pipeline adds those).
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -20,7 +21,8 @@ from ..errors import NetsiftError
 from . import METHODS, PruneConfig
 from .base import Selection, SelectionContext
 from .budget import cost_model
-from .groups import ChannelGroup, build_graph, find_groups
+from .estimate import Estimate, estimate as estimate_cost
+from .groups import ChannelGroup, LeftWhole, build_graph, find_groups
 from .removal import remove_channels
 from .widths import Budget
 
@@ -34,6 +36,7 @@ class Pruned:
     groups: list[ChannelGroup]
     widths: list[int] | None  # per-group budget (None in tolerance mode)
     selection_s: float
+    estimate: Estimate | None = None  # the greedy selection's cost, said before it started
 
 
 def _modules(model: nn.Module, items, what: str) -> list[nn.Module]:
@@ -79,6 +82,15 @@ class Plan:
     groups: list[ChannelGroup]
     widths: list[int] | None  # uniform widths of the budget (a learned allocation replaces them at selection)
     budget: Budget | None = None
+    skipped: list[LeftWhole] = dataclasses.field(default_factory=list)  # channel groups kept whole, and why
+
+
+def report_left_whole(skipped: list[LeftWhole]) -> None:
+    """One progress line per channel group kept whole, with the reason (nothing is left whole in silence)."""
+    if _progress.mode() == "off":
+        return
+    for s in skipped:
+        _progress.write(f"channel group kept whole: {s.line()}")
 
 
 GRAPH_TIMEOUT_ENV = "NETSIFT_GRAPH_TIMEOUT"
@@ -126,8 +138,10 @@ def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConf
                                f"(a layer it cannot follow?); pass that layer in ignored_layers or simplify the model"), \
                 _progress.stage("analysing the channel dependencies (Torch-Pruning)"):
             graph = build_graph(model, input_shape)
-            groups = find_groups(model, input_shape, graph,
+            skipped: list[LeftWhole] = []
+            groups = find_groups(model, input_shape, graph, skipped=skipped,
                                  ignored_layers=_modules(model, ignored_layers, "ignored_layers"))
+        report_left_whole(skipped)
         fixed = fixed_widths(model, groups, layer_density)
         budget = _budget(model, input_shape, cfg, graph, groups, fixed)
         if budget is not None:
@@ -136,7 +150,7 @@ def plan_channels(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConf
             widths = [fixed.get(gi, g.size) for gi, g in enumerate(groups)]
         else:
             widths = None
-        plan = Plan(model, input_shape, cfg, graph, groups, widths, budget)
+        plan = Plan(model, input_shape, cfg, graph, groups, widths, budget, skipped)
         check = METHODS[cfg.method].check
         if check is not None:
             ctx = _context(plan, lambda: None, (None, None), 0, False, None)
@@ -193,6 +207,7 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
     model.eval()
     ctx = _context(plan, next_batch, holdout, seed, progress, layer_finetune, **resume)
     try:
+        estimate = say_estimate(ctx, cfg, progress)
         t0 = time.perf_counter()
         ctx.start_report()
         with _progress.scope():  # ends the per-group bars a failing method leaves open
@@ -204,4 +219,20 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
         model.train(was_training)
     rescale = selection.rescale if cfg.rescale == "auto" else cfg.rescale == "on"
     pruned = remove_channels(model, plan.input_shape, selection.kept, rescale)
-    return Pruned(pruned, selection, plan.groups, ctx.widths, selection_s)
+    return Pruned(pruned, selection, plan.groups, ctx.widths, selection_s, estimate)
+
+
+GREEDY = ("gfs", "backward")
+"""The methods whose cost grows with candidates x steps: their cost is estimated and said before they start."""
+
+
+def say_estimate(ctx: SelectionContext, cfg: PruneConfig, progress: bool) -> Estimate | None:
+    """For a greedy method, estimate its cost (:mod:`.estimate`) and say it on the progress output."""
+    if cfg.method not in GREEDY:
+        return None
+    from .. import distributed
+
+    est = estimate_cost(ctx, cfg.method, cfg.select_batch, distributed.world_size())
+    if progress and _progress.mode() != "off":
+        _progress.write(est.line(cfg.method))
+    return est

@@ -8,6 +8,8 @@
   channel ``c`` out).
 * ``split``/``chunk`` along channels: Torch-Pruning 1.6 misreads their sizes on recent PyTorch; fixed after
   tracing (:func:`_fix_splits`).
+* A concatenation whose input channels Torch-Pruning cannot infer (a slice of the network's input) ended its trace
+  with a ``TypeError``; it is now left without an index mapping (:func:`_patch_concat_mapping`).
 * :func:`static_index_mapping`: Torch-Pruning re-derives every index mapping of the graph at each
   ``get_pruning_group`` call; while nothing is removed, once per graph is enough (DenseNet: minutes to seconds).
 """
@@ -96,12 +98,36 @@ def _opaque_tracing(model: nn.Module) -> Iterator[dict]:
             m.__dict__.pop("forward", None)
 
 
+def _patch_concat_mapping() -> None:
+    """Torch-Pruning 1.6 sums a concatenation's input channels before checking that it could infer them all
+    (``None`` for a slice of the network's input, as in a space-to-depth "Focus" stem): a ``TypeError`` ends the
+    whole trace. Such a concatenation gets no index mapping, as Torch-Pruning intends a few lines further down."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_concat_index_mapping
+    if getattr(original, "netsift_patched", False):
+        return
+
+    def update_concat_index_mapping(graph, cat_node):
+        try:
+            return original(graph, cat_node)
+        except TypeError:
+            sizes = getattr(getattr(cat_node, "module", None), "concat_sizes", None)
+            if sizes is not None and any(c is None for c in sizes):
+                return None
+            raise
+
+    update_concat_index_mapping.netsift_patched = True
+    index_mapping.update_concat_index_mapping = update_concat_index_mapping
+
+
 def build_graph(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu"
                 ) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model`` traced on one zero sample of ``input_shape``.
 
     The graph carries ``netsift_opaque``: ``{node: (module name, kind)}`` for the opaque modules.
     """
+    _patch_concat_mapping()
     was_training = model.training
     model.eval()
     try:

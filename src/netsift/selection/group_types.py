@@ -1,0 +1,110 @@
+"""The records of channel groups: what :mod:`.groups` finds and every selection method works on.
+
+Kept apart from the search itself so that :mod:`.merged` (groups merged across a grouped convolution) and
+:mod:`.groups` can both build them without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+
+@dataclass
+class Consumer:
+    """A layer reading a group's channels: ``root_of[i]`` is the group unit feeding input index ``i``."""
+
+    name: str
+    module: nn.Module
+    root_of: Tensor  # (in_features,) long, -1 where the input is not from this group
+
+
+@dataclass
+class Part:
+    """One Torch-Pruning root of a merged group: ``channels[j]`` are the root layer's output channels in unit
+    ``j`` (the same number in every unit)."""
+
+    name: str
+    channels: Tensor  # (size, channels per unit) long
+
+
+@dataclass
+class ChannelGroup:
+    """``size`` coupled units of ``unit`` channels rooted at layer ``name``; a selection keeps a subset of
+    ``range(size)``.
+
+    A merged group (``parts``) spans several Torch-Pruning roots whose channels reach one grouped convolution:
+    each part lists its root's channels per unit, and ``member_units`` how many output channels per unit each
+    member layer has (``unit`` where a member is not listed).
+    """
+
+    name: str
+    root: nn.Module
+    size: int
+    consumers: list[Consumer]
+    members: list[str] = field(default_factory=list)  # every layer whose out channels are in the group
+    order: int = 0  # position of the root in the forward pass
+    unit: int = 1  # channels per unit: the channel groups of grouped convolutions touching the group
+    parts: list[Part] | None = None
+    member_units: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        """Channels of the group (``size · unit``)."""
+        return self.size * self.unit
+
+    def channel_indices(self, units) -> list[int]:
+        """The channels of ``units``: unit ``j`` is channels ``j + k · size`` for ``k < unit``."""
+        return sorted(int(j) + k * self.size for j in set(int(u) for u in units) for k in range(self.unit))
+
+    def root_channels(self, units) -> list[tuple[str, list[int]]]:
+        """``(root layer name, its output channels)`` of ``units``, one entry per Torch-Pruning root."""
+        if self.parts is None:
+            return [(self.name, self.channel_indices(units))]
+        picked = sorted(set(int(u) for u in units))
+        return [(p.name, sorted(int(c) for c in p.channels[picked].reshape(-1))) for p in self.parts]
+
+    def member_unit(self, name: str) -> int:
+        """Output channels per unit of member layer ``name``."""
+        return self.member_units.get(name, self.unit)
+
+    def unit_scores(self, scores: Tensor) -> Tensor:
+        """Per-unit scores from per-channel ones (the mean over a unit's channels)."""
+        if self.unit == 1 or len(scores) == self.size:
+            return scores
+        return scores.reshape(self.unit, self.size).mean(0)
+
+    def __repr__(self) -> str:
+        unit = f"x{self.unit}" if self.unit > 1 else ""
+        merged = f", parts={[p.name for p in self.parts]}" if self.parts else ""
+        return f"ChannelGroup({self.name}, N={self.size}{unit}, consumers={[c.name for c in self.consumers]}{merged})"
+
+
+@dataclass(frozen=True)
+class LeftWhole:
+    """A channel group netsift keeps whole: its layers (whose output channels stay), channels and the reason."""
+
+    layers: tuple[str, ...]
+    channels: int
+    reason: str
+
+    def as_dict(self) -> dict:
+        """The ``groups_skipped`` entry of ``result.json``."""
+        return {"layers": list(self.layers), "channels": self.channels, "reason": self.reason}
+
+    def line(self) -> str:
+        """One line for the progress output and the reports."""
+        more = f" (+{len(self.layers) - 1} coupled layer{'s' if len(self.layers) > 2 else ''})" \
+            if len(self.layers) > 1 else ""
+        return f"{self.layers[0] if self.layers else '?'}{more}, {self.channels} channels: {self.reason}"
+
+
+def is_depthwise(m: nn.Module) -> bool:
+    """A depthwise convolution (one input channel per group)."""
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+
+
+def is_grouped(m: nn.Module) -> bool:
+    """A grouped convolution that is not depthwise (ResNeXt, RegNet)."""
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups != m.out_channels

@@ -1,0 +1,61 @@
+"""``timm:<name>`` models (the optional timm extra): built offline, pruned, saved and loaded back, --weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import netsift
+from netsift.errors import NetsiftError
+from netsift.models import build_for, build_model
+
+timm = pytest.importorskip("timm")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_timm_model_is_built_for_the_data_and_rebuilt_from_its_manifest(tmp_path):
+    net = build_for("timm:resnet10t", (1, 16, 16), 7, seed=3)
+    with torch.no_grad():
+        assert net.eval()(torch.zeros(2, 1, 16, 16)).shape == (2, 7)
+    again = build_for("timm:resnet10t", (1, 16, 16), 7, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    netsift.save_model(tmp_path, net)
+    loaded, manifest = netsift.load_model(tmp_path)
+    assert manifest["model"] == "timm:resnet10t"
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), net(x))
+
+
+def test_vit_is_built_for_the_image_size():
+    net = build_model("timm:vit_tiny_patch16_224", 3, 32, 10)
+    assert net.patch_embed.img_size == (32, 32)
+
+
+def test_timm_errors_are_one_line():
+    with pytest.raises(NetsiftError, match="unknown timm model 'no_such_net'"):
+        build_model("timm:no_such_net", 3, 32, 10)
+    with pytest.raises(NetsiftError, match="never downloaded"):
+        build_model("timm:resnet10t", 3, 32, 10, pretrained=True)
+    with pytest.raises(NetsiftError, match="no width multiplier"):
+        build_model("timm:resnet10t", 3, 32, 10, width=0.5)
+
+
+def test_prune_a_timm_model_from_a_local_weights_file(tmp_path, run_cli):
+    from safetensors.torch import save_file
+
+    source = build_model("timm:resnet10t", 3, 32, 1000)  # the layout of a published checkpoint (RGB, 1000 classes)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    code, out, err = run_cli("prune", "--model", "timm:resnet10t", "--weights", tmp_path / "w.safetensors",
+                             "--data", "digits", "--image-size", "16", "--method", "l1", "--macs", "0.5",
+                             "--finetune-epochs", "0", "--out", tmp_path / "run", "--latency-threads", "0")
+    assert code == 0, err
+    r = netsift.load_model(tmp_path / "run")[1]
+    assert r["model"] == "timm:resnet10t"
+    import json
+
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["model"] == "timm:resnet10t" and abs(result["macs_fraction"] - 0.5) < 0.03
+    assert result["weights"]["file"] == "w.safetensors"
+    assert any("classifier re-initialised" in a for a in result["weights"]["adapted"])
+    assert any("filters averaged" in a for a in result["weights"]["adapted"])
