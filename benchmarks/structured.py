@@ -235,6 +235,11 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _acc(s: dict) -> str:
+    """Mean test accuracy ± std over the seeds, their number in brackets (one seed: no spread to show)."""
+    return f"{s['test_acc']:.4f} ± {s['test_acc_std']:.4f} ({s['n']})" if s["n"] > 1 else f"{s['test_acc']:.4f} (1)"
+
+
 def markdown(summary: list[dict], dense: dict) -> str:
     """One table per network: rows = method and widths, columns = (MACs, fine-tune budget), then speed-ups."""
     lines = []
@@ -250,7 +255,7 @@ def markdown(summary: list[dict], dense: dict) -> str:
         for method, widths in sorted({(s["method"], s["widths"]) for s in part}):
             cells = {(s["macs_target"], s["finetune_epochs"]): s for s in part
                      if (s["method"], s["widths"]) == (method, widths)}
-            row = [f"{cells[c]['test_acc']:.4f} ± {cells[c]['test_acc_std']:.4f}" if c in cells else "–" for c in cols]
+            row = [_acc(cells[c]) if c in cells else "–" for c in cols]
             speed = []
             for f in fracs:
                 c = next((cells[k] for k in cells if k[0] == f and cells[k]["speedup_b64"] is not None), None)
@@ -260,7 +265,7 @@ def markdown(summary: list[dict], dense: dict) -> str:
         scratch = [s for s in summary if s["network"] == network and s["method"] == "gfs-scratch"]
         for s in scratch:
             lines.append(f"| gfs architecture from scratch ({s['finetune_epochs']} ep) | {s['widths']} | "
-                         + " | ".join(f"{s['test_acc']:.4f} ± {s['test_acc_std']:.4f}" if c[0] == s["macs_target"]
+                         + " | ".join(_acc(s) if c[0] == s["macs_target"]
                                       and c[1] == max(e for _, e in cols) else "–" for c in cols)
                          + " | " + " | ".join("–" for _ in fracs) + " | – |")
         lines.append("")

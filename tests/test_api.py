@@ -45,6 +45,7 @@ def cnn(seed: int = 0, bn: bool = True) -> nn.Module:
                          norm(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
 
 
+@pytest.mark.slow
 def test_prune_your_own_module_with_your_own_loaders(digits, tmp_path):
     model = cnn()
     trained = netsift.train(model, loaders(digits, val=True), epochs=4, lr=0.1, latency_threads=None)
@@ -65,6 +66,7 @@ def test_prune_your_own_module_with_your_own_loaders(digits, tmp_path):
         netsift.load_model(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_ignored_layers_and_per_layer_density(digits):
     model = cnn()
     result = netsift.prune(model, loaders(digits), method="l1", ignored_layers=[model[0]],
@@ -73,6 +75,7 @@ def test_ignored_layers_and_per_layer_density(digits):
     assert result.finetuned is False and result.test_acc == result.test_acc_selected
 
 
+@pytest.mark.slow
 def test_masks_on_a_conv_bn_module_test_accuracy_matches_training_accuracy(digits, tmp_path):
     """BN statistics gathered under sampled masks describe the wrong network: they are re-estimated under the
     extracted mask before every validation and at the end, so validation and test accuracy match training."""
@@ -85,6 +88,7 @@ def test_masks_on_a_conv_bn_module_test_accuracy_matches_training_accuracy(digit
     assert result.recalibrated_bn == 20 and 0 < result.density < 1 and result.init == "signed-constant"
 
 
+@pytest.mark.slow
 def test_same_seed_same_subnetwork_from_api_and_cli(run_cli, tmp_path):
     args = ["--method", "gumbel", "--model", "lenet300", "--width", "0.2", "--data", "digits", "--epochs", "2",
             "--max-steps", "6", "--seed", "3"]
@@ -164,6 +168,7 @@ def test_unknown_methods_and_options_never_fall_through(digits):
         netsift.prune(cnn(bn=False), loaders(digits), method="bn-scale", macs=0.5)
 
 
+@pytest.mark.slow
 def test_models_torch_pruning_cannot_follow_are_one_clear_line(digits, monkeypatch):
     class Mixer(nn.Module):  # channels mixed by an einsum over a raw parameter: Torch-Pruning loops on it
         def __init__(self):
@@ -191,6 +196,7 @@ def test_models_torch_pruning_cannot_follow_are_one_clear_line(digits, monkeypat
         netsift.prune(Pair(), data, method="l1", macs=0.5)
 
 
+@pytest.mark.slow
 def test_image_folder_data_trains(tmp_path, run_cli):
     """``--data imagenet`` (an ImageFolder) goes through the seeded loader with set_epoch."""
     from PIL import Image

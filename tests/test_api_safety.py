@@ -202,6 +202,7 @@ def _conv():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
 
 
+@pytest.mark.slow
 def test_prune_resume_skips_finished_groups_and_ends_identical(digits, tmp_path, monkeypatch):
     import importlib
 
@@ -265,6 +266,7 @@ def test_extra_per_channel_parameter_is_recorded_and_reloads(digits, tmp_path):
         assert torch.equal(back(x), r.model.eval()(x))
 
 
+@pytest.mark.slow
 def test_nothing_is_unpickled(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("something was unpickled")

@@ -104,6 +104,7 @@ def test_cli_resume_continues_to_more_epochs(run_cli, tmp_path):
 
 
 @pytest.mark.needs_data
+@pytest.mark.slow
 def test_conv4_on_real_fashion_mnist(run_cli, tmp_path):
     import os
 

@@ -126,6 +126,7 @@ def test_altered_model_file_is_refused(run_cli, tmp_path):
     one_line_error(*run_cli("export", run)[::2], "differs from its masks")
 
 
+@pytest.mark.slow
 def test_safetensors_and_onnx_exports_load(run_cli, run_dir, tmp_path):
     import onnxruntime as ort
 

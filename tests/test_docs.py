@@ -17,6 +17,7 @@ def python_blocks(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/api.md"])
+@pytest.mark.slow
 def test_examples_run(doc, tmp_path, monkeypatch, capsys):
     blocks = python_blocks(ROOT / doc)
     assert blocks, f"{doc} has no python examples"

@@ -28,6 +28,7 @@ def _ctx(macs: float | None, candidates: int):
                     holdout, 0, False, None), cfg
 
 
+@pytest.mark.slow
 def test_suffix_passes_are_the_candidates_scored():
     ctx, cfg = _ctx(0.5, 3)
     try:
@@ -51,6 +52,7 @@ def test_tolerance_mode_gives_an_upper_bound():
     assert est.passes == sum(sum(min(2, g.size - s) for s in range(g.size)) for g in ctx.groups)
 
 
+@pytest.mark.slow
 def test_the_estimate_is_said_and_recorded(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NETSIFT_PROGRESS", "lines")
     x, y = torch.rand(96, *SHAPE), torch.randint(0, 10, (96,))

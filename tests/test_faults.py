@@ -448,6 +448,7 @@ def test_the_suite_is_large_and_covers_every_class():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.slow
 def test_fault_is_one_line_exit_2_and_changes_nothing(case, base, tmp_path, capsys, monkeypatch):
     name, damage, argv, needle = case
     w = tmp_path / "w"

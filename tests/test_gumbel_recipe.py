@@ -139,6 +139,7 @@ def test_default_mask_lr_follows_the_epoch_budget():
     assert BudgetLR(100.0, 10, 5.0)(10_000) == 5.0  # the floor
 
 
+@pytest.mark.slow
 def test_budget_lr_reaches_result_json_and_help(tmp_path, run_cli, capsys):
     import json
 

@@ -90,6 +90,7 @@ def test_an_export_never_replaces_a_file_of_a_run(w, capsys, fmt, target, needle
     refused(capsys, ["export", src, "--format", fmt, "--out", target, "--overwrite"], needle, w)
 
 
+@pytest.mark.slow
 def test_an_export_replaces_its_own_kind_in_its_own_run_only(w, capsys):
     assert main(["export", "train", "--format", "onnx", "-q"]) == 0
     assert main(["export", "train", "--format", "onnx", "--out", "train/model.onnx", "--overwrite", "-q"]) == 0
@@ -288,6 +289,7 @@ def test_an_unreachable_budget_names_the_smallest_reachable_one(w, capsys):
                  "--out", "p", "-q", "--latency-threads", "0"]) == 0
 
 
+@pytest.mark.slow
 def test_a_step_that_cannot_fit_is_refused_before_it_runs(w, capsys, monkeypatch):
     import resource
 
@@ -305,6 +307,7 @@ def test_a_step_that_cannot_fit_is_refused_before_it_runs(w, capsys, monkeypatch
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 600_000
 
 
+@pytest.mark.slow
 def test_the_estimate_follows_the_batch_and_evaluation_batches_shrink_to_fit(monkeypatch):
     from netsift import memory
     from netsift.data import load_data
@@ -364,6 +367,7 @@ def test_no_done_in_line_before_an_error_or_an_interrupt(capsys, monkeypatch):
     assert "netsift x: done in" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_temporary_files_of_dead_writers_are_cleaned_up_but_not_a_live_ones(w):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

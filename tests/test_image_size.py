@@ -65,6 +65,7 @@ def test_image_size_only_resizes_what_netsift_loads():
         netsift.train("lenet300", own, epochs=1, image_size=12)
 
 
+@pytest.mark.slow
 def test_train_records_the_size_and_prune_and_eval_keep_it(resized_run, run_cli, tmp_path):
     config = json.loads((resized_run / "config.json").read_text())
     result = json.loads((resized_run / "result.json").read_text())
@@ -125,6 +126,7 @@ def test_bad_image_size_on_the_command_line(run_cli, tmp_path, command, value, n
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_tv_model_takes_grey_images_at_the_size_it_needs(run_cli, tmp_path):
     """SqueezeNet 1.1 needs at least 17 px: digits (8 px) reach it only through --image-size."""
     code, _, err = run_cli("prune", "--model", "tv:squeezenet1_1", "--data", "digits", "--method", "l1", "--macs",
@@ -151,6 +153,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+@pytest.mark.slow
 def test_weights_round_trip(trained, run_cli, tmp_path, fmt):
     from safetensors.torch import save_file
 
@@ -173,6 +176,7 @@ def test_weights_round_trip(trained, run_cli, tmp_path, fmt):
     assert r.weights["sha256"] == record["sha256"] and r.test_acc == pytest.approx(acc, abs=0.01)
 
 
+@pytest.mark.slow
 def test_rgb_weights_load_into_a_grey_tv_model(run_cli, tmp_path):
     from safetensors.torch import save_file
     from torchvision.models import mobilenet_v3_small

@@ -10,6 +10,7 @@ strongly connected component of more than one module (or a module importing itse
 
 from __future__ import annotations
 
+import pytest
 import ast
 from pathlib import Path
 
@@ -145,6 +146,7 @@ def test_the_cycle_finder_finds_circles():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
+@pytest.mark.slow
 def test_no_import_circles():
     graph = import_graph()  # ~0.6 s for 84 modules on a busy core
     found = cycles(graph)

@@ -44,6 +44,7 @@ def _chains(cmd, argv, cwd, kills, seed, **kw):
 
 
 @pytest.mark.parametrize("cmd, argv, seed", [("train", TRAIN, 1), ("extract", EXTRACT, 2), ("prune", PRUNE, 3)])
+@pytest.mark.slow
 def test_kill9_then_resume_gives_the_same_weights(cmd, argv, seed, source, tmp_path):
     cwd = source if cmd == "prune" else tmp_path
     result = _chains(cmd, argv, cwd, kills=3, seed=seed)
@@ -53,6 +54,7 @@ def test_kill9_then_resume_gives_the_same_weights(cmd, argv, seed, source, tmp_p
     assert result.identical, result
 
 
+@pytest.mark.slow
 def test_kill9_inside_every_write_step_of_a_checkpoint(source, tmp_path):
     """Deterministic instants: each write step of one epoch's checkpoint pair (and of best.*) in turn."""
     want, steps, wall = reference(TRAIN, tmp_path, "ref")
@@ -75,6 +77,7 @@ def test_kill9_during_overwrite_keeps_the_earlier_run_until_the_new_one_is_compl
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".cut")) == []  # nothing left beside
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused_while_the_first_runs(source, tmp_path):
     """Two processes on one --out: the second gets one line, the first finishes and its result survives."""
     pid = os.fork()
@@ -109,6 +112,7 @@ def test_second_writer_is_refused_while_the_first_runs(source, tmp_path):
     assert (tmp_path / "run" / "result.json").is_file() and not check_consistent(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_two_overwriters_race_one_wins(source, tmp_path):
     """Two ``--overwrite`` runs started together on an existing run: exactly one replaces it."""
     assert fork_run([*TRAIN, "--out", "run"], tmp_path)[0] == "done"

@@ -65,6 +65,7 @@ def test_merged_group_prunes_to_what_the_masked_network_computes():
 
 
 @pytest.mark.parametrize("method", ["l1", "taylor", "bn-scale", "random", "gfs"])
+@pytest.mark.slow
 def test_every_method_prunes_the_users_cnn(method, tmp_path):
     torch.manual_seed(0)
     x, y = torch.rand(96, *SHAPE), torch.randint(0, 10, (96,))

@@ -99,6 +99,7 @@ def test_straight_through_gradient_is_the_soft_sample_derivative():
 @pytest.mark.parametrize("method, options", [("gumbel", {}), ("gumbel", {"parametrization": "naive"}),
                                              ("edge-popup", {"density": 0.3}), ("supermask", {}),
                                              ("random", {"rescale": "smart"})])
+@pytest.mark.slow
 def test_gradients_reach_mask_params_and_scales_only(method, options, bundle):
     model = apply_masks(_net("conv2", width=0.125), method, **options)
     before = {k: v.clone() for k, v in model.state_dict().items() if "original" in k or "bias" in k}

@@ -8,6 +8,7 @@ SHAPES = [(1, 8), (1, 28), (3, 32)]
 
 
 @pytest.mark.parametrize("name", model_names())
+@pytest.mark.slow
 def test_zoo_model_runs_on_every_input_shape(name):
     for channels, size in SHAPES:
         for classes in (10, 100):

@@ -21,6 +21,7 @@ def _net() -> nn.Module:
                          nn.Flatten(), nn.Linear(4, 3)).eval()
 
 
+@pytest.mark.slow
 def test_current_exporter_is_used_and_checked(tmp_path):
     pytest.importorskip("onnxruntime")
     path = export_onnx(_net(), (1, 6, 6), tmp_path / "m.onnx")

@@ -38,6 +38,7 @@ def own_run(tmp_path_factory):
     return sub, data, root, (u8[1500:], y[1500:])
 
 
+@pytest.mark.slow
 def test_python_round_trip_is_bit_exact(own_run, tmp_path):
     sub, data, root, _ = own_run
     assert sub.subnet == "subnet.safetensors" and sub.compact is not None
@@ -104,6 +105,7 @@ def test_a_built_in_data_set_name_evaluates_a_file_made_on_your_data(own_run, tm
     assert m["data"] == "digits" and 0 <= m["test_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_onnx_and_safetensors_take_the_module_a_run_returned(own_run, tmp_path):
     pytest.importorskip("onnxruntime")
     sub, _, root, _ = own_run

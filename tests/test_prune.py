@@ -92,6 +92,7 @@ def test_gfs_matches_brute_force_greedy_rule():
 
 
 @pytest.mark.parametrize("bn_batch_stats", [False, True])
+@pytest.mark.slow
 def test_batched_scores_equal_reference(bn_batch_stats):
     model = _model("resnet20", width=0.25)
     shape = (1, 16, 16)
@@ -133,6 +134,7 @@ def test_with_replacement_variant_may_repeat_channels():
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "conv2"])
 @pytest.mark.parametrize("fraction", [0.5, 0.3])
+@pytest.mark.slow
 def test_macs_budget_is_met(name, fraction):
     model = _model(name, width=0.5)
     shape = (1, 16, 16)
@@ -145,6 +147,7 @@ def test_macs_budget_is_met(name, fraction):
 
 
 @pytest.mark.parametrize("name", ["resnet20", "vgg11"])
+@pytest.mark.slow
 def test_macs_budget_with_rounded_widths(name):
     model = _model(name, width=1.0)
     shape = (1, 16, 16)
@@ -215,6 +218,7 @@ def _prune(tmp_path, *extra):
 
 
 @pytest.mark.parametrize("name", ["tv:resnet18", "tv:mobilenet_v2"])
+@pytest.mark.slow
 def test_torchvision_models_end_to_end(tmp_path, name):
     rc, out = _prune(tmp_path, "--model", name, "--method", "l1", "--macs", "0.5", "--onnx")
     assert rc == 0
@@ -233,6 +237,7 @@ def test_torchvision_models_end_to_end(tmp_path, name):
         assert torch.allclose(torch.from_numpy(sess.run(None, {"input": x.numpy()})[0]), loaded(x), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_gfs_command_on_residual_network(tmp_path):
     rc, out = _prune(tmp_path, "--model", "resnet20", "--width", "0.25", "--method", "gfs", "--macs", "0.5",
                      "--candidates", "8", "--bn-batch-stats", "--recalibrate-bn", "2", "--distill",
@@ -248,6 +253,7 @@ def test_gfs_command_on_residual_network(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["backward", "taylor", "random", "bn-scale"])
+@pytest.mark.slow
 def test_rivals_run_in_tolerance_and_budget_modes(tmp_path, method):
     rc, out = _prune(tmp_path, "--model", "resnet20", "--width", "0.25", "--method", method, "--macs", "0.3",
                      "--candidates", "4", "--finetune-epochs", "0")

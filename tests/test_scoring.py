@@ -61,6 +61,7 @@ def _close(fast, slow):
 @pytest.mark.parametrize("mode", ["graph", "hooks"])
 @pytest.mark.parametrize("bn_batch_stats", [False, True])
 @pytest.mark.parametrize("name", ["resnet20", "vgg11", "mobilenetv2", "conv2", "lenet300"])
+@pytest.mark.slow
 def test_scores_equal_reference(name, bn_batch_stats, mode):
     """GFS-, backward- and with-replacement-style masks, other groups masked, several chunks per call."""
     model = _model(name)
@@ -146,12 +147,14 @@ def _select(name: str, bn_batch_stats: bool, steps: int = 4, candidates: int = 8
 
 @pytest.mark.parametrize("bn", ["running", "bnstats"])
 @pytest.mark.parametrize("name", ["resnet20", "vgg11", "mobilenetv2"])
+@pytest.mark.slow
 def test_gfs_selects_the_same_channels_as_before(name, bn):
     kept, scorer = _select(name, bn == "bnstats")
     assert scorer.stats.path == "graph"
     assert kept == BEFORE[f"{name}/{bn}"]
 
 
+@pytest.mark.slow
 def test_backward_elimination_selects_what_reference_scoring_selects():
     class Ref:
         def __init__(self, ctx):
@@ -368,6 +371,7 @@ def test_candidate_masks_equal_kept_masks_bit_for_bit():
 
 
 @pytest.mark.parametrize("name", ["resnet20", "vgg11", "mobilenetv2", "lenet300"])
+@pytest.mark.slow
 def test_prefix_values_computed_elsewhere_give_the_same_scores(name, monkeypatch):
     """Scores from received prefix values (another scorer, as in another process) equal the local ones bit for
     bit; the receiving call computes no prefix MACs; the values are only what the suffix reads."""

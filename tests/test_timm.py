@@ -41,6 +41,7 @@ def test_timm_errors_are_one_line():
         build_model("timm:resnet10t", 3, 32, 10, width=0.5)
 
 
+@pytest.mark.slow
 def test_prune_a_timm_model_from_a_local_weights_file(tmp_path, run_cli):
     from safetensors.torch import save_file
 

@@ -35,6 +35,7 @@ class _Interrupt(Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path):
     bundle = load_data("digits")
     cfg = TrainConfig(epochs=4, batch_size=64, lr=0.05, augment=True)

@@ -59,6 +59,7 @@ def test_the_small_set_is_what_the_issue_names():
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SMALL])
+@pytest.mark.slow
 def test_model_prunes_saves_loads_back_and_runs(name, tmp_path):
     with time_box(TIME_BOX_S):
         r = round_trip(f"tv:{name}", 3, SIZE.get(name, 32), 10, method="l1", macs=0.5, out_dir=tmp_path)
@@ -88,6 +89,7 @@ def _masked_equals_pruned(model: nn.Module, shape, seed: int = 0) -> nn.Module:
     return pruned
 
 
+@pytest.mark.slow
 def test_grouped_convolutions_keep_the_same_positions_in_every_group():
     torch.manual_seed(0)
     model = build_model("tv:regnet_y_400mf", 3, 16, 10).eval()
@@ -122,6 +124,7 @@ def test_vit_keeps_its_embedding_width_and_prunes_mlp_widths(tmp_path):
     assert pruned.conv_proj.out_channels == 16 and pruned.encoder.layers[0].mlp[0].out_features == 16
 
 
+@pytest.mark.slow
 def test_unrecorded_tensors_are_in_the_manifest(tmp_path):
     """ConvNeXt's layer scale (a bare parameter) is resized by removal and rebuilt from the manifest."""
     torch.manual_seed(0)
@@ -192,6 +195,7 @@ def test_a_model_nothing_can_be_removed_from_is_refused_in_one_line():
     assert str(e.value).endswith(": 0 is not pruned because its channels pass through 1, which is kept whole")
 
 
+@pytest.mark.slow
 def test_unreachable_budget_is_refused_in_one_line():
     with pytest.raises(NetsiftError, match=r"out of reach.*keeps 0\.\d+ of its MACs"):
         round_trip("tv:swin_t", 3, 32, 10, macs=0.5)
@@ -213,6 +217,7 @@ def test_sizes_a_model_cannot_take_are_refused_before_building(name, size, words
 
 @pytest.mark.parametrize("name, size", [("tv:vit_b_32", 64), ("tv:inception_v3", 75), ("tv:swin_t", 32),
                                         ("tv:shufflenet_v2_x0_5", 16)])
+@pytest.mark.slow
 def test_grey_inputs_and_model_image_sizes(name, size):
     model = build_model(name, 1, size, 7).eval()
     with torch.no_grad():

@@ -142,6 +142,7 @@ def test_datasets_says_found_or_missing_and_where_it_looked(run_cli, tmp_path):
 # ---------------------------------------------------------------------------------------------- progress
 
 
+@pytest.mark.slow
 def test_train_in_a_log_file_reports_every_epoch_while_it_runs(tmp_path):
     """Output to a pipe (a log file, CI): one line per epoch as it ends, and no silence longer than 10 s until the
     run's last line (then the interpreter exits: freeing torch can take seconds more on a loaded machine)."""
@@ -174,6 +175,7 @@ def test_train_in_a_log_file_reports_every_epoch_while_it_runs(tmp_path):
     assert "train loss" not in stdout[0] and "test_acc" in stdout[0]  # progress on stderr, results on stdout
 
 
+@pytest.mark.slow
 def test_quiet_silences_progress_but_not_errors(tmp_path):
     cmd = [sys.executable, "-m", "netsift", "train", "--data", "digits", "--epochs", "2", "--quiet",
            "--out", str(tmp_path / "run")]
@@ -183,6 +185,7 @@ def test_quiet_silences_progress_but_not_errors(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "invalid float value: 'abc'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_python_progress_argument_and_selection_lines(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(progress.MODE_ENV, "lines")
     netsift.train("lenet300", "digits", epochs=2, batch_size=64, progress=False, latency_threads=None)
@@ -210,6 +213,7 @@ def test_terminal_bars_keep_the_finished_lines(monkeypatch, capsys):
     assert "train demo epoch 1/1: done\n" in err and "4/4" in err and "loss=0.5000" in err
 
 
+@pytest.mark.slow
 def test_heartbeat_and_stray_tasks(monkeypatch, capsys):
     monkeypatch.setenv(progress.MODE_ENV, "lines")
     monkeypatch.setenv(progress.INTERVAL_ENV, "0.5")
@@ -274,6 +278,7 @@ def sweep(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_report_tables_and_plots(run_cli, sweep, tmp_path):
     from PIL import Image
 

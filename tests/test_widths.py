@@ -89,6 +89,7 @@ KW = dict(candidates=4, select_batch=64, holdout=200, finetune_epochs=0, progres
 
 
 @pytest.mark.parametrize("method", ["gfs", "backward", "l1", "random"])
+@pytest.mark.slow
 def test_learned_widths_meet_the_macs_budget_for_every_method(digits, method):
     import netsift
 
@@ -124,6 +125,7 @@ def test_bad_budgets_are_one_line(digits, options, message):
         netsift.prune(_net(), digits, method="l1", **{**KW, **options})
 
 
+@pytest.mark.slow
 def test_learned_gfs_resumes_with_its_widths_and_ends_identical(digits, tmp_path, monkeypatch):
     import importlib
 
