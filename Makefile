@@ -16,8 +16,10 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/netsift demo
 
+# two workers (pytest-xdist): the suite's processes share the 2 cores; tests that time things run in their own
+# processes (torchrun, kill -9) and give themselves room
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist load
 
 # the fast lane while working: every module, no slow end-to-end tests (marked @pytest.mark.slow), under 90 s
 check: $(STAMP)
