@@ -23,7 +23,7 @@ test: $(STAMP)
 
 # the fast lane while working: every module, no slow end-to-end tests (marked @pytest.mark.slow), under 90 s
 check: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -x -p no:cacheprovider
+	$(PY) -m pytest -q -n 2 -m "not slow" -x -p no:cacheprovider
 
 clean-venv:
 	rm -rf $(VENV)

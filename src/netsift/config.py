@@ -256,6 +256,10 @@ class RunOptions:
             raise NetsiftError(f"progress must be true, false or None, got {self.progress!r}")
         if not (self.out is None or isinstance(self.out, (bool, Path)) or (isinstance(self.out, str) and self.out)):
             raise NetsiftError(f"--out must name a folder (in Python also True or None), got {self.out!r}")
+        if self.log_with is not None:
+            from .tracking import check_trackers
+
+            check_trackers(self.log_with)  # a missing tracker package: one line, before any work
 
     @property
     def folder(self) -> str | Path | None:

@@ -659,8 +659,9 @@ class SavedRun:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.config: dict = read_run_config(self.path) if (self.path / CONFIG).is_file() else {}
-        self.result: dict | None = read_json_if(self.path / RESULT, RESULT_FILE, "result")
+        config, result = self.path / CONFIG, self.path / RESULT
+        self.config: dict = read_json(config, "run config", RUN_CONFIG) if config.is_file() else {}
+        self.result: dict | None = read_json(result, "result", RESULT_FILE) if result.is_file() else None
 
     @property
     def seed(self) -> int:

@@ -201,11 +201,7 @@ class Spec(Protocol):
 
 def execute(spec: Spec) -> Result:
     """Run ``spec``: resolve its source, prepare it, open its run folder, run its body, measure and record."""
-    opts = spec.run
-    if opts.log_with is not None:
-        from .tracking import check_trackers
-
-        check_trackers(opts.log_with)  # a missing tracker package: one line, before any work
+    opts = spec.run  # checked when it was made (RunOptions.__post_init__), trackers included
     with progress.session(opts.progress), distributed.collectives_reported():
         return _execute(spec, opts)
 

@@ -24,9 +24,9 @@ def check_weights(weights: Any, model: Any) -> Path | None:
     """``weights`` as an existing file path (``None`` passes), refused unless ``model`` is a zoo / tv name."""
     if weights is None:
         return None
-    from ..config import check_weights_path
-
-    check_weights_path(str(weights) if isinstance(weights, Path) else weights)
+    text = str(weights) if isinstance(weights, Path) else weights
+    if not isinstance(text, str) or not text or len(text) > 4096 or "\0" in text:
+        raise NetsiftError(f"--weights must be a file path, got {weights!r}")
     if not is_model_name(model):
         raise NetsiftError("weights apply to a network built by name (a zoo name, tv:<name> or timm:<name>); load "
                            "your own module's state dict yourself")
