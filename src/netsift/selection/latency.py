@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 from torch import nn
 
 from .. import progress as _progress
+from ..errors import NetsiftError
 from ..measure import compare_latency
 from .groups import ChannelGroup
 from .removal import remove_channels
@@ -84,16 +85,33 @@ class LatencyModel:
         return self.dense_ms * math.prod(self.ratio(gi, w) for gi, w in enumerate(widths))
 
 
+def _first_guess(model: LatencyModel, allocate: Callable[[float], list[int]], target: float) -> float:
+    """The fraction to ask ``allocate`` for first: where the latency table predicts ``target`` (bisected)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        try:
+            predicted = model.cost(allocate(mid)) / model.dense_ms
+        except NetsiftError:  # below what the network can reach: ask for more
+            lo = mid
+            continue
+        lo, hi = (mid, hi) if predicted < target else (lo, mid)
+    return max(hi, 1e-3)
+
+
 def meet_latency(model: LatencyModel, allocate: Callable[[float], list[int]], target: float,
-                 tolerance: float = 0.05, tries: int = 4) -> tuple[list[int], dict]:
+                 tolerance: float = 0.05, tries: int = 5) -> tuple[list[int], dict]:
     """Widths whose measured latency is ``target`` of the dense network's, within ``tolerance`` if it can.
 
-    ``allocate(fraction)`` gives widths for a predicted fraction; the real pruned architecture is timed against
-    the dense network and the fraction asked for is corrected by the error (up to ``tries`` times). The widths
-    kept are timed once more, with more rounds, so that the recorded fraction is not the luckiest of the tries.
+    ``allocate(f)`` gives widths for a fraction ``f`` of its own cost model (MACs); the latency table gives the
+    first ``f`` to try. Each try's real pruned architecture is timed against the dense network, and ``f`` is
+    corrected: by the ratio of target to measured until the target is bracketed, then by interpolating between
+    the two closest tries on either side (measured latency rises with the MACs kept). The widths kept are
+    timed once more, with more rounds, so that the recorded fraction is not the luckiest of the tries.
     Returns the widths and a record: every try's asked, predicted and measured fractions, and the final timing.
     """
-    asked, tries_made, best = target, [], None
+    asked = _first_guess(model, allocate, target)
+    tries_made, best, below, above = [], None, None, None
     for _ in range(tries):
         widths = allocate(min(1.0, asked))
         net = model.at({g.name: w for g, w in zip(model.groups, widths)})
@@ -104,7 +122,14 @@ def meet_latency(model: LatencyModel, allocate: Callable[[float], list[int]], ta
             best = (widths, measured)
         if abs(measured - target) <= tolerance * target:
             break
-        asked = asked * target / measured
+        if measured < target and (below is None or measured > below[1]):
+            below = (asked, measured)
+        if measured > target and (above is None or measured < above[1]):
+            above = (asked, measured)
+        if below is not None and above is not None and above[1] > below[1]:
+            asked = below[0] + (above[0] - below[0]) * (target - below[1]) / (above[1] - below[1])
+        else:
+            asked = min(1.0, asked * target / measured)
     rounds, model.rounds = model.rounds, 2 * model.rounds
     try:
         net = model.at({g.name: w for g, w in zip(model.groups, best[0])})

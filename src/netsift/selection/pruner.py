@@ -173,9 +173,10 @@ def _budget(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, gr
         from .latency import LatencyModel
 
         cost = LatencyModel(model, groups, input_shape, cfg.latency_batch, threads=cfg.latency_threads or 1)
-    else:
-        cost = cost_model(kind, model, groups, input_shape, graph)
-    return Budget(kind, fraction, cost, cfg.round_to, fixed, learned=cfg.widths == "learned")
+        return Budget(kind, fraction, cost, cfg.round_to, fixed, learned=cfg.widths == "learned",
+                      shape_model=cost_model("macs", model, groups, input_shape, graph))
+    return Budget(kind, fraction, cost_model(kind, model, groups, input_shape, graph), cfg.round_to, fixed,
+                  learned=cfg.widths == "learned")
 
 
 def _context(plan: Plan, next_batch, holdout, seed: int, progress: bool, layer_finetune,

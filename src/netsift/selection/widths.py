@@ -165,14 +165,17 @@ class Budget:
     """A budget (a fraction of the dense network's MACs, parameters or latency) and how it is shared out.
 
     ``uniform()``: every group the same kept fraction; ``learn(curves)``: the allocation of
-    :func:`allocate_learned`. A latency budget is checked against the real pruned architecture, timed against
-    the dense one (:func:`.latency.meet_latency`); ``record`` keeps what was measured.
+    :func:`allocate_learned`. A latency budget (``model`` a :class:`.latency.LatencyModel`) allocates with the
+    MACs model ``shape_model`` (the shape of the allocation: which groups keep what) and chooses how many MACs to
+    keep by timing the real pruned architecture against the dense one (:func:`.latency.meet_latency`; the
+    per-group latency table gives the first guess); ``record`` keeps what was measured.
     """
 
     def __init__(self, kind: str, fraction: float, model, round_to: int = 1, fixed: dict[int, int] | None = None,
-                 learned: bool = False):
+                 learned: bool = False, shape_model=None):
         self.kind, self.fraction, self.model = kind, fraction, model
         self.round_to, self.fixed, self.learned = round_to, dict(fixed or {}), learned
+        self.shape_model = shape_model if shape_model is not None else model
         self.record: dict | None = None
 
     def _meet(self, allocate) -> list[int]:
@@ -187,11 +190,12 @@ class Budget:
         """Every group keeps the same fraction of its channels."""
         from .budget import allocate
 
-        return self._meet(lambda f: allocate(self.model, f, self.round_to, self.fixed))
+        return self._meet(lambda f: allocate(self.shape_model, f, self.round_to, self.fixed))
 
     def learn(self, curves: Sequence[Sequence[float]], per_cost: bool = True) -> list[int]:
         """Widths from the groups' loss curves (see :func:`allocate_learned`)."""
-        return self._meet(lambda f: allocate_learned(self.model, curves, f, self.round_to, self.fixed, per_cost))
+        return self._meet(lambda f: allocate_learned(self.shape_model, curves, f, self.round_to, self.fixed,
+                                                     per_cost))
 
     def achieved(self, widths: Sequence[int]) -> float:
         """The fraction of the dense cost that ``widths`` keep (predicted; latency is measured on the result)."""
