@@ -111,6 +111,17 @@ def test_parameter_budget_is_met_and_recorded(digits):
     assert abs(u.params_fraction - 0.3) < 0.03
 
 
+def test_report_names_the_budget_and_the_widths(digits, tmp_path):
+    import netsift
+    from netsift.report import report
+
+    for widths in ("uniform", "learned"):
+        netsift.prune(_net(), digits, method="l1", params=0.3, widths=widths, out=tmp_path / widths, **KW)
+    got = report([tmp_path / "uniform", tmp_path / "learned"], tmp_path / "rep", plots=False)
+    assert {r["target"] for r in got["runs"]} == {"params 0.3"}  # not "tol None"
+    assert {r["series"] for r in got["runs"]} == {"l1", "l1 widths=learned"}
+
+
 @pytest.mark.parametrize("options, message", [
     ({"widths": "learned"}, "--widths learned shares a budget out"),
     ({"macs": 0.5, "params": 0.5}, "give one budget"),

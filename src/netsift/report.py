@@ -239,13 +239,16 @@ def label_runs(runs: list[Run]) -> dict[int, str]:
 
 
 def _target(run: Run) -> Any:
-    """The x-axis target of a run: the MACs target of a prune (and of its fine-tunes), the density target of an
-    extract."""
+    """The x-axis target of a run: the budget of a prune (its MACs fraction; ``params F`` or ``latency F`` for the
+    other budgets; ``tol T`` without one) and of its fine-tunes, the density target of an extract."""
     if run.parent is not None:
         return _target(run.parent)
     row = run.row
     if row.get("command") == "prune":
-        return row.get("macs_target") if row.get("macs_target") is not None else f"tol {row.get('tolerance')}"
+        for key, name in (("macs_target", None), ("params_target", "params"), ("latency_target", "latency")):
+            if row.get(key) is not None:  # the budget the run was given
+                return row[key] if name is None else f"{name} {row[key]:g}"
+        return f"tol {row.get('tolerance')}"
     if row.get("command") == "extract":
         return row.get("density_target")
     return None
