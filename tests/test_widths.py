@@ -188,3 +188,45 @@ def test_latency_model_predicts_from_its_table_and_meets_a_target_in_tries():
     assert lat.cost(full) == pytest.approx(lat.dense_ms) and lat.cost(half) <= lat.cost(full)
     widths, record = meet_latency(lat, lambda f: allocate(lat, f), 0.5, tries=2)
     assert len(record["tries"]) in (1, 2) and record["measured"] > 0 and len(widths) == len(groups)
+
+
+class _FakeLatency:
+    """A latency model whose 'timings' are a known function of the widths: a constant part the widths do not
+    change (memory-bound layers) plus a part that grows with the channels kept, and a table that is wrong by
+    a factor of 2 (as a noisy one can be)."""
+
+    def __init__(self, sizes):
+        self.groups = [type("G", (), {"name": f"g{i}", "size": n})() for i, n in enumerate(sizes)]
+        self.model, self.dense_ms, self.rounds, self.table, self.batch_size, self.threads = "dense", 10.0, 3, [], 64, 1
+        self.timed = 0
+
+    def at(self, widths):
+        return widths
+
+    def true_ms(self, widths):
+        kept = sum(widths.values()) / sum(g.size for g in self.groups)
+        return 4.0 + 6.0 * kept ** 1.5
+
+    def time(self, nets):
+        self.timed += 1
+        return {k: (self.dense_ms if v == "dense" else self.true_ms(v)) for k, v in nets.items()}
+
+    def cost(self, widths=None):
+        if widths is None:
+            return self.dense_ms
+        return self.dense_ms * (sum(widths) / sum(g.size for g in self.groups)) / 2  # the table's wrong guess
+
+
+def test_latency_target_is_met_by_timing_the_pruned_network_even_with_a_wrong_table():
+    from netsift.selection.latency import meet_latency
+
+    lat = _FakeLatency([8, 16, 32, 64])
+
+    def allocate(f):  # uniform widths for a fraction f of the channels
+        return [max(1, round(g.size * f)) for g in lat.groups]
+
+    for target in (0.5, 0.7, 0.9):
+        widths, record = meet_latency(lat, allocate, target)
+        truth = lat.true_ms({g.name: w for g, w in zip(lat.groups, widths)}) / lat.dense_ms
+        assert abs(truth - target) <= 0.05 * target + 0.02, (target, truth, record["tries"])
+        assert abs(record["measured"] - truth) < 1e-9 and len(record["tries"]) <= 5
