@@ -122,3 +122,20 @@ def test_every_group_kept_whole_is_listed_with_its_reason(capsys, monkeypatch):
     assert [s.as_dict() for s in plan.skipped] == [s.as_dict() for s in skipped]
     for s in skipped:
         assert f"channel group kept whole: {s.line()}" in err
+
+
+def test_a_class_token_view_of_a_parameter_is_counted_and_pruned():
+    """timm's CaiT failed with "Expected gradient function to be set" while its MACs were counted; the same
+    pattern in a small module, counted and pruned, its parameters' requires_grad untouched."""
+    import netsift
+    from usernets import TokenNet
+
+    from netsift.measure import count_macs
+
+    model = TokenNet()
+    assert count_macs(model, (1, 8, 8)) > 0 and all(p.requires_grad for p in model.parameters())
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    data = {"train": torch.utils.data.TensorDataset(x, torch.arange(64) % 10),
+            "test": torch.utils.data.TensorDataset(x[:16], torch.arange(16) % 10)}
+    r = netsift.prune(model, data, method="l1", macs=0.6, finetune_epochs=0, progress=False)
+    assert abs(r.macs_fraction - 0.6) < 0.02 and all(p.requires_grad for p in model.parameters())

@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -135,14 +135,29 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return nonzero, total
 
 
+@contextmanager
+def flop_counter(model: nn.Module) -> Iterator[FlopCounterMode]:
+    """``torch.utils.flop_counter.FlopCounterMode`` for a forward pass of ``model``, its parameters' ``requires_grad``
+    off meanwhile: the counter's module tracker hooks every module input that requires a gradient, and a view of a
+    parameter taken under ``no_grad`` (timm CaiT's class token) has no gradient function to hook."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    for p in trained:
+        p.requires_grad_(False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            yield counter
+    finally:
+        for p in trained:
+            p.requires_grad_(True)
+
+
 @torch.no_grad()
 def _flop_counts(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, dict[str, int]]:
     """Total MACs of one sample and MACs per module name (``""`` for the whole network)."""
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False)
     try:
-        with counter:
+        with flop_counter(model) as counter:
             run_model(model, torch.zeros(1, *input_shape, device=_device(model)))
     finally:
         model.train(was_training)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import NetsiftError
+from ..measure import flop_counter
 from .groups import ChannelGroup
 
 
@@ -62,9 +63,8 @@ class MacsModel:
                 hooks.append(m.register_forward_hook(hook))
         was_training = model.training
         model.eval()
-        counter = FlopCounterMode(display=False)
         try:
-            with torch.no_grad(), counter:
+            with torch.no_grad(), flop_counter(model) as counter:
                 model(torch.zeros(1, *input_shape))
         finally:
             model.train(was_training)
