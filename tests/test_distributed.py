@@ -134,13 +134,15 @@ def test_extract_two_processes(extracted):
 
 
 @pytest.mark.slow
-def test_prune_gfs_two_processes_same_channels_as_one(trained, tmp_path, run_cli):
+@pytest.mark.parametrize("widths", ["uniform", "learned"])
+def test_prune_gfs_two_processes_same_channels_as_one(trained, tmp_path, run_cli, widths):
     source = trained[0]
+    argv = (*PRUNE, "--widths", widths)  # learned: the loss curves too are scored by both processes
     # the steps' prefixes computed by one process each and sent (too cheap to pay on lenet300 by default)
-    proc = launch(torchrun(*PRUNE, "--checkpoint", str(source), "--out", "run2"), tmp_path,
+    proc = launch(torchrun(*argv, "--checkpoint", str(source), "--out", "run2"), tmp_path,
                   NETSIFT_SHARE_PREFIX="always")
     check_run(tmp_path / "run2", proc, {"selection.json", "selection.safetensors"})
-    code, _, err = run_cli(*PRUNE, "--checkpoint", source, "--out", tmp_path / "run1")
+    code, _, err = run_cli(*argv, "--checkpoint", source, "--out", tmp_path / "run1")
     assert code == 0, err
     def kept(run: str) -> dict:  # the selection state: the channels every finished group kept
         return {g["group"]: g["kept"] for g in json.loads((tmp_path / run / "selection.json").read_text())["groups"]}
