@@ -140,7 +140,9 @@ def flop_counter(model: nn.Module) -> Iterator[FlopCounterMode]:
     """``torch.utils.flop_counter.FlopCounterMode`` for a forward pass of ``model``, its parameters' ``requires_grad``
     off meanwhile: the counter's module tracker hooks every module input that requires a gradient, and a view of a
     parameter taken under ``no_grad`` (timm CaiT's class token) has no gradient function to hook."""
-    trained = [p for p in model.parameters() if p.requires_grad]
+    from torch.nn.parameter import is_lazy
+
+    trained = [p for p in model.parameters() if not is_lazy(p) and p.requires_grad]
     for p in trained:
         p.requires_grad_(False)
     try:
