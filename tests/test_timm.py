@@ -60,3 +60,27 @@ def test_prune_a_timm_model_from_a_local_weights_file(tmp_path, run_cli):
     assert result["weights"]["file"] == "w.safetensors"
     assert any("classifier re-initialised" in a for a in result["weights"]["adapted"])
     assert any("filters averaged" in a for a in result["weights"]["adapted"])
+
+
+def _groups_and_left(name: str, size: int = 32):
+    from netsift.selection.groups import find_groups
+
+    net = build_for(f"timm:{name}", (3, size, size), 10, seed=0)
+    left: list = []
+    return find_groups(net, (3, size, size), skipped=left, verify=False), left
+
+
+def test_a_runaway_dependency_walk_is_stopped_and_its_root_listed():
+    # Torch-Pruning maps EfficientViT-M's attention channels onto spatial positions; its walk from the stage-2
+    # stream grew to 100,000+ indices and ran for hours (timm coverage: timeout at 900 s)
+    groups, left = _groups_and_left("efficientvit_m0")
+    assert len(groups) >= 10
+    runaway = [s for s in left if "more than any layer holds" in s.reason]
+    assert runaway and all(s.layers and s.channels > 0 for s in runaway)
+
+
+def test_a_root_torch_pruning_cannot_walk_leaves_only_its_own_group_whole():
+    # GCViT: one root's walk raises ZeroDivisionError inside Torch-Pruning; it used to end the whole search
+    groups, left = _groups_and_left("gcvit_xxtiny")
+    assert len(groups) >= 10
+    assert any(s.reason.startswith("Torch-Pruning cannot follow it (ZeroDivisionError") for s in left)

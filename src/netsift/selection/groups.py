@@ -38,7 +38,8 @@ from torch import nn
 from ..errors import NetsiftError
 from .group_types import ChannelGroup, Consumer, LeftWhole, Part, is_depthwise, is_grouped  # noqa: F401
 from .merged import Pending, constraints_of, members_and_reads, merge, needs_merge, out_of_range
-from .tracing import OPAQUE, _first_line, build_graph, register_opaque, static_index_mapping  # noqa: F401
+from .tracing import (OPAQUE, WalkTooLong, _first_line, bounded_walks, build_graph, register_opaque,  # noqa: F401
+                      static_index_mapping)
 
 META_BYTES = 512 * 2**20  # trial removals of larger models run on the meta device (see _verified)
 
@@ -150,10 +151,11 @@ def _uncovered(model: nn.Module, dg: tp.DependencyGraph, covered: set, ignored: 
             continue
         try:
             pruner = dg.get_pruner_of_module(m)
-            with static_index_mapping():
+            with static_index_mapping(), bounded_walks(model, dg):
                 group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
-        except Exception as e:
-            left.append(LeftWhole((names[m],), 0, f"Torch-Pruning cannot follow it ({_first_line(e)})"))
+        except Exception as e:  # noqa: BLE001 - listed with its reason
+            why = str(e) if isinstance(e, WalkTooLong) else f"Torch-Pruning cannot follow it ({_first_line(e)})"
+            left.append(LeftWhole((names[m],), 0, why))
             covered.add(m)
             continue
         outs = [it.dep.target.module for it in group.items if dg.is_out_channel_pruning_fn(it.dep.handler)]
@@ -166,6 +168,36 @@ def _uncovered(model: nn.Module, dg: tp.DependencyGraph, covered: set, ignored: 
                   if held is not None else "Torch-Pruning gives no group for it")
         left.append(_left(dg, group, names, reason))
     return left
+
+
+def _all_groups(model: nn.Module, dg: tp.DependencyGraph, ignored: list[nn.Module],
+                names: dict) -> tuple[list, list[tuple[nn.Module, str]]]:
+    """Torch-Pruning's groups, one walk per root layer as in ``DependencyGraph.get_all_groups``, but a root
+    whose walk fails or runs away (:func:`.tracing.bounded_walks`) is left whole with the reason instead of
+    ending the search: ``(groups, [(root, reason)])``. A group coupled to an ``ignored`` layer is not
+    returned (:func:`_uncovered` says why)."""
+    skip = {id(m) for m in ignored + list(dg.IGNORED_LAYERS_IN_TRACING)}
+    visited: set[int] = set()
+    found, failed = [], []
+    with static_index_mapping(), bounded_walks(model, dg):
+        for m in list(dg.module2node):
+            if id(m) in skip or id(m) in visited or not isinstance(m, (nn.Conv2d, nn.Linear)):
+                continue
+            pruner = dg.get_pruner_of_module(m)
+            if pruner is None or pruner.get_out_channels(m) is None:
+                continue
+            try:
+                group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+            except Exception as e:  # noqa: BLE001 - one root Torch-Pruning cannot walk does not end the search
+                why = str(e) if isinstance(e, WalkTooLong) else f"Torch-Pruning cannot follow it ({_first_line(e)})"
+                failed.append((m, why))
+                visited.add(id(m))
+                continue
+            outs = [it.dep.target.module for it in group.items if dg.is_out_channel_pruning_fn(it.dep.handler)]
+            visited.update(id(o) for o in outs)
+            if not any(id(o) in skip for o in outs):
+                found.append(group)
+    return found, failed
 
 
 def find_groups(model: nn.Module, input_shape: tuple[int, ...], dg: tp.DependencyGraph | None = None,
@@ -191,12 +223,11 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...], dg: tp.Dependenc
     refused: list[LeftWhole] = []
     pending: list[Pending] = []
     covered: set = set()
-    try:
-        with static_index_mapping():
-            all_groups = list(dg.get_all_groups(ignored_layers=output_layers(model) + ignored,
-                                                root_module_types=[nn.Conv2d, nn.Linear]))
-    except Exception as e:
-        raise NetsiftError(f"cannot find the model's channel groups: {_first_line(e)}") from None
+    all_groups, failed = _all_groups(model, dg, output_layers(model) + ignored, names)
+    for root, why in failed:
+        covered.add(root)
+        channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        refused.append(LeftWhole((names[root],), channels, why))
     for group in all_groups:
         covered.update(it.dep.target.module for it in group.items if dg.is_out_channel_pruning_fn(it.dep.handler))
         root = group[0].dep.target.module

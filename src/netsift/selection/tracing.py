@@ -205,3 +205,40 @@ def static_index_mapping() -> Iterator[None]:
         yield
     finally:
         index_mapping.update_index_mapping = real
+
+
+class WalkTooLong(RuntimeError):
+    """Torch-Pruning's walk from one root layer went past what any layer of the network could hold."""
+
+
+@contextmanager
+def bounded_walks(model: nn.Module, dg: tp.DependencyGraph) -> Iterator[None]:
+    """Within the block, a Torch-Pruning group walk that runs away raises :class:`WalkTooLong` instead of hanging.
+
+    On some attention blocks (timm's EfficientViT-M, EfficientFormerV2, FocalNet) Torch-Pruning maps a layer's
+    channels through a reshape onto spatial positions: the index lists grow with each hop (192 channels became
+    103,680 indices) and the walk from one root ran for hours. A walk is stopped, deterministically, as soon as
+    an index list is longer than twice the largest dimension of any parameter (no layer has that many channels)
+    or the group holds more steps than the graph could need (``4 ×`` its nodes ``+ 1000``); its root is then
+    left whole with the reason.
+    """
+    from torch_pruning.dependency import graph as tp_graph
+
+    widest = 2 * max((max(p.shape) for p in model.parameters() if p.dim()), default=1)
+    steps = 4 * len(dg.module2node) + 1000
+    real = tp_graph.Group
+
+    class Bounded(real):
+        def add_dep(self, dep, idxs):  # noqa: D102 - Torch-Pruning's method, bounded
+            if len(idxs) > widest:
+                raise WalkTooLong(f"Torch-Pruning maps its channels onto {len(idxs):,} indices, more than any "
+                                  "layer holds")
+            if len(self._group) >= steps:
+                raise WalkTooLong(f"Torch-Pruning's dependency walk did not settle within {steps:,} steps")
+            super().add_dep(dep, idxs)
+
+    tp_graph.Group = Bounded
+    try:
+        yield
+    finally:
+        tp_graph.Group = real
