@@ -319,3 +319,35 @@ def test_vit_position_embedding_is_interpolated(tmp_path):
     assert torch.equal(small.encoder.pos_embedding[:, 0], big.encoder.pos_embedding[:, 0])
     with torch.no_grad():
         assert small(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+class _ConvLSTM(nn.Module):
+    """Convolutions read row by row by a bidirectional LSTM (timm's Sequencer does this)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(4))
+        self.rnn = nn.LSTM(8, 6, batch_first=True, bidirectional=True)
+        self.skip = nn.Linear(8, 12)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.conv(x).flatten(2).transpose(1, 2)  # (B, 16 positions, 8 channels)
+        return self.head((self.rnn(x)[0] + self.skip(x)).mean(1))
+
+
+def test_an_lstm_reading_pruned_channels_reloads_at_its_new_input_size(tmp_path):
+    from netsift.rundir import load_weights
+
+    torch.manual_seed(0)
+    model = _ConvLSTM().eval()
+    groups = find_groups(model, (3, 8, 8))
+    assert "conv.0" in [g.name for g in groups]
+    pruned = remove_channels(model, (3, 8, 8), {"conv.0": [0, 2, 3, 5, 6]}).eval()
+    assert pruned.rnn.input_size == 5 and module_sizes(pruned)["rnn"]["in"] == 5
+    save_model(tmp_path, pruned)
+    fresh = load_weights(_ConvLSTM(), tmp_path).eval()
+    assert fresh.rnn.input_size == 5
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), pruned(x))

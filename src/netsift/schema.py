@@ -267,6 +267,7 @@ _MODULES: dict[str, Spec] = {
     "LayerNorm": Obj({"shape": List(_SIZE, 8, 1)}, required="all"),
     "GroupNorm": Obj({"out": _SIZE, "groups": _SIZE}, required="all"),
     "PReLU": Obj({"out": _SIZE}, required="all"),
+    "RNN": Obj({"in": _SIZE, "hidden": _SIZE, "proj": Int(0, MAX_SIZE), "tensors": Map(_SHAPE, 64)}, required="all"),
     "parameter": Obj({"shape": _SHAPE}, required="all"),
     "buffer": Obj({"shape": _SHAPE}, required="all"),
 }
@@ -283,6 +284,9 @@ def _module_size(value: Any, path: str) -> None:
         _divides(value, path)
     if "shape" in value and _numel(value["shape"]) > max_params():
         bad(f"{path}.shape", f"at most {max_params():,} elements", value["shape"])
+    for name, shape in (value.get("tensors") or {}).items():
+        if _numel(shape) > max_params():
+            bad(f"{path}.tensors.{name}", f"at most {max_params():,} elements", shape)
 
 
 MODULE_SIZES = Map(Fn(_module_size), max_len=100_000)

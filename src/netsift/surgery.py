@@ -1,7 +1,7 @@
 """Recording and re-applying layer sizes, so a network whose channels were removed reloads as plain modules.
 
 :func:`module_sizes` lists the sizes of every resizable layer (Conv2d, Linear, BatchNorm, LayerNorm, GroupNorm,
-PReLU: the attributes their ``forward`` reads) and the shape of every parameter or (persistent) buffer that belongs
+PReLU, LSTM/GRU/RNN: the attributes their ``forward`` reads) and the shape of every parameter or (persistent) buffer that belongs
 to no such layer (a layer-scale γ, a class token, a position embedding, a per-channel gate);
 :func:`apply_module_sizes` resizes a freshly built model to those sizes in place: each layer keeps its class
 (subclasses such as ``LayerNorm2d`` included) with its attributes updated and empty tensors of the recorded
@@ -16,13 +16,13 @@ from torch import nn
 from .errors import NetsiftError
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_KNOWN = (nn.Conv2d, nn.Linear, *_BN, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
+_KNOWN = (nn.Conv2d, nn.Linear, *_BN, nn.LayerNorm, nn.GroupNorm, nn.PReLU, nn.RNNBase)
 
 
 def _kind(m: nn.Module) -> str | None:
-    for cls in (nn.Conv2d, nn.Linear, *_BN, nn.LayerNorm, nn.GroupNorm, nn.PReLU):
+    for cls in _KNOWN:
         if isinstance(m, cls):
-            return cls.__name__
+            return "RNN" if cls is nn.RNNBase else cls.__name__
     return None
 
 
@@ -46,6 +46,9 @@ def module_sizes(model: nn.Module) -> dict[str, dict]:
             sizes[name] = {"type": kind, "out": m.num_channels, "groups": m.num_groups}
         elif kind == "PReLU":
             sizes[name] = {"type": kind, "out": m.num_parameters}
+        elif kind == "RNN":  # LSTM, GRU, RNN: the sizes forward checks, and each weight's shape
+            sizes[name] = {"type": kind, "in": m.input_size, "hidden": m.hidden_size, "proj": m.proj_size,
+                           "tensors": {w: list(getattr(m, w).shape) for w in m._flat_weights_names}}
         else:
             sizes[name] = {"type": kind, "out": m.num_features}
     saved = set(model.state_dict())  # a non-persistent buffer is derived state its module recomputes: not recorded
@@ -100,6 +103,11 @@ def _resize(m: nn.Module, s: dict) -> None:
     elif kind == "PReLU":
         m.num_parameters = s["out"]
         _set(m, "weight", (s["out"],))
+    elif kind == "RNN":
+        m.input_size, m.hidden_size, m.proj_size = s["in"], s["hidden"], s["proj"]
+        for attr, shape in s["tensors"].items():
+            _set(m, attr, shape)
+        m._init_flat_weights()  # the list its forward hands to the fused kernel
     else:  # batch norm
         m.num_features = s["out"]
         for attr in ("weight", "bias", "running_mean", "running_var"):
