@@ -9,7 +9,8 @@
 * ``split``/``chunk`` along channels: Torch-Pruning 1.6 misreads their sizes on recent PyTorch; fixed after
   tracing (:func:`_fix_splits`).
 * A concatenation whose input channels Torch-Pruning cannot infer (a slice of the network's input) ended its trace
-  with a ``TypeError``; it is now left without an index mapping (:func:`_patch_concat_mapping`).
+  with a ``TypeError``, and a reshape whose channels it infers as 0 with a ``ZeroDivisionError``; both are now
+  left without an index mapping (:func:`_patch_concat_mapping`).
 * :func:`static_index_mapping`: Torch-Pruning re-derives every index mapping of the graph at each
   ``get_pruning_group`` call; while nothing is removed, once per graph is enough (DenseNet: minutes to seconds).
 """
@@ -119,6 +120,18 @@ def _patch_concat_mapping() -> None:
 
     update_concat_index_mapping.netsift_patched = True
     index_mapping.update_concat_index_mapping = update_concat_index_mapping
+
+    reshape = index_mapping.update_reshape_index_mapping
+
+    def update_reshape_index_mapping(graph, reshape_node):
+        """A reshape whose output channels Torch-Pruning infers as 0 (it reads the network's input through a
+        residual, as in timm's SHViT) divided by zero and ended the trace; it gets no index mapping."""
+        try:
+            return reshape(graph, reshape_node)
+        except ZeroDivisionError:
+            return None
+
+    index_mapping.update_reshape_index_mapping = update_reshape_index_mapping
 
 
 def build_graph(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu"
