@@ -86,6 +86,7 @@ def test_a_root_torch_pruning_cannot_walk_leaves_only_its_own_group_whole():
     assert any(s.reason.startswith("Torch-Pruning cannot follow it (ZeroDivisionError") for s in left)
 
 
+@pytest.mark.slow
 def test_a_reshape_torch_pruning_infers_as_zero_channels_does_not_end_the_trace():
     # SHViT: Torch-Pruning divided by the 0 channels it inferred for a reshape and the whole trace failed
     groups, _ = _groups_and_left("shvit_s1")
