@@ -351,3 +351,34 @@ def test_an_lstm_reading_pruned_channels_reloads_at_its_new_input_size(tmp_path)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(fresh(x), pruned(x))
+
+
+class _GainConv(nn.Conv2d):
+    """A convolution with its own per-output-channel gain (timm's ScaledStdConv2d has one)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.gain.view(-1, 1, 1, 1), self.bias)
+
+
+def test_a_conv_subclass_with_its_own_per_channel_tensor_is_pruned_and_reloads(tmp_path):
+    from netsift.rundir import load_weights
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(_GainConv(3, 8, 3), nn.ReLU(), _GainConv(8, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(6, 4)).eval()
+
+    model = make()
+    pruned = remove_channels(model, (3, 12, 12), {"0": [0, 2, 3, 6, 7], "2": [1, 2, 3, 4, 5]}).eval()  # kept
+    assert pruned[0].gain.shape[0] == 5 and pruned[2].gain.shape[0] == 5
+    with torch.no_grad():  # the kept channels keep their own gains
+        assert torch.equal(pruned[0].gain, model[0].gain[[0, 2, 3, 6, 7]])
+    save_model(tmp_path, pruned)
+    fresh = load_weights(make(), tmp_path).eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), pruned(x))

@@ -16,6 +16,7 @@ from torch import nn
 from .errors import NetsiftError
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_STANDARD = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
 _KNOWN = (nn.Conv2d, nn.Linear, *_BN, nn.LayerNorm, nn.GroupNorm, nn.PReLU, nn.RNNBase)
 
 
@@ -34,8 +35,9 @@ def module_sizes(model: nn.Module) -> dict[str, dict]:
         kind = _kind(m)
         if kind is None:
             continue
-        owned.update(id(t) for t in m.parameters(recurse=False))
-        owned.update(id(t) for t in m.buffers(recurse=False))
+        # the tensors its sizes describe; others it holds (a ScaledStdConv2d's gain) are recorded by shape below
+        standard = set(m._flat_weights_names) if kind == "RNN" else _STANDARD
+        owned.update(id(t) for k, t in {**m._parameters, **m._buffers}.items() if t is not None and k in standard)
         if kind == "Conv2d":
             sizes[name] = {"type": kind, "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
         elif kind == "Linear":

@@ -311,12 +311,39 @@ def prune_groups(model: nn.Module, dg: tp.DependencyGraph, drops: list[tuple[Cha
         one = tp.dependency.Group()
         one._DG = dg
         one.add_dep(dep, sorted(idxs))
+        extra = _extra_out_tensors(dep.target.module) if dg.is_out_channel_pruning_fn(dep.handler) else {}
         try:
             one.prune(record_history=False)
+            _cut_extra(dep.target.module, extra, idxs)
         except Exception as e:
             layer = dg._module2name.get(dep.target.module, dep.target.name) if not isinstance(
                 dep.target.module, nn.Parameter) else dep.target.name
             raise NetsiftError(f"cannot remove channels of group {name} at {layer}: {_first_line(e)}") from None
+
+
+_STANDARD = frozenset({"weight", "bias"})
+
+
+def _extra_out_tensors(m) -> dict[str, int]:
+    """A Conv2d/Linear subclass's own per-output-channel tensors beyond weight and bias (timm's
+    ``ScaledStdConv2d.gain``), which Torch-Pruning's handlers do not know: ``{name: out channels}``."""
+    if not isinstance(m, (nn.Conv2d, nn.Linear)) or type(m) in (nn.Conv2d, nn.Linear):
+        return {}
+    out = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+    tensors = {**m._parameters, **m._buffers}
+    return {k: out for k, t in tensors.items() if k not in _STANDARD and t is not None and t.dim() >= 1
+            and t.shape[0] == out}
+
+
+def _cut_extra(m, extra: dict[str, int], drop) -> None:
+    """Remove the dropped output channels from ``extra`` tensors of ``m`` (dim 0), as from its weight."""
+    for k, out in extra.items():
+        keep = torch.tensor(sorted(set(range(out)) - {int(i) for i in drop}), device=getattr(m, k).device)
+        old = getattr(m, k)
+        if isinstance(old, nn.Parameter):
+            m._parameters[k] = nn.Parameter(old.data.index_select(0, keep).clone(), requires_grad=old.requires_grad)
+        else:
+            m._buffers[k] = old.index_select(0, keep).clone()
 
 
 def _try_removal(model: nn.Module, input_shape: tuple[int, ...], groups: list[ChannelGroup],
