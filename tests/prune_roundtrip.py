@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -45,6 +45,27 @@ def skipped_groups(model: nn.Module, shape: tuple[int, ...]) -> list[dict]:
     return [s.as_dict() for s in skipped]
 
 
+@contextmanager
+def _head_inputs(model: nn.Module):
+    """Collect the input of ``model``'s logits layer during the block (a one-element list, filled by the call)."""
+    from netsift.selection.groups import output_layers
+
+    seen: list = []
+    handles = [m.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach())) for m in output_layers(model)]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def reloaded_equal(r: dict) -> bool:
+    """Whether a round trip's reloaded network matches the pruned one: logits and the logits layer's input, each
+    within 1e-4 of its scale."""
+    return all(r[k] <= 1e-4 * max(1.0, r.get(scale, 1.0)) for k, scale in
+               (("reload_max_diff", "out_scale"), ("features_max_diff", "features_scale")) if k in r)
+
+
 def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
                method: str = "l1", macs: float = 0.5, candidates: int = 4, batch: int = 8, seed: int = 0,
                out_dir: str | Path | None = None, model: nn.Module | None = None, *,
@@ -76,14 +97,17 @@ def round_trip(model_name: str, in_channels: int = 3, image_size: int = 32, num_
         save_model(d, pruned)  # what the pipeline saves in a run folder: weights + manifest with every layer's size
         loaded, _ = load_model(d)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed + 1))
-    with torch.no_grad():
+    with torch.no_grad(), _head_inputs(pruned) as feats_want, _head_inputs(loaded) as feats_got:
         want, got = pruned(x), loaded.eval()(x)
     if got.shape != (2, num_classes):
         raise NetsiftError(f"{model_name}: reloaded network gives outputs of shape {tuple(got.shape)}")
     out = {"model": model_name, "method": method, "image_size": image_size, "groups": len(result.groups),
            "macs_before": result.source_macs, "macs_after": result.macs, "macs_fraction": result.macs_fraction,
            "target": macs, "selection_s": result.selection_s, "wall_s": time.perf_counter() - t0,
-           "reload_max_diff": float((want - got).abs().max()), "out_scale": float(want.abs().max())}
+           "reload_max_diff": float((want - got).abs().max()), "out_scale": float(want.abs().max()),
+           # the logits layer's input too: a zero-initialised head (timm's) makes equal logits say nothing
+           "features_max_diff": float((feats_want[0] - feats_got[0]).abs().max()),
+           "features_scale": float(feats_want[0].abs().max())}
     if explain:
         t1 = time.perf_counter()
         out["groups_skipped"] = skipped_groups(model, shape)
