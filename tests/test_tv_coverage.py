@@ -382,3 +382,36 @@ def test_a_conv_subclass_with_its_own_per_channel_tensor_is_pruned_and_reloads(t
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         assert torch.equal(fresh(x), pruned(x))
+
+
+class _GatedTokens(nn.Module):
+    """Patch tokens through a gated MLP (``fc1(x).chunk(2, dim=-1)``, one half gating the other), as in EVA-02."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(6, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)  # (B, 4 tokens, 8 channels)
+        a, b = self.fc1(t).chunk(2, dim=-1)
+        return self.head((t + self.fc2(a * torch.nn.functional.silu(b))).mean(1))
+
+
+def test_a_gated_mlp_prunes_both_halves_of_its_first_layer_together(tmp_path):
+    from netsift.rundir import load_weights
+
+    torch.manual_seed(0)
+    model = _GatedTokens().eval()
+    groups = {g.name: g for g in find_groups(model, (3, 8, 8))}
+    assert groups["fc1"].size == 6 and groups["fc1"].unit == 2  # channel c goes with c + 6
+    pruned = _masked_equals_pruned(model, (3, 8, 8))
+    assert pruned.fc1.out_features == 6 and pruned.fc2.in_features == 3
+    save_model(tmp_path, pruned)
+    torch.manual_seed(1)
+    fresh = load_weights(_GatedTokens(), tmp_path).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), pruned(x))

@@ -99,6 +99,24 @@ def _unit(group) -> int:
     return unit
 
 
+def _tied(dg: tp.DependencyGraph, group) -> int | None:
+    """Root channels that go together, for a group through a split: a gated MLP's ``fc1(x).chunk(2, -1)`` multiplies
+    the halves, so channel ``c`` and ``c + C/2`` of ``fc1`` reach one input of ``fc2`` and must go as one unit.
+    Found by walking from the root's channel 0 alone: ``k`` channels ``{0, C/k, 2C/k, ...}`` give units of ``k``
+    (``None``: tied in another pattern)."""
+    if not any(getattr(it.dep.target, "type", None) == tp.ops.OPTYPE.SPLIT for it in group.items):
+        return 1
+    root, channels = group[0].dep.target.module, len(group[0].idxs)
+    with static_index_mapping(), bounded_walks(dg.model, dg):
+        probe = dg.get_pruning_group(root, group[0].dep.handler, [0])
+    own = sorted({int(i) for it in probe.items if it.dep.target.module is root
+                  and dg.is_out_channel_pruning_fn(it.dep.handler) for i in it.idxs})
+    k = len(own)
+    if k <= 1:
+        return 1
+    return k if channels % k == 0 and own == [j * (channels // k) for j in range(k)] else None
+
+
 def _left(dg: tp.DependencyGraph, group, names: dict, reason: str) -> LeftWhole:
     root = group[0].dep.target.module
     members, _ = members_and_reads(dg, group, names)
@@ -110,7 +128,10 @@ def _plain_group(dg: tp.DependencyGraph, group, names: dict, exec_order: dict, m
     """One Torch-Pruning group as a :class:`ChannelGroup`, or why it is left whole."""
     root = group[0].dep.target.module
     channels = len(group[0].idxs)
-    unit = _unit(group)
+    tied = _tied(dg, group)
+    if tied is None:
+        return _left(dg, group, names, "a split ties its channels to others in an irregular pattern")
+    unit = math.lcm(_unit(group), tied)
     if channels % unit:
         return _left(dg, group, names, f"its {channels} channels do not split into {unit} equal channel groups")
     size = channels // unit

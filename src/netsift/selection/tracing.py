@@ -141,6 +141,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...], device: str | to
     The graph carries ``netsift_opaque``: ``{node: (module name, kind)}`` for the opaque modules.
     """
     _patch_concat_mapping()
+    _patch_split_mapping()
     was_training = model.training
     model.eval()
     try:
@@ -169,9 +170,15 @@ def _fix_splits(dg: tp.DependencyGraph) -> bool:
         if node.type != tp.ops.OPTYPE.SPLIT or not hasattr(gf, "_saved_self_sym_sizes"):
             continue
         sizes, dim = list(gf._saved_self_sym_sizes), getattr(gf, "_saved_dim", None)
-        if dim is None or (dim % len(sizes)) != 1:
+        if dim is not None and dim >= 2**63:  # a negative dim (chunk(dim=-1)) is saved as an unsigned 64-bit value
+            dim -= 2**64
+        if dim is None or not -len(sizes) <= dim < len(sizes):
             continue
-        total = int(sizes[1])
+        dim %= len(sizes)
+        last = dim == len(sizes) - 1 > 1 and _channels_last(dg, node, int(sizes[dim]), int(sizes[1]))
+        if dim != 1 and not last:
+            continue
+        total = int(sizes[dim])
         if hasattr(gf, "_saved_split_sizes"):
             chs = [int(c) for c in gf._saved_split_sizes]
         elif hasattr(gf, "_saved_split_size"):
@@ -191,8 +198,55 @@ def _fix_splits(dg: tp.DependencyGraph) -> bool:
             continue
         node.module.split_sizes = chs
         node.module.offsets = [sum(chs[:i]) for i in range(len(chs) + 1)]
+        node.module.netsift_last_dim = last
+        if last:
+            node.enable_index_mapping = True  # Torch-Pruning turns it off for a split along another dim than 1
         changed = True
     return changed
+
+
+def _channels_last(dg: tp.DependencyGraph, node, along: int, dim1: int) -> bool:
+    """Whether a split along the last dimension of a (B, N, C) tensor splits channels: the layer before it
+    gives ``along`` channels, and dimension 1 (tokens) is not the same size (that would be ambiguous)."""
+    from torch_pruning.dependency import shape_infer
+
+    if along == dim1 or not node.inputs:
+        return False
+    depth = [0]
+    try:
+        channels = shape_infer.infer_out_channels_recursively(dg, node.inputs[0], depth)
+    except Exception:  # noqa: BLE001 - no inference, no mapping
+        return False
+    return channels == along
+
+
+def _patch_split_mapping() -> None:
+    """Torch-Pruning maps a split's channels only along dimension 1; a chunk of a (B, N, C) tensor along its
+    channels (a gated MLP's ``fc1(x).chunk(2, dim=-1)``) got no mapping, so the second half's channels seemed to
+    reach past the next layer's inputs. :func:`_fix_splits` marks such splits (``netsift_last_dim``); they get the
+    same offsets mapping as a split along dimension 1."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_split_index_mapping
+    if getattr(original, "netsift_patched", False):
+        return
+
+    def update_split_index_mapping(graph, split_node):
+        if not getattr(getattr(split_node, "module", None), "netsift_last_dim", False):
+            return original(graph, split_node)
+        offsets = split_node.module.offsets
+        for i, out_node in enumerate(split_node.outputs):
+            for dep in split_node.dependencies:
+                if dep.target == out_node and split_node.enable_index_mapping:
+                    dep.index_mapping[0] = index_mapping._SplitIndexMapping(offset=offsets[i: i + 2], reverse=False)
+                    break
+            for dep in out_node.dependencies:
+                if dep.target == split_node and split_node.enable_index_mapping:
+                    dep.index_mapping[0] = index_mapping._SplitIndexMapping(offset=offsets[i: i + 2], reverse=True)
+                    break
+
+    update_split_index_mapping.netsift_patched = True
+    index_mapping.update_split_index_mapping = update_split_index_mapping
 
 
 @contextmanager
