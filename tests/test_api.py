@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -187,9 +189,17 @@ def test_models_torch_pruning_cannot_follow_are_one_clear_line(digits, monkeypat
             return {"logits": self.fc(x.flatten(1))}
 
     data = {"train": TensorDataset(*[t[:200] for t in digits]), "test": TensorDataset(*[t[200:300] for t in digits])}
-    monkeypatch.setenv("NETSIFT_GRAPH_TIMEOUT", "3")
     model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), Mixer(), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
-    with pytest.raises(NetsiftError, match="could not resolve the model's channel dependencies") as e:
+    # Torch-Pruning's walk runs away on the einsum; it is stopped at once and named
+    with pytest.raises(NetsiftError, match="no prunable channel groups.*more than any layer holds") as e:
+        netsift.prune(model, data, method="l1", macs=0.5, finetune_epochs=0)
+    assert "\n" not in str(e.value)
+    # and an analysis that is merely slow ends at NETSIFT_GRAPH_TIMEOUT
+    from netsift.selection import pruner
+
+    monkeypatch.setenv("NETSIFT_GRAPH_TIMEOUT", "1")
+    monkeypatch.setattr(pruner, "find_groups", lambda *a, **k: time.sleep(30))
+    with pytest.raises(NetsiftError, match="could not resolve the model's channel dependencies within 1 s") as e:
         netsift.prune(model, data, method="l1", macs=0.5, finetune_epochs=0)
     assert "\n" not in str(e.value)
     with pytest.raises(NetsiftError, match=r"must return \(batch, classes\) logits"):
