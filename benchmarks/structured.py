@@ -133,6 +133,16 @@ def cells(args) -> list[tuple[str, str, str, float, int]]:
     return out[i::n]
 
 
+def _whole_grid(args) -> argparse.Namespace:
+    """``args`` widened to the default grid (seeds, fractions, methods, widths) plus what ``args`` names."""
+    default = parse_args([]) if not args.quick else args
+    return argparse.Namespace(**{**vars(args), "shard": "0/1",
+                                 "seeds": sorted(set(default.seeds) | set(args.seeds)),
+                                 "fractions": sorted(set(default.fractions) | set(args.fractions), reverse=True),
+                                 "methods": list(dict.fromkeys([*args.methods, *default.methods])),
+                                 "widths": ["uniform", "learned"]})
+
+
 def cell_folder(args, network: str, method: str, widths: str, fraction: float, seed: int) -> Path:
     return Path(args.work) / network / f"{method}-{widths}-{fraction}-s{seed}"
 
@@ -331,6 +341,15 @@ def main(argv=None) -> int:
         if not done:
             print(f"[{i + 1}/{len(todo)}] {network} {method} {widths} {fraction} seed {seed}: "
                   f"{time.perf_counter() - tc:.0f} s (total {time.perf_counter() - t0:.0f} s)", flush=True)
+    # the result files hold every finished cell of the whole grid, not only this invocation's (a stage of the
+    # chain runs one seed; it used to overwrite the tables with that seed alone)
+    for network, method, widths, fraction, seed in cells(_whole_grid(args)):
+        if (network, method, widths, fraction, seed) in set(todo):
+            continue
+        folder = cell_folder(args, network, method, widths, fraction, seed)
+        budgets = [0] if method == "gfs-scratch" else args.finetune_epochs
+        if all((folder / (f"ft{e}" if e else "") / "result.json").exists() for e in budgets):
+            rows += run_cell(network, method, widths, fraction, seed, args, None)
     speed = json.loads(speed_path.read_text()) if speed_path.exists() else {}
     for r in rows:
         key = f"{r['network']}/{cell_folder(args, r['network'], r['method'], r['widths'], r['macs_target'], r['seed']).name}"
