@@ -142,6 +142,14 @@ def _whole(records: list[dict]) -> str:
     return f"{n}" + (f" ({'; '.join(f'{c}x {k}' for k, c in kinds)})" if n else "")
 
 
+def _missed(records: list[dict]) -> str:
+    """Which passes land off the MACs budget by more than 1% of it (netsift says so: ``budget_missed``)."""
+    off = sorted(f"{r['model']} {r['macs_fraction']:.3f}" for r in records if r["status"] == "pass"
+                 and abs(r["macs_fraction"] - r["target"]) > 0.01 * r["target"])
+    return (f"MACs budget met within 1% by {sum(r['status'] == 'pass' for r in records) - len(off)} of the passes"
+            + (f"; off by more: {', '.join(off)}." if off else "."))
+
+
 def write_table(records: list[dict], fams: dict, max_params: int, path: Path) -> None:
     import timm
 
@@ -155,6 +163,7 @@ def write_table(records: list[dict], fams: dict, max_params: int, path: Path) ->
              f"end with l1 at a 50% MACs budget ({100 * passed / max(1, len(l1)):.1f}%; random weights, small "
              "inputs).", "",
              f"Cut for size or not buildable ({len(cut)}): {', '.join(cut) or 'none'}.", "",
+             _missed(l1), "",
              f"Channel groups left whole over every run: {_whole(records)}; each one is listed with its reason "
              "(layers, channels) in the records: none in silence.", ""]
     for method in sorted({r["method"] for r in records} - {"l1"}):

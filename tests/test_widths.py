@@ -175,6 +175,18 @@ def test_cli_learned_widths(tmp_path, run_cli):
 
     result = json.loads((tmp_path / "p" / "result.json").read_text())
     assert result["widths"] == "learned" and abs(result["macs_fraction"] - 0.5) < 0.01
+    assert result["budget_missed"] is None and "warning" not in err
+
+
+def test_a_missed_budget_is_said_and_recorded():
+    from netsift.pipelines.prune import budget_missed
+    from netsift.selection import PruneConfig
+
+    assert budget_missed(PruneConfig(method="l1", macs=0.5), 0.503, 0.6) is None
+    why = budget_missed(PruneConfig(method="l1", macs=0.5), 0.576, 0.6)
+    assert "keeps 0.576 of its MACs, not the 0.5 asked for" in why
+    assert "parameters" in budget_missed(PruneConfig(method="l1", params=0.3), 0.4, 0.35)
+    assert budget_missed(PruneConfig(method="l1", tolerance=0.02), 0.1, 0.1) is None
 
 
 def test_latency_model_predicts_from_its_table_and_meets_a_target_in_tries():

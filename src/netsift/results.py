@@ -92,6 +92,8 @@ class Result:
                                    "tolerance)")
     params_target: float | None = _f("prune: requested fraction of the parameters (`--params`)")
     params_fraction: float | None = _f("prune: `params_total` / the source network's")
+    budget_missed: str | None = _f("prune: why the network is off its `--macs`/`--params` budget by more than 1% "
+                                   "(also a warning line); `null` when met or without such a budget")
     latency_target: float | None = _f("prune: requested fraction of the latency (`--latency`)")
     latency_budget: dict | None = _f("prune with `--latency`: `target`, `measured` (the pruned architecture timed "
                                      "against the source, interleaved), every try's `asked`/`predicted`/`measured`, "

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import distributed, memory, rundir
+from .. import progress as _progress
 from ..checks import checked
 from ..config import RUN_FIELDS, RunOptions, TrainConfig
 from ..errors import NetsiftError
@@ -112,6 +113,9 @@ class PruneSpec:
                   "best_epoch": fitted.best_epoch if fitted else None,
                   "train_images_per_s": fitted.images_per_s if fitted else None,
                   **selection, "finetune_s": finetune_s}
+        fields["budget_missed"] = budget_missed(cfg, after["macs_fraction"], fields["params_fraction"])
+        if fields["budget_missed"] and distributed.is_main():
+            _progress.write(f"warning: {fields['budget_missed']}")
 
         def onnx(run_dir: Path) -> dict:
             from ..onnx_export import export_onnx
@@ -207,3 +211,14 @@ def _reinit(model: nn.Module, seed: int) -> None:
 
 
 __all__ = ["PruneSpec", "prune", "SelectionState"]
+
+
+def budget_missed(cfg: PruneConfig, macs_fraction: float, params_fraction: float) -> str | None:
+    """Why the pruned network is off its MACs or parameter budget by more than 1% of it (``None``: met, or no
+    such budget). On the zoo networks the cost models are exact; on another network Torch-Pruning may remove
+    channels they do not count, or a group's unit may be too coarse."""
+    for name, target, got in (("MACs", cfg.macs, macs_fraction), ("parameters", cfg.params, params_fraction)):
+        if target is not None and abs(got - target) > 0.01 * target:
+            return (f"the pruned network keeps {got:.3f} of its {name}, not the {target:g} asked for (off by more "
+                    f"than 1%): the cost model and the removal disagree on this network")
+    return None
