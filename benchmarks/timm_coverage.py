@@ -222,6 +222,7 @@ def main() -> None:
             write_table(records, fams, int(args.max_params), out.with_suffix(".md"))
             print(f"{name:32s} {method:8s} {r['status']:8s} {r['wall_s']:6.1f}s "
                   f"{r.get('macs_fraction', float('nan')):.3f} {r.get('reason', '')}", flush=True)
+    write_table(records, fams, int(args.max_params), out.with_suffix(".md"))  # also when nothing was left to run
 
 
 if __name__ == "__main__":
