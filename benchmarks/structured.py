@@ -343,8 +343,9 @@ def main(argv=None) -> int:
                   f"{time.perf_counter() - tc:.0f} s (total {time.perf_counter() - t0:.0f} s)", flush=True)
     # the result files hold every finished cell of the whole grid, not only this invocation's (a stage of the
     # chain runs one seed; it used to overwrite the tables with that seed alone)
+    ran = set(todo)
     for network, method, widths, fraction, seed in cells(_whole_grid(args)):
-        if (network, method, widths, fraction, seed) in set(todo):
+        if (network, method, widths, fraction, seed) in ran:
             continue
         folder = cell_folder(args, network, method, widths, fraction, seed)
         budgets = [0] if method == "gfs-scratch" else args.finetune_epochs

@@ -144,8 +144,11 @@ def _whole(records: list[dict]) -> str:
 
 def _missed(records: list[dict]) -> str:
     """Which passes land off the MACs budget by more than 1% of it (netsift says so: ``budget_missed``)."""
+    from netsift.pipelines.prune import budget_missed
+    from netsift.selection import PruneConfig
+
     off = sorted(f"{r['model']} {r['macs_fraction']:.3f}" for r in records if r["status"] == "pass"
-                 and abs(r["macs_fraction"] - r["target"]) > 0.01 * r["target"])
+                 and budget_missed(PruneConfig(method=r["method"], macs=r["target"]), r["macs_fraction"], None))
     return (f"MACs budget met within 1% by {sum(r['status'] == 'pass' for r in records) - len(off)} of the passes"
             + (f"; off by more: {', '.join(off)}." if off else "."))
 

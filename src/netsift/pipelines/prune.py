@@ -210,10 +210,7 @@ def _reinit(model: nn.Module, seed: int) -> None:
                 m.reset_parameters()
 
 
-__all__ = ["PruneSpec", "prune", "SelectionState"]
-
-
-def budget_missed(cfg: PruneConfig, macs_fraction: float, params_fraction: float) -> str | None:
+def budget_missed(cfg: PruneConfig, macs_fraction: float, params_fraction: float | None) -> str | None:
     """Why the pruned network is off its MACs or parameter budget by more than 1% of it (``None``: met, or no
     such budget). On the zoo networks the cost models are exact; on another network Torch-Pruning may remove
     channels they do not count, or a group's unit may be too coarse."""
@@ -222,3 +219,7 @@ def budget_missed(cfg: PruneConfig, macs_fraction: float, params_fraction: float
             return (f"the pruned network keeps {got:.3f} of its {name}, not the {target:g} asked for (off by more "
                     f"than 1%): the cost model and the removal disagree on this network")
     return None
+
+
+__all__ = ["PruneSpec", "prune", "SelectionState"]
+

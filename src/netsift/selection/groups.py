@@ -342,7 +342,7 @@ def prune_groups(model: nn.Module, dg: tp.DependencyGraph, drops: list[tuple[Cha
             raise NetsiftError(f"cannot remove channels of group {name} at {layer}: {_first_line(e)}") from None
 
 
-_STANDARD = frozenset({"weight", "bias"})
+_HANDLED = frozenset({"weight", "bias"})  # what Torch-Pruning's handlers cut
 
 
 def _extra_out_tensors(m) -> dict[str, int]:
@@ -352,7 +352,7 @@ def _extra_out_tensors(m) -> dict[str, int]:
         return {}
     out = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
     tensors = {**m._parameters, **m._buffers}
-    return {k: out for k, t in tensors.items() if k not in _STANDARD and t is not None and t.dim() >= 1
+    return {k: out for k, t in tensors.items() if k not in _HANDLED and t is not None and t.dim() >= 1
             and t.shape[0] == out}
 
 

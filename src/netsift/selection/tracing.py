@@ -10,7 +10,8 @@
   tracing (:func:`_fix_splits`).
 * A concatenation whose input channels Torch-Pruning cannot infer (a slice of the network's input) ended its trace
   with a ``TypeError``, and a reshape whose channels it infers as 0 with a ``ZeroDivisionError``; both are now
-  left without an index mapping (:func:`_patch_concat_mapping`).
+  left without an index mapping; a chunk along the channels of (B, N, C) tokens gets the mapping a split along
+  dimension 1 has (:func:`_patch_index_mappings`).
 * :func:`static_index_mapping`: Torch-Pruning re-derives every index mapping of the graph at each
   ``get_pruning_group`` call; while nothing is removed, once per graph is enough (DenseNet: minutes to seconds).
 """
@@ -121,17 +122,31 @@ def _patch_concat_mapping() -> None:
     update_concat_index_mapping.netsift_patched = True
     index_mapping.update_concat_index_mapping = update_concat_index_mapping
 
+
+def _patch_reshape_mapping() -> None:
+    """A reshape whose output channels Torch-Pruning infers as 0 (it reads the network's input through a residual,
+    as in timm's SHViT) divided by zero and ended the trace; it gets no index mapping."""
+    from torch_pruning.dependency import index_mapping
+
     reshape = index_mapping.update_reshape_index_mapping
+    if getattr(reshape, "netsift_patched", False):
+        return
 
     def update_reshape_index_mapping(graph, reshape_node):
-        """A reshape whose output channels Torch-Pruning infers as 0 (it reads the network's input through a
-        residual, as in timm's SHViT) divided by zero and ended the trace; it gets no index mapping."""
         try:
             return reshape(graph, reshape_node)
         except ZeroDivisionError:
             return None
 
+    update_reshape_index_mapping.netsift_patched = True
     index_mapping.update_reshape_index_mapping = update_reshape_index_mapping
+
+
+def _patch_index_mappings() -> None:
+    """Torch-Pruning's index mappings with netsift's fixes (each patched once per process)."""
+    _patch_concat_mapping()
+    _patch_reshape_mapping()
+    _patch_split_mapping()
 
 
 def build_graph(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu"
@@ -140,8 +155,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...], device: str | to
 
     The graph carries ``netsift_opaque``: ``{node: (module name, kind)}`` for the opaque modules.
     """
-    _patch_concat_mapping()
-    _patch_split_mapping()
+    _patch_index_mappings()
     was_training = model.training
     model.eval()
     try:
