@@ -415,3 +415,19 @@ def test_a_gated_mlp_prunes_both_halves_of_its_first_layer_together(tmp_path):
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(fresh(x), pruned(x))
+
+
+def test_a_tampered_lstm_size_is_one_line_naming_the_tensor(tmp_path):
+    import json
+
+    from netsift.rundir import load_weights
+
+    save_model(tmp_path, _ConvLSTM())
+    meta = json.loads((tmp_path / "model.json").read_text())
+    meta["manifest"]["modules"]["rnn"]["tensors"]["weight_ih_l0"] = [24, 3]
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    before = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(NetsiftError) as e:
+        load_weights(_ConvLSTM(), tmp_path)
+    assert "\n" not in str(e.value) and "rnn.weight_ih_l0" in str(e.value)
+    assert (tmp_path / "model.safetensors").read_bytes() == before

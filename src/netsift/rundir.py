@@ -605,7 +605,10 @@ def _load_state(model: nn.Module, tensors: dict, stem: Path, what: Any) -> None:
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
-        raise NetsiftError(f"{stem}.safetensors does not fit model {what}: {str(e).splitlines()[0]}") from None
+        # PyTorch's first line only says "Error(s) in loading state_dict"; the next one names the tensor
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+        raise NetsiftError(f"{stem}.safetensors does not fit model {what}: {why}") from None
 
 
 def write_result(run_dir: RunFolder | str | Path | None, result: dict) -> dict:
