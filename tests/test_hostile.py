@@ -367,6 +367,38 @@ def test_no_done_in_line_before_an_error_or_an_interrupt(capsys, monkeypatch):
     assert "netsift x: done in" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, NetsiftError, None])
+def test_an_interrupted_selection_does_not_say_done(interrupt, capsys, monkeypatch):
+    """A slow selection ends with "l1 selection: done in ..." only when it finished (SIGTERM mid-GFS once wrote it
+    before "terminated")."""
+    import importlib
+
+    from sklearn.datasets import load_digits
+
+    l1 = importlib.import_module("netsift.selection.l1")
+    original, real = l1.select, time.perf_counter
+
+    def slow(ctx, **options):  # the clock jumps 10 s, past the report's 2 s threshold
+        monkeypatch.setattr(time, "perf_counter", lambda: real() + 10.0)
+        if interrupt is not None:
+            raise interrupt("stopped")
+        return original(ctx, **options)
+
+    monkeypatch.setattr(l1, "select", slow)
+    monkeypatch.setenv("NETSIFT_PROGRESS", "lines")
+    x, y = load_digits(return_X_y=True)
+    data = TensorDataset(torch.tensor(x, dtype=torch.float32).view(-1, 1, 8, 8) / 16, torch.tensor(y))
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10))
+    loaders = {"train": DataLoader(data, batch_size=64), "test": DataLoader(data, batch_size=256)}
+    if interrupt is None:
+        netsift.prune(model, loaders, method="l1", macs=0.5, latency_threads=None)
+        assert "l1 selection: done in" in capsys.readouterr().err
+    else:
+        with pytest.raises(interrupt):
+            netsift.prune(model, loaders, method="l1", macs=0.5, latency_threads=None)
+        assert "selection: done in" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_temporary_files_of_dead_writers_are_cleaned_up_but_not_a_live_ones(w):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -165,10 +165,10 @@ class SelectionContext:
         self.report.log(f"{self.label} group {gi + 1}/{len(self.groups)} ({row['group']}): kept {row['kept']}/"
                         f"{row['size']} channels{acc_text}, {self.report.timing()}")
 
-    def end_report(self) -> None:
-        """End the selection's progress report."""
+    def end_report(self, summary: bool = True) -> None:
+        """End the selection's progress report (``summary``: with its "done in ..." line when it was slow)."""
         if self.report is not None:
-            self.report.end()
+            self.report.end(summary)
             self.report = None
 
 

@@ -214,6 +214,9 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
         with _progress.scope():  # ends the per-group bars a failing method leaves open
             selection = METHODS[cfg.method].select(ctx, **cfg.options)
         selection_s = time.perf_counter() - t0
+    except BaseException:  # an error, Ctrl-C or SIGTERM: no "selection: done in ..." line that reads as success
+        ctx.end_report(summary=False)
+        raise
     finally:
         ctx.end_report()
         ctx.masker.remove()
