@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from coverage_sweep import attempt, header, row, run_worker, sweep, whole
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -86,7 +86,7 @@ def worker(name: str, method: str, candidates: int) -> None:
     sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
     from netsift.errors import NetsiftError
     from netsift.models import build_for
-    from prune_roundtrip import reloaded_equal, round_trip
+    from prune_roundtrip import round_trip
 
     t0, c0 = time.perf_counter(), time.process_time()
     size, model, why = None, None, None
@@ -100,46 +100,20 @@ def worker(name: str, method: str, candidates: int) -> None:
             break
         except NetsiftError as e:
             why = str(e)
-    try:
+
+    def trip() -> dict:
         if model is None:
             raise NetsiftError(why or "cannot be built")
-        r = round_trip(f"timm:{name}", 3, size, 10, method=method, candidates=candidates, model=model, explain=True)
-        r["status"] = "pass" if reloaded_equal(r) else "fail"
-        if r["status"] == "fail":
-            r["reason"] = (f"reloaded network differs by {r['reload_max_diff']:.3g} (logits), "
-                           f"{r['features_max_diff']:.3g} (the logits layer's input)")
-    except NetsiftError as e:
-        r = {"status": "refused", "reason": str(e)}
-    except Exception as e:  # noqa: BLE001 - a raw exception is what the benchmark looks for
-        r = {"status": "fail", "reason": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"}
-    r.update(model=name, method=method, image_size=size, wall_s=time.perf_counter() - t0,
-             cpu_s=time.process_time() - c0)
+        return round_trip(f"timm:{name}", 3, size, 10, method=method, candidates=candidates, model=model,
+                          explain=True)
+
+    r = attempt(trip, t0, c0, model=name, method=method, image_size=size)
     print("RESULT " + json.dumps(r), flush=True)
 
 
 def run_one(name: str, method: str, timeout: float, candidates: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, __file__, "--worker", name, method, str(candidates)]
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"model": name, "method": method, "status": "timeout", "reason": f"no result within {timeout:.0f} s",
-                "wall_s": time.perf_counter() - t0}
-    for line in p.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
-    return {"model": name, "method": method, "status": "fail", "reason": f"worker exited {p.returncode}: {tail}",
-            "wall_s": time.perf_counter() - t0}
-
-
-def _whole(records: list[dict]) -> str:
-    sys.path[:0] = [str(ROOT / "tests")]
-    from prune_roundtrip import left_whole_summary
-
-    n, kinds = left_whole_summary(records)
-    return f"{n}" + (f" ({'; '.join(f'{c}x {k}' for k, c in kinds)})" if n else "")
+    return run_worker(cmd, timeout, {"model": name, "method": method})
 
 
 def _missed(records: list[dict]) -> str:
@@ -167,25 +141,15 @@ def write_table(records: list[dict], fams: dict, max_params: int, path: Path) ->
              "inputs).", "",
              f"Cut for size or not buildable ({len(cut)}): {', '.join(cut) or 'none'}.", "",
              _missed(l1), "",
-             f"Channel groups left whole over every run: {_whole(records)}; each one is listed with its reason "
+             f"Channel groups left whole over every run: {whole(records)}; each one is listed with its reason "
              "(layers, channels) in the records: none in silence.", ""]
     for method in sorted({r["method"] for r in records} - {"l1"}):
         mine = [r for r in records if r["method"] == method]
         ok = [r["model"] for r in mine if r["status"] == "pass"]
         bad = sorted(f"{r['model']} ({r['status']})" for r in mine if r["status"] != "pass")
         lines.append(f"- {method}: {len(ok)}/{len(mine)} pass" + (f"; not: {', '.join(bad)}" if bad else "") + ".")
-    lines += ["", "| model | method | px | status | MACs kept (target 0.50) | groups | left whole (reasons) | "
-              "selection s | total s (cpu s) | note / reason |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(records, key=lambda r: (r["model"], r["method"])):
-        if "macs_fraction" in r:
-            whole = _whole([r])
-            lines.append(f"| {r['model']} | {r['method']} | {r['image_size']} | {r['status']} | "
-                         f"{r['macs_fraction']:.3f} | {r['groups']} | {whole.replace('|', '/')} | "
-                         f"{r['selection_s']:.1f} | {r['wall_s']:.1f} ({r.get('cpu_s', float('nan')):.1f} cpu) | "
-                         f"{r.get('reason', '').replace('|', '/')} |")
-        else:
-            lines.append(f"| {r['model']} | {r['method']} | {r.get('image_size') or '-'} | {r['status']} | - | - | - |"
-                         f" - | {r['wall_s']:.1f} | {r.get('reason', '').replace('|', '/')} |")
+    lines += ["", *header(load_back=False)]
+    lines += [row(r, load_back=False) for r in sorted(records, key=lambda r: (r["model"], r["method"]))]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -213,18 +177,9 @@ def main() -> None:
     out = Path(args.out)
     records = json.loads(out.read_text()) if out.exists() else []
     records = [r for r in records if r["model"] in set(picks) | set(REPRESENTATIVE) | set(names)]
-    done = {(r["model"], r["method"]) for r in records}
-    for name in names:
-        for method in args.methods.split(","):
-            if (name, method) in done and not args.redo:
-                continue
-            r = run_one(name, method, args.timeout, args.candidates)
-            records = [x for x in records if (x["model"], x["method"]) != (name, method)] + [r]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(records, indent=1))
-            write_table(records, fams, int(args.max_params), out.with_suffix(".md"))
-            print(f"{name:32s} {method:8s} {r['status']:8s} {r['wall_s']:6.1f}s "
-                  f"{r.get('macs_fraction', float('nan')):.3f} {r.get('reason', '')}", flush=True)
+    records = sweep(names, args.methods.split(","), records, out, args.redo,
+                    lambda n, m: run_one(n, m, args.timeout, args.candidates),
+                    lambda recs: write_table(recs, fams, int(args.max_params), out.with_suffix(".md")), width=32)
     write_table(records, fams, int(args.max_params), out.with_suffix(".md"))  # also when nothing was left to run
 
 

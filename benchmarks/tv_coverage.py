@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from coverage_sweep import attempt, header, row, run_worker, sweep, whole
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -57,42 +57,18 @@ def worker(name: str, method: str, size: int, candidates: int) -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
-    from netsift.errors import NetsiftError
-    from prune_roundtrip import reloaded_equal, round_trip
+    from prune_roundtrip import round_trip
 
     t0, c0 = time.perf_counter(), time.process_time()
-    try:
-        r = round_trip(f"tv:{name}", 3, size, 10, method=method, candidates=candidates, explain=True)
-        r["status"] = "pass" if reloaded_equal(r) else "fail"
-        if r["status"] == "fail":
-            r["reason"] = (f"reloaded network differs by {r['reload_max_diff']:.3g} (logits), "
-                           f"{r['features_max_diff']:.3g} (the logits layer's input)")
-    except NetsiftError as e:
-        r = {"status": "refused", "reason": str(e)}
-    except Exception as e:  # noqa: BLE001 - a raw exception is what the benchmark looks for
-        r = {"status": "fail", "reason": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"}
-    # the second graph analysis that names the groups left out is not part of the round trip's time
-    r.update(model=name, method=method, image_size=size, wall_s=time.perf_counter() - t0 - r.get("explain_s", 0.0),
-             cpu_s=time.process_time() - c0 - r.get("explain_s", 0.0))
+    r = attempt(lambda: round_trip(f"tv:{name}", 3, size, 10, method=method, candidates=candidates, explain=True),
+                t0, c0, exclude_explain=True, model=name, method=method, image_size=size)
     print("RESULT " + json.dumps(r), flush=True)
 
 
 def run_one(name: str, method: str, timeout: float, candidates: int) -> dict:
     size = image_size(name)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, __file__, "--worker", name, method, str(size), str(candidates)]
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"model": name, "method": method, "image_size": size, "status": "timeout",
-                "reason": f"no result within {timeout:.0f} s", "wall_s": time.perf_counter() - t0}
-    for line in p.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
-    return {"model": name, "method": method, "image_size": size, "status": "fail",
-            "reason": f"worker exited {p.returncode}: {tail}", "wall_s": time.perf_counter() - t0}
+    return run_worker(cmd, timeout, {"model": name, "method": method, "image_size": size})
 
 
 def _other_methods(records: list[dict]) -> list[str]:
@@ -111,15 +87,6 @@ def _other_methods(records: list[dict]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
-def _whole(records: list[dict]) -> str:
-    """Groups left whole in ``records`` and their reasons (counted by kind)."""
-    sys.path[:0] = [str(ROOT / "tests")]
-    from prune_roundtrip import left_whole_summary
-
-    n, kinds = left_whole_summary(records)
-    return f"{n}" + (f" ({'; '.join(f'{c}x {k}' for k, c in kinds)})" if n else "")
-
-
 def write_table(records: list[dict], path: Path) -> None:
     import torchvision
 
@@ -129,22 +96,12 @@ def write_table(records: list[dict], path: Path) -> None:
     lines = ["# torchvision classification models: prune, save, load back, run", "",
              f"torchvision {torchvision.__version__}: **{passed}/{len(models)}** models pass end to end with l1 at a "
              "50% MACs budget (random weights, small inputs; Torch-Pruning reports 77/85 over all its tasks).", "",
-             f"Channel groups left whole over every run: {_whole(records)}; each one is listed with its reason "
+             f"Channel groups left whole over every run: {whole(records)}; each one is listed with its reason "
              "(layers, channels) in the records: none in silence.", "",
-             *_other_methods(records),
-             "| model | method | px | status | MACs kept (target 0.50) | groups | left whole (reasons) | selection s | "
-             "total s (cpu s) | load-back | note / reason |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             *_other_methods(records), *header(load_back=True)]
     order = {m: i for i, m in enumerate(models)}
-    for r in sorted(records, key=lambda r: (order.get(r["model"], 999), ALL_METHODS.index(r["method"]))):
-        if "macs_fraction" in r:
-            lines.append(f"| {r['model']} | {r['method']} | {r['image_size']} | {r['status']} | "
-                         f"{r['macs_fraction']:.3f} | {r['groups']} | {_whole([r]).replace('|', '/')} | "
-                         f"{r['selection_s']:.1f} | {r['wall_s']:.1f} ({r.get('cpu_s', float('nan')):.1f} cpu) | "
-                         f"{'ok' if r['status'] == 'pass' else '-'} | {r.get('reason', '').replace('|', '/')} |")
-        else:
-            lines.append(f"| {r['model']} | {r['method']} | {r['image_size']} | {r['status']} | - | - | - | - | "
-                         f"{r['wall_s']:.1f} | - | {r.get('reason', '').replace('|', '/')} |")
+    lines += [row(r, load_back=True)
+              for r in sorted(records, key=lambda r: (order.get(r["model"], 999), ALL_METHODS.index(r["method"])))]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -171,18 +128,8 @@ def main() -> None:
     methods = list(ALL_METHODS) if args.methods == "all" else args.methods.split(",")
     out = Path(args.out)
     records = json.loads(out.read_text()) if out.exists() else []
-    done = {(r["model"], r["method"]) for r in records}
-    for name in names:
-        for method in methods:
-            if (name, method) in done and not args.redo:
-                continue
-            r = run_one(name, method, args.timeout, args.candidates)
-            records = [x for x in records if (x["model"], x["method"]) != (name, method)] + [r]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(records, indent=1))
-            write_table(records, out.with_suffix(".md"))
-            print(f"{name:22s} {method:8s} {r['status']:8s} {r['wall_s']:6.1f}s "
-                  f"{r.get('macs_fraction', float('nan')):.3f} {r.get('reason', '')}", flush=True)
+    sweep(names, methods, records, out, args.redo, lambda n, m: run_one(n, m, args.timeout, args.candidates),
+          lambda recs: write_table(recs, out.with_suffix(".md")))
 
 
 if __name__ == "__main__":
