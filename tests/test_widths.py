@@ -166,6 +166,32 @@ def test_learned_gfs_resumes_with_its_widths_and_ends_identical(digits, tmp_path
         assert torch.equal(a, b), k
 
 
+def test_gfs_curves_score_half_the_minibatch_and_fewer_candidates(digits, monkeypatch):
+    """The loss curves (learned widths) are measured on half of each minibatch and at most max(8, N/4) candidates;
+    the selection at the learned widths then scores on the whole minibatch, all candidates. Same seed: same
+    widths, same channels."""
+    import netsift
+    from netsift.selection import curves, steps
+
+    seen = []
+    original = steps.Step.score
+
+    def record(self, masks):
+        seen.append((len(self.x), len(masks)))
+        return original(self, masks)
+
+    monkeypatch.setattr(steps.Step, "score", record)
+    kw = {**KW, "method": "gfs", "macs": 0.4, "widths": "learned", "candidates": 50}
+    first = netsift.prune(_net(), digits, **kw)
+    n_curves = next(i for i, (b, _) in enumerate(seen) if b == 64)  # the curves come first
+    assert n_curves > 0 and {b for b, _ in seen[:n_curves]} == {curves.MIN_IMAGES}
+    assert {b for b, _ in seen[n_curves:]} == {64}
+    # candidates + the whole group (+ the empty one at the first step): at most max(8, 16 / 4) + 2 rows
+    assert max(k for _, k in seen[:n_curves]) <= 8 + 2 and max(k for _, k in seen[n_curves:]) > 10
+    again = netsift.prune(_net(), digits, **kw)
+    assert again.groups == first.groups
+
+
 def test_cli_learned_widths(tmp_path, run_cli):
     code, out, err = run_cli("prune", "--model", "lenet300", "--width", "0.2", "--data", "digits", "--method", "gfs",
                              "--macs", "0.5", "--widths", "learned", "--candidates", "4", "--finetune-epochs", "0",
