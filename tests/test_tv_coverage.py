@@ -431,3 +431,61 @@ def test_a_tampered_lstm_size_is_one_line_naming_the_tensor(tmp_path):
         load_weights(_ConvLSTM(), tmp_path)
     assert "\n" not in str(e.value) and "rnn.weight_ih_l0" in str(e.value)
     assert (tmp_path / "model.safetensors").read_bytes() == before
+
+
+class _Ghost(nn.Module):
+    """GhostNet's module: half the outputs from a convolution, the other half a depthwise convolution of them."""
+
+    def __init__(self, cin: int, cout: int, act: bool = True):
+        super().__init__()
+        self.cout = cout
+        relu = (lambda: nn.ReLU(inplace=True)) if act else nn.Identity
+        self.primary = nn.Sequential(nn.Conv2d(cin, cout // 2, 1, bias=False), nn.BatchNorm2d(cout // 2), relu())
+        self.cheap = nn.Sequential(nn.Conv2d(cout // 2, cout // 2, 3, padding=1, groups=cout // 2, bias=False),
+                                   nn.BatchNorm2d(cout // 2), relu())
+
+    def forward(self, x):
+        a = self.primary(x)
+        return torch.cat([a, self.cheap(a)], 1)[:, :self.cout]
+
+
+class _GhostBottleneck(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.ghost1, self.ghost2 = _Ghost(c, 2 * c), _Ghost(2 * c, c, act=False)
+        self.reduce, self.expand = nn.Conv2d(2 * c, 4, 1), nn.Conv2d(4, 2 * c, 1)
+
+    def forward(self, x):
+        h = self.ghost1(x)
+        gate = nn.functional.hardsigmoid(self.expand(torch.relu(self.reduce(h.mean((2, 3), keepdim=True)))))
+        return x + self.ghost2(h * gate)
+
+
+def test_a_ghost_module_prunes_each_channel_with_its_depthwise_twin():
+    """``cat([x1, dw(x1)])`` gated by squeeze-excitation and added to a residual: channel c of the concatenation and
+    channel c + C/2 both come from x1's channel c, so they go as one unit (before, they were separate units: the
+    pruned network computed something else than the selection had scored, and the MACs model counted each half
+    as the whole group, so GhostNet landed at 0.46 of its MACs for a 0.5 budget)."""
+    from netsift.measure import count_macs
+    from netsift.selection.budget import MacsModel, allocate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), _GhostBottleneck(16),
+                          _GhostBottleneck(16), nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 10)).eval()
+    for m in model.modules():  # statistics far from the identity, so a wrongly kept channel shows
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2)
+            m.bias.data.normal_(0, 0.5)
+    shape = (3, 8, 8)
+    groups = find_groups(model, shape)
+    gated = [g for g in groups if "3.expand" in g.members]
+    assert gated and gated[0].size == 16 and gated[0].unit == 2  # 32 channels: 16 pairs
+    assert gated[0].member_unit("3.ghost1.primary.0") == 1 and gated[0].member_unit("3.expand") == 2
+    _masked_equals_pruned(model, shape)
+    macs = MacsModel(model, groups, shape)
+    for fraction in (0.5, 0.3):
+        widths = allocate(macs, fraction)
+        pruned = remove_channels(model, shape, {g.name: list(range(w)) for g, w in zip(groups, widths)})
+        assert macs.cost(widths) == count_macs(pruned, shape)

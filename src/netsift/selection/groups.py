@@ -99,12 +99,17 @@ def _unit(group) -> int:
     return unit
 
 
+_TYING = (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.CONCAT)
+
+
 def _tied(dg: tp.DependencyGraph, group) -> int | None:
-    """Root channels that go together, for a group through a split: a gated MLP's ``fc1(x).chunk(2, -1)`` multiplies
-    the halves, so channel ``c`` and ``c + C/2`` of ``fc1`` reach one input of ``fc2`` and must go as one unit.
-    Found by walking from the root's channel 0 alone: ``k`` channels ``{0, C/k, 2C/k, ...}`` give units of ``k``
-    (``None``: tied in another pattern)."""
-    if not any(getattr(it.dep.target, "type", None) == tp.ops.OPTYPE.SPLIT for it in group.items):
+    """Root channels that go together, for a group through a split or a concatenation. A gated MLP's
+    ``fc1(x).chunk(2, -1)`` multiplies the halves, so channel ``c`` and ``c + C/2`` of ``fc1`` reach one input of
+    ``fc2`` and must go as one unit. A Ghost module's ``cat([x1, dw(x1)])`` (GhostNet), multiplied by a
+    squeeze-excitation gate or added to a residual, ties channel ``c`` to ``c + C/2`` through the depthwise
+    convolution. Found by walking from the root's channel 0 alone: ``k`` channels ``{0, C/k, 2C/k, ...}`` give
+    units of ``k`` (``None``: tied in another pattern)."""
+    if not any(getattr(it.dep.target, "type", None) in _TYING for it in group.items):
         return 1
     root, channels = group[0].dep.target.module, len(group[0].idxs)
     with static_index_mapping(), bounded_walks(dg.model, dg):
@@ -130,7 +135,8 @@ def _plain_group(dg: tp.DependencyGraph, group, names: dict, exec_order: dict, m
     channels = len(group[0].idxs)
     tied = _tied(dg, group)
     if tied is None:
-        return _left(dg, group, names, "a split ties its channels to others in an irregular pattern")
+        return _left(dg, group, names,
+                     "a split or a concatenation ties its channels to others in an irregular pattern")
     unit = math.lcm(_unit(group), tied)
     if channels % unit:
         return _left(dg, group, names, f"its {channels} channels do not split into {unit} equal channel groups")
@@ -151,7 +157,19 @@ def _plain_group(dg: tp.DependencyGraph, group, names: dict, exec_order: dict, m
     if not consumers:
         return _left(dg, group, names, "no weighted layer reads its channels")
     order = min(exec_order.get(modules[n], 10**9) for n in members) if members else exec_order.get(root, 10**9)
-    return ChannelGroup(names[root], root, size, list(consumers.values()), members, order, unit)
+    return ChannelGroup(names[root], root, size, list(consumers.values()), members, order, unit,
+                        member_units=_member_units(dg, group, names, size, unit))
+
+
+def _member_units(dg: tp.DependencyGraph, group, names: dict, size: int, unit: int) -> dict[str, int]:
+    """Output channels per unit of the members that hold fewer or more than ``unit`` (a Ghost module's
+    ``cat([x1, dw(x1)])`` in a group of tied pairs: each of the two convolutions holds one channel of each
+    unit), for the cost models."""
+    out: dict[str, set[int]] = {}
+    for it in group.items:
+        if dg.is_out_channel_pruning_fn(it.dep.handler) and it.dep.target.module in names:
+            out.setdefault(names[it.dep.target.module], set()).update(int(i) for i in it.idxs)
+    return {n: len(idxs) // size for n, idxs in out.items() if len(idxs) % size == 0 and len(idxs) // size != unit}
 
 
 def _uncovered(model: nn.Module, dg: tp.DependencyGraph, covered: set, ignored: list[nn.Module],
