@@ -222,4 +222,3 @@ def budget_missed(cfg: PruneConfig, macs_fraction: float, params_fraction: float
 
 
 __all__ = ["PruneSpec", "prune", "SelectionState"]
-
