@@ -9,7 +9,9 @@ subsets, the random ranking and the fine-tune) through ``netsift.prune`` with no
 default for every method on batch-norm networks). The same selected network is then fine-tuned for each
 budget in ``--finetune-epochs`` (published recipe: SGD Nesterov, cosine from lr 0.01, label smoothing 0.1,
 weight decay 4e-5) with ``netsift.train`` — what ``netsift prune --finetune-epochs K`` does after selection —
-so a selection is paid once per cell. With ``--scratch`` the architecture GFS learned is also trained from a new
+so a selection is paid once per cell. ``--finetune-lrs`` fine-tunes it at other peak learning rates too (in
+``ft<epochs>-lr<lr>``; the lr 0.1 the dense networks were trained with is "learning-rate rewinding", Renda et
+al. 2020): the report's second table gives each method the rate with its best mean validation accuracy. With ``--scratch`` the architecture GFS learned is also trained from a new
 random initialisation for as many epochs as dense training + the largest fine-tune budget (the paper's claim:
 fine-tuning the selected subnetwork beats training it anew). Every run folder is kept and skipped when its
 result.json exists, so an interrupted run continues where it stopped.
@@ -64,9 +66,12 @@ VARIANTS = {
 }
 """Benchmark rows that are a method with non-default settings."""
 
-COLUMNS = ["network", "method", "widths", "macs_target", "seed", "finetune_epochs", "test_acc", "test_acc_selected",
-           "macs", "macs_fraction", "params", "selection_s", "finetune_s", "speedup_b1", "speedup_b64"]
+COLUMNS = ["network", "method", "widths", "macs_target", "seed", "finetune_epochs", "finetune_lr", "test_acc",
+           "val_acc", "test_acc_selected", "macs", "macs_fraction", "params", "selection_s", "finetune_s", "speedup_b1", "speedup_b64"]
 METHODS_DEFAULT = ["gfs", "l1", "taylor", "bn-scale", "random"]
+DEFAULT_LR = finetune_defaults()["lr"]
+"""The published fine-tune recipe's peak learning rate; its runs are in ``ft<epochs>``, others in
+``ft<epochs>-lr<lr>``."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--finetune-epochs", type=int, nargs="+", default=[0, 1, 5], help="fine-tune budgets")
+    p.add_argument("--finetune-lrs", type=float, nargs="+", default=[DEFAULT_LR],
+                   help="peak fine-tune learning rates (the report picks one per method on validation accuracy)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25])
     p.add_argument("--methods", nargs="+", default=METHODS_DEFAULT,
@@ -139,6 +146,8 @@ def _whole_grid(args) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "shard": "0/1",
                                  "seeds": sorted(set(default.seeds) | set(args.seeds)),
                                  "fractions": sorted(set(default.fractions) | set(args.fractions), reverse=True),
+                                 "finetune_epochs": sorted(set(default.finetune_epochs) | set(args.finetune_epochs)),
+                                 "networks": list(dict.fromkeys([*default.networks, *args.networks])),
                                  "methods": list(dict.fromkeys([*args.methods, *default.methods])),
                                  "widths": ["uniform", "learned"]})
 
@@ -147,30 +156,56 @@ def cell_folder(args, network: str, method: str, widths: str, fraction: float, s
     return Path(args.work) / network / f"{method}-{widths}-{fraction}-s{seed}"
 
 
+def ft_folder(folder: Path, epochs: int, lr: float = DEFAULT_LR) -> Path:
+    """The run folder of a cell's fine-tune (``folder`` itself for no fine-tune)."""
+    if not epochs:
+        return folder
+    return folder / (f"ft{epochs}" if lr == DEFAULT_LR else f"ft{epochs}-lr{lr:g}")
+
+
+def _ft_of(name: str) -> tuple[int, float]:
+    """(epochs, lr) of a fine-tune folder's name (``ft5``, ``ft5-lr0.1``)."""
+    epochs, _, lr = name[2:].partition("-lr")
+    return int(epochs), float(lr) if lr else DEFAULT_LR
+
+
+def cell_done(args, folder: Path, method: str) -> bool:
+    """Whether every run of the cell that ``args`` asks for has its result.json."""
+    if method == "gfs-scratch":
+        return (folder / "result.json").exists()
+    return all((ft_folder(folder, e, lr) / "result.json").exists() for e in args.finetune_epochs
+               for lr in (args.finetune_lrs if e else [DEFAULT_LR]))
+
+
 def run_cell(network: str, method: str, widths: str, fraction: float, seed: int, args, before: dict) -> list[dict]:
     """Select once (no fine-tune), then fine-tune the selected network for every budget; one row per budget."""
     if method == "gfs-scratch":
         return [scratch_cell(network, widths, fraction, seed, args)]
-    dense_dir, data_cfg = dense_run(network, args)
     folder = cell_folder(args, network, method, widths, fraction, seed)
-    if not (folder / "result.json").exists():
-        settings = dict(VARIANTS.get(method, {"method": method}))
-        netsift.prune(dense_dir, method=settings.pop("method"), macs=fraction, widths=widths, finetune_epochs=0,
-                      seed=seed, out=folder, overwrite=True, source_measure=before, candidates=args.candidates,
-                      select_batch=args.select_batch, latency_threads=None, **settings)
+    if not cell_done(args, folder, method):
+        dense_dir, data_cfg = dense_run(network, args)
+        if not (folder / "result.json").exists():
+            settings = dict(VARIANTS.get(method, {"method": method}))
+            netsift.prune(dense_dir, method=settings.pop("method"), macs=fraction, widths=widths, finetune_epochs=0,
+                          seed=seed, out=folder, overwrite=True, source_measure=before, candidates=args.candidates,
+                          select_batch=args.select_batch, latency_threads=None, **settings)
+        data_seed = json.loads((folder / "result.json").read_text())["data_seed"]
+        for epochs in args.finetune_epochs:
+            for lr in args.finetune_lrs if epochs else []:
+                ft_dir = ft_folder(folder, epochs, lr)
+                if not (ft_dir / "result.json").exists():
+                    ft = TrainConfig(epochs=epochs, **{**finetune_defaults(), "lr": lr})
+                    netsift.train(load_model(folder)[0], data_cfg, ft, seed=seed, data_seed=data_seed, out=ft_dir,
+                                  overwrite=True, latency_threads=None)
     sel = json.loads((folder / "result.json").read_text())
+    # every finished fine-tune of the cell, whichever run asked for it: (epochs, lr, result)
+    runs = [(0, None, sel)] + sorted(((*_ft_of(p.parent.name), json.loads(p.read_text()))
+                                      for p in folder.glob("ft*/result.json")), key=lambda t: t[:2])
     rows = []
-    for epochs in args.finetune_epochs:
-        r = sel
-        if epochs:
-            ft_dir = folder / f"ft{epochs}"
-            if not (ft_dir / "result.json").exists():
-                ft = TrainConfig(epochs=epochs, **finetune_defaults())
-                netsift.train(load_model(folder)[0], data_cfg, ft, seed=seed, data_seed=sel["data_seed"],
-                              out=ft_dir, overwrite=True, latency_threads=None)
-            r = json.loads((ft_dir / "result.json").read_text())
+    for epochs, lr, r in runs:
         rows.append({"network": network, "method": method, "widths": widths, "macs_target": fraction, "seed": seed,
-                     "finetune_epochs": epochs, "test_acc": r["test_acc"], "test_acc_selected": sel["test_acc_selected"],
+                     "finetune_epochs": epochs, "finetune_lr": lr, "test_acc": r["test_acc"],
+                     "val_acc": r.get("val_acc"), "test_acc_selected": sel["test_acc_selected"],
                      "macs": sel["macs"], "macs_fraction": sel["macs_fraction"], "params": sel["params"],
                      "selection_s": sel["selection_s"], "finetune_s": r["wall_s"] if epochs else 0.0})
     return rows
@@ -196,7 +231,7 @@ def scratch_cell(network: str, widths: str, fraction: float, seed: int, args) ->
     r = json.loads((folder / "result.json").read_text())
     sel = json.loads((source / "result.json").read_text())
     return {"network": network, "method": "gfs-scratch", "widths": widths, "macs_target": fraction, "seed": seed,
-            "finetune_epochs": epochs, "test_acc": r["test_acc"], "test_acc_selected": None, "macs": sel["macs"],
+            "finetune_epochs": epochs, "finetune_lr": None, "test_acc": r["test_acc"], "val_acc": r["val_acc"], "test_acc_selected": None, "macs": sel["macs"],
             "macs_fraction": sel["macs_fraction"], "params": sel["params"], "selection_s": 0.0,
             "finetune_s": r["wall_s"]}
 
@@ -229,12 +264,13 @@ def time_cells(args, todo) -> dict:
 def summarize(rows: list[dict]) -> list[dict]:
     """Mean and standard deviation over seeds per (network, method, MACs target, fine-tune budget)."""
     out = []
-    fields = ("network", "method", "widths", "macs_target", "finetune_epochs")
-    keys = sorted({tuple(r[f] for f in fields) for r in rows}, key=lambda k: (k[0], -k[3], k[4], k[2], k[1]))
+    fields = ("network", "method", "widths", "macs_target", "finetune_epochs", "finetune_lr")
+    keys = sorted({tuple(r[f] for f in fields) for r in rows},
+                  key=lambda k: (k[0], -k[3], k[4], k[2], k[1], k[5] or 0))
     for key in keys:
         cell = [r for r in rows if tuple(r[f] for f in fields) == key]
         s = dict(zip(fields, key), n=len(cell))
-        for k in ("test_acc", "macs_fraction", "selection_s", "speedup_b1", "speedup_b64"):
+        for k in ("test_acc", "val_acc", "macs_fraction", "selection_s", "speedup_b1", "speedup_b64"):
             vals = [float(r[k]) for r in cell if r.get(k) is not None]
             if not vals:
                 s[k] = s[k + "_std"] = None
@@ -250,9 +286,49 @@ def _acc(s: dict) -> str:
     return f"{s['test_acc']:.4f} ± {s['test_acc_std']:.4f} ({s['n']})" if s["n"] > 1 else f"{s['test_acc']:.4f} (1)"
 
 
+def published_lr(summary: list[dict]) -> list[dict]:
+    """The summary rows of the published fine-tune recipe (and the unfine-tuned and from-scratch rows)."""
+    return [s for s in summary if s["finetune_lr"] in (None, DEFAULT_LR)]
+
+
+def chosen_lr(summary: list[dict]) -> list[dict]:
+    """Per (network, method, widths, MACs, fine-tune budget) the row of the learning rate with the best mean
+    validation accuracy over the seeds (only where a cell was fine-tuned at more than one rate, with as many
+    seeds at each); each carries ``lrs``, that budget's ``{lr: mean validation accuracy}``."""
+    groups: dict[tuple, list[dict]] = {}
+    for s in summary:
+        if s["finetune_lr"] is not None and s["val_acc"] is not None:
+            groups.setdefault(tuple(s[k] for k in ("network", "method", "widths", "macs_target",
+                                                   "finetune_epochs")), []).append(s)
+    return [max(g, key=lambda s: s["val_acc"]) | {"lrs": {s["finetune_lr"]: s["val_acc"] for s in g}}
+            for g in groups.values() if len(g) > 1 and len({s["n"] for s in g}) == 1]
+
+
+def markdown_lr(summary: list[dict]) -> str:
+    """Per network: each method's accuracy at the fine-tune learning rate it does best with on validation."""
+    chosen, lines = chosen_lr(summary), []
+    for network in sorted({s["network"] for s in chosen}):
+        part = [s for s in chosen if s["network"] == network]
+        cols = sorted({(s["macs_target"], s["finetune_epochs"]) for s in part}, key=lambda c: (-c[0], c[1]))
+        lines += [f"### {network}: fine-tune learning rate chosen on validation accuracy", "",
+                  "| method | widths | " + " | ".join(f"{m:.0%} MACs, {e} ep: test (lr)" for m, e in cols)
+                  + " | validation accuracy by lr |", "|---|---|" + "---|" * (len(cols) + 1)]
+        for method, widths in sorted({(s["method"], s["widths"]) for s in part}):
+            cells = {(s["macs_target"], s["finetune_epochs"]): s for s in part
+                     if (s["method"], s["widths"]) == (method, widths)}
+            row = [f"{_acc(cells[c])} ({cells[c]['finetune_lr']:g})" if c in cells else "–" for c in cols]
+            vals = "; ".join(", ".join(f"{lr:g}: {v:.4f}" for lr, v in sorted(cells[c]["lrs"].items()))
+                             for c in cols if c in cells)
+            lines.append(f"| {method} | {widths} | " + " | ".join(row) + f" | {vals} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def markdown(summary: list[dict], dense: dict) -> str:
-    """One table per network: rows = method and widths, columns = (MACs, fine-tune budget), then speed-ups."""
+    """One table per network: rows = method and widths, columns = (MACs, fine-tune budget), then speed-ups (the
+    published fine-tune recipe; ``markdown_lr`` has the learning rates chosen on validation)."""
     lines = []
+    summary = published_lr(summary)
     for network in sorted({s["network"] for s in summary}):
         part = [s for s in summary if s["network"] == network and s["method"] != "gfs-scratch"]
         cols = sorted({(s["macs_target"], s["finetune_epochs"]) for s in part}, key=lambda c: (-c[0], c[1]))
@@ -329,8 +405,7 @@ def main(argv=None) -> int:
     rows, dense, befores = [], {}, {}
     for i, (network, method, widths, fraction, seed) in enumerate(todo):
         folder = cell_folder(args, network, method, widths, fraction, seed)
-        budgets = [0] if method == "gfs-scratch" else args.finetune_epochs
-        done = all((folder / (f"ft{e}" if e else "") / "result.json").exists() for e in budgets)
+        done = cell_done(args, folder, method)
         if args.report and not done:
             continue
         if network not in befores and not done and method != "gfs-scratch":
@@ -343,19 +418,17 @@ def main(argv=None) -> int:
                   f"{time.perf_counter() - tc:.0f} s (total {time.perf_counter() - t0:.0f} s)", flush=True)
     # the result files hold every finished cell of the whole grid, not only this invocation's (a stage of the
     # chain runs one seed; it used to overwrite the tables with that seed alone)
-    ran = set(todo)
-    for network, method, widths, fraction, seed in cells(_whole_grid(args)):
-        if (network, method, widths, fraction, seed) in ran:
-            continue
-        folder = cell_folder(args, network, method, widths, fraction, seed)
-        budgets = [0] if method == "gfs-scratch" else args.finetune_epochs
-        if all((folder / (f"ft{e}" if e else "") / "result.json").exists() for e in budgets):
-            rows += run_cell(network, method, widths, fraction, seed, args, None)
+    # (and every fine-tune budget: a stage may run only the 5-epoch fine-tunes at new learning rates)
+    whole, rows = _whole_grid(args), []
+    whole.finetune_lrs = [DEFAULT_LR]
+    for network, method, widths, fraction, seed in cells(whole):
+        if cell_done(whole, cell_folder(args, network, method, widths, fraction, seed), method):
+            rows += run_cell(network, method, widths, fraction, seed, whole, None)
     speed = json.loads(speed_path.read_text()) if speed_path.exists() else {}
     for r in rows:
         key = f"{r['network']}/{cell_folder(args, r['network'], r['method'], r['widths'], r['macs_target'], r['seed']).name}"
         r.update({k: speed.get(key, {}).get(k) for k in ("speedup_b1", "speedup_b64")})
-    for network in args.networks:
+    for network in whole.networks:
         folder = Path(args.work) / network / "dense" / "result.json"
         if folder.exists():
             dense[network] = json.loads(folder.read_text())
@@ -364,16 +437,17 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(rows)
     summary = summarize(rows)
-    setup = {k: v for k, v in vars(args).items() if k not in ("work", "results", "report", "shard", "speed")}
-    setup["networks"] = {n: network_setup(n, args) for n in args.networks}
+    setup = {k: v for k, v in vars(whole).items() if k not in ("work", "results", "report", "shard", "speed")}
+    setup["networks"] = {n: network_setup(n, args) for n in whole.networks}
+    setup["finetune_lrs"] = sorted({r["finetune_lr"] for r in rows if r["finetune_lr"] is not None})
     (results / f"{args.name}.json").write_text(json.dumps(
         {"setup": setup, "dense": {n: {k: d[k] for k in ("model", "width", "data", "test_acc", "val_acc", "macs",
                                                           "params")} for n, d in dense.items()},
          "summary": summary, "cells": rows}, indent=1) + "\n")
-    table = markdown(summary, dense)
+    table = markdown(summary, dense) + "\n" + markdown_lr(summary)
     (results / f"{args.name}.md").write_text(table + "\n")
     if rows:
-        plot(summary, results / f"{args.name}.png")
+        plot(published_lr(summary), results / f"{args.name}.png")
     print(table)
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0

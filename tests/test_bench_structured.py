@@ -1,0 +1,68 @@
+"""The structured benchmark's bookkeeping: fine-tune folders by learning rate, the rate chosen on validation."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_structured", ROOT / "benchmarks" / "structured.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(method, lr, seed, val, test, epochs=5):
+    return {"network": "n", "method": method, "widths": "uniform", "macs_target": 0.25, "seed": seed,
+            "finetune_epochs": epochs, "finetune_lr": lr, "test_acc": test, "val_acc": val, "macs_fraction": 0.25,
+            "selection_s": 1.0, "speedup_b1": None, "speedup_b64": None}
+
+
+def test_fine_tune_folders_name_their_learning_rate(bench, tmp_path):
+    assert bench.ft_folder(tmp_path, 0) == tmp_path
+    assert bench.ft_folder(tmp_path, 5) == tmp_path / "ft5"  # the published rate keeps the old name
+    assert bench.ft_folder(tmp_path, 5, 0.1) == tmp_path / "ft5-lr0.1"
+    assert bench._ft_of("ft5") == (5, bench.DEFAULT_LR)
+    assert bench._ft_of("ft1-lr0.003") == (1, 0.003)
+
+
+def test_the_learning_rate_is_chosen_on_validation_never_on_test(bench):
+    # lr 0.1 has the better test accuracy, lr 0.01 the better validation accuracy: 0.01 must win
+    rows = [_row("l1", lr, s, val, test) for s in (0, 1)
+            for lr, val, test in ((bench.DEFAULT_LR, 0.90, 0.80), (0.1, 0.85, 0.95))]
+    rows += [_row("l1", None, s, None, 0.5, epochs=0) for s in (0, 1)]
+    chosen = bench.chosen_lr(bench.summarize(rows))
+    assert len(chosen) == 1
+    assert chosen[0]["finetune_lr"] == bench.DEFAULT_LR and chosen[0]["test_acc"] == pytest.approx(0.80)
+    assert chosen[0]["lrs"] == {bench.DEFAULT_LR: pytest.approx(0.90), 0.1: pytest.approx(0.85)}
+    # the published-recipe table keeps only the published rate (and the unfine-tuned row)
+    assert {s["finetune_lr"] for s in bench.published_lr(bench.summarize(rows))} == {None, bench.DEFAULT_LR}
+    assert "l1 | uniform | 0.8000 ± 0.0000 (2) (0.01)" in bench.markdown_lr(bench.summarize(rows))
+
+
+def test_a_rate_with_fewer_seeds_is_not_compared(bench):
+    rows = [_row("gfs", bench.DEFAULT_LR, s, 0.80, 0.80) for s in (0, 1, 2)]
+    rows += [_row("gfs", 0.1, 0, 0.99, 0.99)]  # one lucky seed must not win against three
+    assert bench.chosen_lr(bench.summarize(rows)) == []
+
+
+def test_a_cell_reports_every_finished_fine_tune(bench, tmp_path):
+    args = bench.parse_args(["--work", str(tmp_path), "--finetune-epochs", "0", "5", "--finetune-lrs", "0.01", "0.1"])
+    folder = bench.cell_folder(args, "resnet20", "l1", "uniform", 0.25, 0)
+    sel = {"test_acc": 0.3, "val_acc": 0.3, "test_acc_selected": 0.3, "macs": 10, "macs_fraction": 0.25,
+           "params": 5, "selection_s": 0.1, "data_seed": 0}
+    for sub, acc in (("", None), ("ft5", 0.8), ("ft5-lr0.1", 0.85), ("ft1-lr0.3", 0.7)):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        (folder / sub / "result.json").write_text(json.dumps(sel | ({"test_acc": acc, "val_acc": acc, "wall_s": 1}
+                                                                    if acc else {})))
+    assert bench.cell_done(args, folder, "l1")
+    rows = bench.run_cell("resnet20", "l1", "uniform", 0.25, 0, args, None)
+    assert [(r["finetune_epochs"], r["finetune_lr"], r["test_acc"]) for r in rows] == [
+        (0, None, 0.3), (1, 0.3, 0.7), (5, bench.DEFAULT_LR, 0.8), (5, 0.1, 0.85)]
+    (folder / "ft5-lr0.1" / "result.json").unlink()
+    assert not bench.cell_done(args, folder, "l1")
