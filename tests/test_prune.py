@@ -186,6 +186,42 @@ def test_coupled_layers_stay_consistent(name):
             assert m.groups == m.in_channels == m.out_channels
 
 
+def test_removal_error_measures_pruned_against_masked():
+    """The self-check: ~0 for a correct removal, the outputs' own size for a network that computes another
+    subnetwork than the selection's."""
+    from netsift.selection.removal import removal_error
+
+    model = _model("resnet20", width=0.5)
+    shape = (1, 16, 16)
+    groups = find_groups(model, shape)
+    kept = {g.name: list(range(0, g.size, 2)) for g in groups}
+    other = {g.name: list(range(1, g.size, 2)) for g in groups}
+    pruned = remove_channels(model, shape, kept)
+    x = torch.randn(8, *shape)
+    assert removal_error(model, pruned, groups, kept, True, x) < 1e-5
+    assert removal_error(model, pruned, groups, other, True, x) > 0.05
+    assert removal_error(model, pruned, groups, kept, False, x) > 0.05  # the N/n rescale not folded
+    assert model.training is False and not any(m._forward_pre_hooks for m in model.modules())  # hooks gone
+
+
+def test_prune_records_the_removal_check_and_warns_on_a_wrong_removal(tmp_path, monkeypatch, capsys):
+    rc, out = _prune(tmp_path, "--model", "resnet20", "--width", "0.5", "--method", "l1", "--macs", "0.5")
+    assert rc == 0
+    result = json.loads((out / "result.json").read_text())
+    assert 0 <= result["removal_error"] < 1e-5
+    assert "computes something other" not in capsys.readouterr().err
+    # a removal that forgets to fold the N/n rescale into the consumers: the run finishes, says so, records it
+    import netsift.selection.removal as removal
+
+    monkeypatch.setattr(removal, "_fold", lambda *a: None)
+    rc, out = _prune(tmp_path, "--model", "resnet20", "--width", "0.5", "--method", "random", "--rescale", "on",
+                     "--macs", "0.5")
+    assert rc == 0
+    assert json.loads((out / "result.json").read_text())["removal_error"] > 1e-3
+    err = capsys.readouterr().err
+    assert "warning: the pruned network computes something other than the subnetwork" in err
+
+
 def test_pruned_model_round_trips_through_safetensors(tmp_path):
     model = _model("mobilenetv2", width=0.5)
     shape = (1, 16, 16)

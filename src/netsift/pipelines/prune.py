@@ -21,7 +21,7 @@ from ..measure import evaluate
 from ..models import prunable_layers
 from ..results import Result
 from ..selection import METHODS, PruneConfig, finetune_defaults
-from ..selection.pruner import Plan, plan_channels, prune_channels
+from ..selection.pruner import REMOVAL_TOLERANCE, Plan, plan_channels, prune_channels
 from ..selection.state import SelectionState
 from ..training import distill_loss, fit, has_batch_norm, recalibrate_bn
 from ..runner import SOURCE_FIELDS, Job, Outcome, RunContext, Source, Start, config_of, execute, split_options
@@ -152,7 +152,12 @@ class PruneSpec:
             _reinit(pruned, seed)
         estimate = ({"selection_estimate_s": out.estimate.seconds, "selection_passes": out.estimate.passes}
                     if out.estimate else {})
+        if (out.removal_error or 0.0) > REMOVAL_TOLERANCE and distributed.is_main():
+            _progress.write(f"warning: the pruned network computes something other than the subnetwork its selection "
+                            f"scored (outputs differ by {out.removal_error:.2g} of their size): netsift's channel "
+                            f"groups do not fit this network; please report it")
         return pruned, {"recalibrated_bn": recalibrated, "selection_s": out.selection_s,
+                        "removal_error": out.removal_error,
                         "groups": out.selection.info, "groups_skipped": [s.as_dict() for s in plan.skipped],
                         **estimate}
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+import torch
 from torch import Tensor, nn
 
 from .. import progress as _progress
@@ -23,7 +24,7 @@ from .base import Selection, SelectionContext
 from .budget import cost_model
 from .estimate import Estimate, estimate as estimate_cost
 from .groups import ChannelGroup, LeftWhole, build_graph, find_groups
-from .removal import remove_channels
+from .removal import removal_error, remove_channels
 from .widths import Budget
 
 
@@ -37,6 +38,7 @@ class Pruned:
     widths: list[int] | None  # per-group budget (None in tolerance mode)
     selection_s: float
     estimate: Estimate | None = None  # the greedy selection's cost, said before it started
+    removal_error: float | None = None  # pruned against masked outputs, relative (see removal.removal_error)
 
 
 def _modules(model: nn.Module, items, what: str) -> list[nn.Module]:
@@ -223,7 +225,21 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
         model.train(was_training)
     rescale = selection.rescale if cfg.rescale == "auto" else cfg.rescale == "on"
     pruned = remove_channels(model, plan.input_shape, selection.kept, rescale)
-    return Pruned(pruned, selection, plan.groups, ctx.widths, selection_s, estimate)
+    error = removal_error(model, pruned, plan.groups, selection.kept, rescale, _check_inputs(model, plan, holdout))
+    return Pruned(pruned, selection, plan.groups, ctx.widths, selection_s, estimate, error)
+
+
+REMOVAL_TOLERANCE = 1e-3
+"""The largest relative difference between the pruned network and the masked subnetwork its selection scored
+that passes as float rounding; above it netsift warns (its channel grouping does not fit the network)."""
+
+
+def _check_inputs(model: nn.Module, plan: Plan, holdout: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Up to 32 held-out training images for the removal check (seeded noise when none are held out)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if holdout is not None and len(holdout[0]):
+        return holdout[0][:32].to(device)
+    return torch.randn(8, *plan.input_shape, generator=torch.Generator().manual_seed(0)).to(device)
 
 
 GREEDY = ("gfs", "backward")

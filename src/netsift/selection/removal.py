@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import NetsiftError
 from .groups import ChannelGroup, build_graph, find_groups, prune_groups
-from .masking import kept_mask
+from .masking import Masker, kept_mask
 
 
 @torch.no_grad()
@@ -86,3 +86,48 @@ def remove_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[s
                            f"{(str(e).strip().splitlines() or [''])[0]}") from None
     pruned.train(was_training)
     return pruned
+
+
+def _outputs(out) -> list[torch.Tensor]:
+    """The floating-point tensors of a network's output (a tensor, or a tuple / list / dict of them)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _outputs(o)]
+    return []
+
+
+@torch.no_grad()
+def removal_error(model: nn.Module, pruned: nn.Module, groups: Sequence[ChannelGroup],
+                  kept: dict[str, Sequence[int]], rescale: dict[str, bool] | bool, x: torch.Tensor) -> float | None:
+    """How far ``pruned`` (from :func:`remove_channels`) is from the subnetwork the selection scored: ``model``
+    with the channels ``kept`` masked at its consumers' inputs, both in eval mode on inputs ``x``.
+
+    Returns:
+        the largest absolute output difference over the largest absolute output (0 up to float rounding; a
+        grouping that cuts tied channels apart shows as a difference of the outputs' own size), or ``None``
+        when the outputs hold no floating-point tensor to compare.
+    """
+    masker = Masker(model, groups)
+    was_training, pruned_training = model.training, pruned.training
+    try:
+        model.eval()
+        pruned.eval()
+        for gi, g in enumerate(groups):
+            if g.name in kept:
+                masker.set_kept(gi, list(kept[g.name]),
+                                rescale.get(g.name, True) if isinstance(rescale, dict) else rescale)
+        want = _outputs(model(x))
+        masker.remove()
+        got = _outputs(pruned(x))
+    finally:
+        masker.remove()
+        model.train(was_training)
+        pruned.train(pruned_training)
+    if not want or len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got)):
+        return None if not want else float("inf")
+    scale = max(float(a.abs().max()) for a in want)
+    diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(want, got))
+    return diff / max(scale, 1e-12)
