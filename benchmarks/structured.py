@@ -7,11 +7,12 @@ method prunes it to each MACs fraction with each seed (the seed drives the greed
 subsets, the random ranking and the fine-tune) through ``netsift.prune`` with no fine-tuning: that cell's
 ``test_acc_selected`` is the accuracy before any fine-tuning (BN statistics re-estimated, as netsift does by
 default for every method on batch-norm networks). The same selected network is then fine-tuned for each
-budget in ``--finetune-epochs`` (published recipe: SGD Nesterov, cosine from lr 0.01, label smoothing 0.1,
-weight decay 4e-5) with ``netsift.train`` — what ``netsift prune --finetune-epochs K`` does after selection —
-so a selection is paid once per cell. ``--finetune-lrs`` fine-tunes it at other peak learning rates too (in
-``ft<epochs>-lr<lr>``; the lr 0.1 the dense networks were trained with is "learning-rate rewinding", Renda et
-al. 2020): the report's second table gives each method the rate with its best mean validation accuracy. With ``--scratch`` the architecture GFS learned is also trained from a new
+budget in ``--finetune-epochs`` with ``netsift.train`` — what ``netsift prune --finetune-epochs K`` does after
+selection — so a selection is paid once per cell. The recipe is the published one (SGD Nesterov, cosine, label
+smoothing 0.1, weight decay 4e-5) but from lr 0.01, where the paper starts at 0.1. ``--finetune-lrs`` fine-tunes
+each cell at other peak rates too (in ``ft<epochs>-lr<lr>``; the 0.1 the dense networks were trained with is
+also "learning-rate rewinding", Renda et al. 2020): the report's second table gives each method the rate with its
+best mean validation accuracy. With ``--scratch`` the architecture GFS learned is also trained from a new
 random initialisation for as many epochs as dense training + the largest fine-tune budget (the paper's claim:
 fine-tuning the selected subnetwork beats training it anew). Every run folder is kept and skipped when its
 result.json exists, so an interrupted run continues where it stopped.
@@ -69,9 +70,10 @@ VARIANTS = {
 COLUMNS = ["network", "method", "widths", "macs_target", "seed", "finetune_epochs", "finetune_lr", "test_acc",
            "val_acc", "test_acc_selected", "macs", "macs_fraction", "params", "selection_s", "finetune_s", "speedup_b1", "speedup_b64"]
 METHODS_DEFAULT = ["gfs", "l1", "taylor", "bn-scale", "random"]
-DEFAULT_LR = finetune_defaults()["lr"]
-"""The published fine-tune recipe's peak learning rate; its runs are in ``ft<epochs>``, others in
-``ft<epochs>-lr<lr>``."""
+DEFAULT_LR = 0.01
+"""The peak fine-tune learning rate of the ``ft<epochs>`` folders (netsift's default ``--lr`` when they were run);
+the runs at other rates are in ``ft<epochs>-lr<lr>``. Every fine-tune names its rate, so a later change of
+netsift's default does not change what a folder holds."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
