@@ -295,15 +295,16 @@ def published_lr(summary: list[dict]) -> list[dict]:
 
 def chosen_lr(summary: list[dict]) -> list[dict]:
     """Per (network, method, widths, MACs, fine-tune budget) the row of the learning rate with the best mean
-    validation accuracy over the seeds (only where a cell was fine-tuned at more than one rate, with as many
-    seeds at each); each carries ``lrs``, that budget's ``{lr: mean validation accuracy}``."""
+    validation accuracy over the seeds, among the rates run with the most seeds (where there are two or more);
+    each carries ``lrs``, those rates' ``{lr: mean validation accuracy}``."""
     groups: dict[tuple, list[dict]] = {}
     for s in summary:
         if s["finetune_lr"] is not None and s["val_acc"] is not None:
             groups.setdefault(tuple(s[k] for k in ("network", "method", "widths", "macs_target",
                                                    "finetune_epochs")), []).append(s)
+    full = [[s for s in g if s["n"] == max(s["n"] for s in g)] for g in groups.values()]  # rates still running: out
     return [max(g, key=lambda s: s["val_acc"]) | {"lrs": {s["finetune_lr"]: s["val_acc"] for s in g}}
-            for g in groups.values() if len(g) > 1 and len({s["n"] for s in g}) == 1]
+            for g in full if len(g) > 1]
 
 
 def markdown_lr(summary: list[dict]) -> str:

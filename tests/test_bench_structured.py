@@ -48,7 +48,10 @@ def test_the_learning_rate_is_chosen_on_validation_never_on_test(bench):
 def test_a_rate_with_fewer_seeds_is_not_compared(bench):
     rows = [_row("gfs", bench.DEFAULT_LR, s, 0.80, 0.80) for s in (0, 1, 2)]
     rows += [_row("gfs", 0.1, 0, 0.99, 0.99)]  # one lucky seed must not win against three
-    assert bench.chosen_lr(bench.summarize(rows)) == []
+    assert bench.chosen_lr(bench.summarize(rows)) == []  # and one full rate is no choice
+    rows += [_row("gfs", 0.03, s, 0.79, 0.90) for s in (0, 1, 2)]
+    chosen = bench.chosen_lr(bench.summarize(rows))
+    assert [c["finetune_lr"] for c in chosen] == [bench.DEFAULT_LR] and set(chosen[0]["lrs"]) == {0.01, 0.03}
 
 
 def test_a_cell_reports_every_finished_fine_tune(bench, tmp_path):
