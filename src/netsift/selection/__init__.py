@@ -130,8 +130,11 @@ class PruneConfig:
 
 
 def finetune_defaults() -> dict:
-    """The published fine-tune recipe (SGD Nesterov 0.9, cosine, label smoothing 0.1, weight decay 4e-5)."""
-    return {"lr": 0.01, "nesterov": True, "momentum": 0.9, "label_smoothing": 0.1, "weight_decay": 4e-5,
+    """The published fine-tune recipe (SGD Nesterov 0.9, cosine, label smoothing 0.1, weight decay 4e-5), from a
+    peak lr of 0.03 where the paper starts at 0.1: measured on validation accuracy over 5 fine-tune epochs (3
+    networks x 5 methods x 2 widths, 3 seeds; ``benchmarks/structured.py --finetune-lrs``), 0.03 is within 0.2
+    points of 0.01 or better on all 30, and 0.1 loses up to 4 points on ResNet-20."""
+    return {"lr": 0.03, "nesterov": True, "momentum": 0.9, "label_smoothing": 0.1, "weight_decay": 4e-5,
             "schedule": "cosine", "batch_size": 128}
 
 
