@@ -235,10 +235,10 @@ that passes as float rounding; above it netsift warns (its channel grouping does
 
 
 def _check_inputs(model: nn.Module, plan: Plan, holdout: tuple[Tensor, Tensor] | None) -> Tensor:
-    """Up to 32 held-out training images for the removal check (seeded noise when none are held out)."""
+    """Up to 16 held-out training images for the removal check (seeded noise when none are held out)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if holdout is not None and len(holdout[0]):
-        return holdout[0][:32].to(device)
+        return holdout[0][:16].to(device)
     return torch.randn(8, *plan.input_shape, generator=torch.Generator().manual_seed(0)).to(device)
 
 
