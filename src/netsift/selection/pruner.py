@@ -231,7 +231,8 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
 
 REMOVAL_TOLERANCE = 1e-3
 """The largest relative difference between the pruned network and the masked subnetwork its selection scored
-that passes as float rounding; above it netsift warns (its channel grouping does not fit the network)."""
+that passes as float rounding; above it netsift warns (a LayerNorm over channels, or channel groups that do not
+fit the network)."""
 
 
 def _check_inputs(model: nn.Module, plan: Plan, holdout: tuple[Tensor, Tensor] | None) -> Tensor:

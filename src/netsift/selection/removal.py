@@ -108,7 +108,8 @@ def removal_error(model: nn.Module, pruned: nn.Module, groups: Sequence[ChannelG
     Returns:
         the largest absolute output difference over the largest absolute output (0 up to float rounding; a
         grouping that cuts tied channels apart shows as a difference of the outputs' own size), or ``None``
-        when the outputs hold no floating-point tensor to compare.
+        when there is nothing to compare: no floating-point output, or outputs that are all zero (a classifier
+        initialised at zero, as some timm models are before training).
     """
     masker = Masker(model, groups)
     was_training, pruned_training = model.training, pruned.training
@@ -130,4 +131,6 @@ def removal_error(model: nn.Module, pruned: nn.Module, groups: Sequence[ChannelG
         return None if not want else float("inf")
     scale = max(float(a.abs().max()) for a in want)
     diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(want, got))
-    return diff / max(scale, 1e-12)
+    if scale == 0.0:
+        return None if diff == 0.0 else float("inf")
+    return diff / scale
