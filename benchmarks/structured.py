@@ -103,6 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke test: resnet20 on 1,000 images, 2 dense epochs, "
                                                         "seed 0, 50%% MACs, 4 candidates, budgets 0/1")
     args = p.parse_args(argv)
+    if any(not 0 < lr <= 10 for lr in args.finetune_lrs):  # before a dense network is trained for nothing
+        p.error(f"--finetune-lrs must be in (0, 10], got {args.finetune_lrs}")
     if args.quick:
         args.networks, args.seeds, args.fractions, args.finetune_epochs = ["resnet20"], [0], [0.5], [0, 1]
         args.candidates, args.methods = 4, ["gfs", "l1", "taylor"]

@@ -69,3 +69,12 @@ def test_a_cell_reports_every_finished_fine_tune(bench, tmp_path):
         (0, None, 0.3), (1, 0.3, 0.7), (5, bench.DEFAULT_LR, 0.8), (5, 0.1, 0.85)]
     (folder / "ft5-lr0.1" / "result.json").unlink()
     assert not bench.cell_done(args, folder, "l1")
+
+
+@pytest.mark.parametrize("lr", ["0", "-0.1"])
+def test_a_learning_rate_out_of_range_stops_before_any_work(bench, tmp_path, capsys, lr):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--finetune-lrs", "0.03", lr, "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")])
+    assert e.value.code == 2
+    assert "--finetune-lrs must be in (0, 10]" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not any(tmp_path.iterdir())  # no dense run, no result files
