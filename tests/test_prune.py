@@ -194,11 +194,12 @@ def test_removal_error_measures_pruned_against_masked():
     assert removal_error(model, pruned, groups, other, True, x) > 0.05
     assert removal_error(model, pruned, groups, kept, False, x) > 0.05  # the N/n rescale not folded
     assert model.training is False and not any(m._forward_pre_hooks for m in model.modules())  # hooks gone
-    zero = copy.deepcopy(model)  # a classifier initialised at zero has nothing to compare, which is not 0
-    for m in zero.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
-    assert removal_error(zero, remove_channels(zero, shape, kept), find_groups(zero, shape), kept, True, x) is None
+    for bias in (0.0, 0.3):  # outputs the same for every input (zero logits, or the bias alone): nothing to compare
+        flat = copy.deepcopy(model)
+        for m in flat.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.weight), nn.init.constant_(m.bias, bias)
+        assert removal_error(flat, remove_channels(flat, shape, kept), find_groups(flat, shape), kept, True, x) is None
 
 
 def test_prune_records_the_removal_check_and_warns_on_a_wrong_removal(tmp_path, monkeypatch, capsys):
