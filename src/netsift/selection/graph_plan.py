@@ -139,10 +139,14 @@ def make_plan(graph: fx.Graph, model: nn.Module, group: ChannelGroup) -> tuple[s
     consumers = {n for n in nodes if n.op == "call_module" and modules.get(n.target) in consumer_mods}
     if {modules[n.target] for n in consumers} != consumer_mods:
         return "a consumer is not called as a module", None
+    norm_mods = {c.module for c in group.norms}  # computed over the kept channels: they depend on the mask
+    norms = {n for n in nodes if n.op == "call_module" and modules.get(n.target) in norm_mods}
+    if {modules[n.target] for n in norms} != norm_mods:
+        return "a norm across its channels is not called as a module", None
     dep: set[fx.Node] = set()
     batched: set[fx.Node] = set()
     for n in nodes:
-        if n in consumers or any(a in dep for a in n.all_input_nodes):
+        if n in consumers or n in norms or any(a in dep for a in n.all_input_nodes):
             dep.add(n)
         if n is placeholders[0] or any(a in batched for a in n.all_input_nodes):
             batched.add(n)

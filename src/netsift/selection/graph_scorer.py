@@ -24,6 +24,7 @@ from .bn_stats import call_module
 from .graph_direct import Direct, mask_stacked, prepare_direct, run_direct
 from .graph_plan import GraphPlan, NodeInfo, make_plan, node_info, run_simple, size_plan
 from .masking import Masker
+from .norms import NORMS
 from .scoring_stats import ScoringStats, layer_macs
 
 
@@ -73,6 +74,14 @@ def chunk_size(plan: GraphPlan, k: int, b: int, max_batch: int, max_elements: in
     return k
 
 
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer, keeping every norm across channels (timm's ``LayerNorm2d`` too) as one module
+    call, where the :class:`~.masking.Masker`'s hook recomputes it over the kept channels."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, NORMS) or super().is_leaf_module(m, module_qualified_name)
+
+
 class GraphScorer:
     """Scores a group's candidate masks on the traced graph (see the module docstring)."""
 
@@ -86,7 +95,7 @@ class GraphScorer:
 
     def _trace(self, strict: bool) -> None:
         try:
-            self.graph = fx.Tracer().trace(self.model)
+            self.graph = _Tracer().trace(self.model)
         except Exception as e:  # tracing failures come in many types
             if strict:
                 raise
@@ -180,7 +189,8 @@ class GraphScorer:
         for start in range(0, masks.shape[0], k_max):
             chunk = masks[start:start + k_max]
             k = chunk.shape[0]
-            logits = self._suffix(plan, gi, _Stack(plan, env, expanded, k, b), direct, chunk, start, st)
+            with self.masker.trial(gi, chunk):  # the group's norms read the candidates' masks (Masker's hooks)
+                logits = self._suffix(plan, gi, _Stack(plan, env, expanded, k, b), direct, chunk, start, st)
             ce = F.cross_entropy(logits.float(), y.repeat(k), reduction="none").view(k, b).mean(1)
             losses.append(ce)
             if start + k < masks.shape[0]:

@@ -37,6 +37,10 @@ class ChannelGroup:
     A merged group (``parts``) spans several Torch-Pruning roots whose channels reach one grouped convolution:
     each part lists its root's channels per unit, and ``member_units`` how many output channels per unit each
     member layer has (``unit`` where a member is not listed).
+
+    ``norms`` are the normalisers whose statistics span the group's channels (a LayerNorm over channels), with
+    the unit of each of their channels (``root_of``): the selection computes them over the kept channels only,
+    as the pruned network does (:mod:`.norms`).
     """
 
     name: str
@@ -48,6 +52,7 @@ class ChannelGroup:
     unit: int = 1  # channels per unit: the channel groups of grouped convolutions touching the group
     parts: list[Part] | None = None
     member_units: dict[str, int] = field(default_factory=dict)
+    norms: list[Consumer] = field(default_factory=list)  # norms across channels (LayerNorm...) holding them
 
     @property
     def channels(self) -> int:

@@ -37,7 +37,8 @@ from torch import nn
 
 from ..errors import NetsiftError
 from .group_types import ChannelGroup, Consumer, LeftWhole, Part, is_depthwise, is_grouped  # noqa: F401
-from .merged import Pending, constraints_of, members_and_reads, merge, needs_merge, out_of_range
+from .merged import (Pending, add_reads, constraints_of, members_and_reads, merge, needs_merge, norm_reads,
+                     out_of_range)
 from .tracing import (OPAQUE, WalkTooLong, _first_line, bounded_walks, build_graph, register_opaque,  # noqa: F401
                       static_index_mapping)
 
@@ -146,19 +147,16 @@ def _plain_group(dg: tp.DependencyGraph, group, names: dict, exec_order: dict, m
                      f"its {channels} channels form one unit of its grouped layers")
     members, reads = members_and_reads(dg, group, names)
     consumers: dict[nn.Module, Consumer] = {}
-    for mod, idxs, root_idxs in reads:
-        n_in = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
-        if any(not 0 <= int(i) < n_in for i in idxs):
-            return _left(dg, group, names, f"Torch-Pruning maps its channels outside the inputs of {names[mod]}")
-        c = consumers.setdefault(mod, Consumer(names[mod], mod, torch.full((n_in,), -1, dtype=torch.long)))
-        for i, r in zip(idxs, root_idxs):
-            if r is not None:
-                c.root_of[i] = r % size
+    norms: dict[nn.Module, Consumer] = {}
+    why = add_reads(consumers, reads, names, lambda r: r % size) or add_reads(
+        norms, norm_reads(dg, group), names, lambda r: r % size)
+    if why:
+        return _left(dg, group, names, why)
     if not consumers:
         return _left(dg, group, names, "no weighted layer reads its channels")
     order = min(exec_order.get(modules[n], 10**9) for n in members) if members else exec_order.get(root, 10**9)
     return ChannelGroup(names[root], root, size, list(consumers.values()), members, order, unit,
-                        member_units=_member_units(dg, group, names, size, unit))
+                        member_units=_member_units(dg, group, names, size, unit), norms=list(norms.values()))
 
 
 def _member_units(dg: tp.DependencyGraph, group, names: dict, size: int, unit: int) -> dict[str, int]:

@@ -68,12 +68,14 @@ class HookScorer:
         self._calls: dict[nn.Module, int] | None = None
 
     def record(self, gi: int, x: Tensor, st: ScoringStats | None = None) -> dict[nn.Module, list[Tensor]]:
-        """Run ``x`` up to group ``gi``'s first consumer; return the outputs of the modules finished by then.
+        """Run ``x`` up to group ``gi``'s first consumer (or norm across its channels, which depends on the
+        mask too); return the outputs of the modules finished by then.
 
         A module qualifies when every call it makes in the forward pass has finished before that point; only
         the outermost qualifying modules are kept. The pass stops at the first consumer (the suffix is not run).
         """
-        consumers = {c.module for c in self.masker.groups[gi].consumers}
+        group = self.masker.groups[gi]
+        consumers = {c.module for c in group.consumers} | {c.module for c in group.norms}
         if self._calls is None:
             self._calls = call_counts(self.model, x[:1])
         names = {m: n for n, m in self.model.named_modules() if n}

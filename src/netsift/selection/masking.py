@@ -1,7 +1,8 @@
 """Channel masks at the consumers' inputs: :class:`Masker`, and the masks of kept channels and of candidates.
 
 :class:`Masker` multiplies every consumer's input by the scaled 0/1 mask of the groups it reads (forward
-pre-hooks, so the network's code is untouched). :func:`kept_mask` is the mask of a (multi)set of kept channels;
+pre-hooks, so the network's code is untouched), and recomputes every norm whose statistics span a group's channels
+over the kept channels only (forward hooks, :mod:`.norms`), as the pruned network computes it. :func:`kept_mask` is the mask of a (multi)set of kept channels;
 :func:`candidate_masks` stacks those of one greedy step's candidates.
 """
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .groups import ChannelGroup
+from .norms import channel_axis, kept_norm
 
 
 class Masker:
@@ -32,8 +34,14 @@ class Masker:
         for gi, g in enumerate(self.groups):
             for c in g.consumers:
                 self._readers.setdefault(c.module, []).append((gi, c.root_of))
+        self._norms: dict[nn.Module, list[tuple[int, Tensor]]] = {}
+        for gi, g in enumerate(self.groups):
+            for c in g.norms:
+                self._norms.setdefault(c.module, []).append((gi, c.root_of))
+        self._axis: dict[nn.Module, int | None] = {}
         self._cache: dict[nn.Module, Tensor | None] = {}
         self._handles = [m.register_forward_pre_hook(self._hook) for m in self._readers]
+        self._handles += [m.register_forward_hook(self._norm_hook) for m in self._norms]
 
     def remove(self) -> None:
         """Detach the hooks (the model computes unmasked again)."""
@@ -114,6 +122,39 @@ class Masker:
             xs = x.view(k, x.shape[0] // k, *x.shape[1:])
             x = (xs * trial.to(x.device, x.dtype).view(k, *shape)).view_as(x)
         return (x, *args[1:])
+
+    def _norm_hook(self, module: nn.Module, args: tuple, out) -> Tensor | None:
+        """A norm across a group's channels, recomputed over the kept ones (fixed masks, and the trial's per
+        block of rows)."""
+        if not args or not isinstance(args[0], Tensor):
+            return None
+        trial_gi = self._trial[0] if self._trial is not None else None
+        keep, trial = None, None
+        for gi, root_of in self._norms[module]:
+            sel = root_of >= 0
+            if gi == trial_gi:
+                masks = self._trial[1]
+                trial = torch.ones(masks.shape[0], len(root_of))
+                trial[:, sel] = (masks[:, root_of[sel]] != 0).float()
+                continue
+            mask = self.masks[gi]
+            if mask is None:
+                continue
+            if keep is None:
+                keep = torch.ones(len(root_of))
+            keep[sel] = keep[sel] * (mask[root_of[sel]] != 0).float()
+        if trial is not None:
+            keep = trial if keep is None else trial * keep
+        if keep is None or bool(keep.all()):
+            return None
+        x = args[0]
+        if module not in self._axis:  # found once, from a call with every channel
+            with torch.no_grad():
+                self._axis[module] = channel_axis(module, x, module.forward(x))
+        axis = self._axis[module]
+        if axis is None:
+            return None
+        return kept_norm(module, x, keep, axis)
 
 
 def kept_mask(size: int, kept: Sequence[int], rescale: bool = True) -> Tensor:

@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .group_types import ChannelGroup, Consumer, LeftWhole, Part, is_depthwise, is_grouped
+from .norms import NORMS, norm_channels
 
 
 @dataclass
@@ -109,6 +110,32 @@ def members_and_reads(dg: tp.DependencyGraph, group, names: dict) -> tuple[list[
     return members, reads
 
 
+def norm_reads(dg: tp.DependencyGraph, group) -> list[tuple]:
+    """The group's norms across channels (:data:`.norms.NORMS`): ``(module, idxs, root_idxs)``."""
+    out = []
+    for item in group.items:
+        mod = item.dep.target.module
+        if isinstance(mod, NORMS) and norm_channels(mod) is not None and dg.is_out_channel_pruning_fn(
+                item.dep.handler):
+            out.append((mod, list(item.idxs), list(item.root_idxs)))
+    return out
+
+
+def add_reads(table: dict, reads: list[tuple], names: dict, unit_of) -> str:
+    """Record ``reads`` (``(module, idxs, root_idxs)``) in ``table`` (module -> :class:`Consumer`), input index
+    ``i`` fed by unit ``unit_of(root index)``; the reason when an index is outside the module's inputs."""
+    for mod, idxs, root_idxs in reads:
+        n_in = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features if isinstance(mod, nn.Linear) \
+            else norm_channels(mod)
+        if any(not 0 <= int(i) < n_in for i in idxs):
+            return f"Torch-Pruning maps its channels outside the inputs of {names[mod]}"
+        c = table.setdefault(mod, Consumer(names[mod], mod, torch.full((n_in,), -1, dtype=torch.long)))
+        for i, r in zip(idxs, root_idxs):
+            if r is not None:
+                c.root_of[i] = unit_of(int(r))
+    return ""
+
+
 def _clusters(pending: list[Pending]) -> list[list[Pending]]:
     """Pending groups joined by the grouped layers they share (connected components, in input order)."""
     parent = list(range(len(pending)))
@@ -177,7 +204,7 @@ def _build(cluster: list[Pending], dg: tp.DependencyGraph, names: dict, exec_ord
     if isinstance(built, str):
         return built
     unit_of, size, unit = built
-    parts, member_units, consumers = [], {}, {}
+    parts, member_units, consumers, norms = [], {}, {}, {}
     for pi, p in enumerate(cluster):
         per_unit = [[] for _ in range(size)]
         for r in range(p.channels):
@@ -188,14 +215,10 @@ def _build(cluster: list[Pending], dg: tp.DependencyGraph, names: dict, exec_ord
         members, reads = members_and_reads(dg, p.group, names)
         for m in members:
             member_units[m] = member_units.get(m, 0) + len(per_unit[0])
-        for mod, idxs, root_idxs in reads:
-            n_in = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
-            if any(not 0 <= int(i) < n_in for i in idxs):
-                return f"Torch-Pruning maps its channels outside the inputs of {names[mod]}"
-            c = consumers.setdefault(mod, Consumer(names[mod], mod, torch.full((n_in,), -1, dtype=torch.long)))
-            for i, r in zip(idxs, root_idxs):
-                if r is not None:
-                    c.root_of[i] = unit_of[(pi, int(r))]
+        why = add_reads(consumers, reads, names, lambda r, pi=pi: unit_of[(pi, r)]) or add_reads(
+            norms, norm_reads(dg, p.group), names, lambda r, pi=pi: unit_of[(pi, r)])
+        if why:
+            return why
     if not consumers:
         return "no weighted layer reads its channels"
     if size < min_size:
@@ -204,7 +227,7 @@ def _build(cluster: list[Pending], dg: tp.DependencyGraph, names: dict, exec_ord
     order = min(exec_order.get(modules[n], 10**9) for n in member_units)
     head = min(parts, key=lambda part: exec_order.get(modules[part.name], 10**9))
     return ChannelGroup(head.name, modules[head.name], size, list(consumers.values()), list(member_units), order,
-                        unit, parts, member_units)
+                        unit, parts, member_units, list(norms.values()))
 
 
 def _left(dg: tp.DependencyGraph, p: Pending, names: dict, reason: str) -> LeftWhole:

@@ -39,7 +39,8 @@ def _moved(groups: Sequence[ChannelGroup], copy_of_model: nn.Module) -> list[Cha
     """``groups`` pointing at the same-named layers of a copy of their model."""
     modules = dict(copy_of_model.named_modules())
     return [dataclasses.replace(g, root=modules[g.name], consumers=[
-        dataclasses.replace(c, module=modules[c.name]) for c in g.consumers]) for g in groups]
+        dataclasses.replace(c, module=modules[c.name]) for c in g.consumers], norms=[
+        dataclasses.replace(c, module=modules[c.name]) for c in g.norms]) for g in groups]
 
 
 def remove_channels(model: nn.Module, input_shape: tuple[int, ...], kept: dict[str, Sequence[int]],
