@@ -117,8 +117,8 @@ class Result:
     removal_error: float | None = _f("prune: the largest difference between the pruned network's outputs and those "
                                      "of the masked subnetwork its selection scored, over the largest output, on "
                                      "up to 16 held-out images (float rounding: about 1e-6; netsift warns above "
-                                     "1e-3: a LayerNorm over channels, as in ConvNeXt, or channel groups that do "
-                                     "not fit the network; `null`: outputs the same for every input, nothing to "
+                                     "1e-3: a layer that computes differently on fewer channels, or channel groups "
+                                     "that do not fit the network; `null`: outputs the same for every input, nothing to "
                                      "compare)")
     finetune_s: float | None = _f("prune: wall time of the fine-tuning (s)")
     groups: list | None = _f("prune: per channel group: `group`, `size`, `kept` (and accuracies in tolerance mode)")

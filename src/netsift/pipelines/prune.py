@@ -155,7 +155,7 @@ class PruneSpec:
         if (out.removal_error or 0.0) > REMOVAL_TOLERANCE and distributed.is_main():
             _progress.write(f"warning: the pruned network computes something other than the subnetwork its selection "
                             f"scored (outputs differ by {out.removal_error:.2g} of their size): a layer computes "
-                            f"differently on fewer channels (a LayerNorm over channels, as in ConvNeXt) or "
+                            f"differently on fewer channels (a norm netsift does not recompute over the kept ones) or "
                             f"netsift's channel groups do not fit this network; fine-tune, and report it")
         return pruned, {"recalibrated_bn": recalibrated, "selection_s": out.selection_s,
                         "removal_error": out.removal_error,

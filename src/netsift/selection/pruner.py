@@ -231,7 +231,7 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
 
 REMOVAL_TOLERANCE = 1e-3
 """The largest relative difference between the pruned network and the masked subnetwork its selection scored
-that passes as float rounding; above it netsift warns (a LayerNorm over channels, or channel groups that do not
+that passes as float rounding; above it netsift warns (a layer computing differently on fewer channels, or channel groups that do not
 fit the network)."""
 
 
