@@ -37,7 +37,10 @@ class Backward:
         return self.stop.steps_left(len(self.current))
 
     def candidates(self) -> tuple[list[int], Tensor]:
-        cands = self.ctx.sample(self.current, self.ctx.n_candidates(self.gi, len(self.current)))
+        pool = self.current
+        if self.stop.width is not None:  # an uneven group (CSP): each kind of unit ends at its quota
+            pool = self.ctx.groups[self.gi].allowed(pool, self.current, self.stop.width, grow=False) or pool
+        cands = self.ctx.sample(pool, self.ctx.n_candidates(self.gi, len(pool)))
         return cands, candidate_masks(self.n, self.current, drop=cands)  # row k: current without cands[k]
 
     def take(self, channel: int) -> int:

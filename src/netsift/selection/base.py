@@ -198,6 +198,7 @@ def ranked_selection(ctx: SelectionContext, scores: list[Tensor], rescale: bool 
         order = torch.argsort(scores[gi].float(), descending=True, stable=True).tolist()
         if ctx.widths is not None:
             n = ctx.widths[gi]
+            order = g.first_within_quotas(order, n)  # an uneven group (CSP): each kind of unit its share
             row = {"group": g.name, "size": g.size, "kept": n}
         else:
             start = ctx.accuracy()

@@ -71,18 +71,21 @@ class MacsModel:
             for h in hooks:
                 h.remove()
         names = {m: n for n, m in model.named_modules()}
-        self._out_group: dict[nn.Module, tuple[int, int]] = {}  # member -> (group, its channels per unit)
+        # member -> (group, its channels per unit, its channels of each unit where they differ by unit, or None)
+        self._out_group: dict[nn.Module, tuple[int, int, torch.Tensor | None]] = {}
         self._in_reads: dict[nn.Module, list[tuple[int, torch.Tensor]]] = {}
         for gi, g in enumerate(self.groups):
             for n in g.members:
-                self._out_group[model.get_submodule(n)] = (gi, g.member_unit(n))
+                counts = g.member_counts.get(n)
+                self._out_group[model.get_submodule(n)] = (gi, g.member_unit(n),
+                                                           None if counts is None else counts.double())
             for c in g.consumers:
                 counts = torch.bincount(c.root_of[c.root_of >= 0], minlength=g.size).double()
                 self._in_reads.setdefault(c.module, []).append((gi, counts))
         self._names = names
-        # per layer: ((out group or -1, its channels per unit), out, depthwise, in per group, positions, groups,
-        # [(group, counts, total)])
-        self._plan = [(self._out_group.get(l.module, (-1, 0)), l.out, l.depthwise, l.in_per_group, l.positions, l.groups,
+        # per layer: ((out group or -1, its channels per unit, per-unit counts or None), out, depthwise, in per
+        # group, positions, groups, [(group, counts, total)])
+        self._plan = [(self._out_group.get(l.module, (-1, 0, None)), l.out, l.depthwise, l.in_per_group, l.positions, l.groups,
                        [(gj, counts, float(counts.sum())) for gj, counts in self._in_reads.get(l.module, [])])
                       for l in self.layers]
         # what no group changes (attention products, layers outside every group...): counted once
@@ -90,6 +93,20 @@ class MacsModel:
 
     def _dense_total(self, model: nn.Module, counter: FlopCounterMode) -> float:
         return counter.get_total_flops() // 2
+
+    def _held(self, gi: int, counts: torch.Tensor, kept, width: int) -> float:
+        """Channels of a layer holding (member) or reading (consumer) ``counts[u]`` channels of unit ``u`` of
+        group ``gi`` (an uneven group) that stay: exactly for the units ``kept``; for ``width`` units, those of
+        the group's quotas (:meth:`.ChannelGroup.quotas`, which every method selects to), each class of units at
+        its mean count."""
+        if kept is not None:
+            return float(counts[sorted(set(int(u) for u in kept))].sum())
+        cache = self.__dict__.setdefault("_quota_cache", {})
+        if (gi, width) not in cache:
+            cache[gi, width] = self.groups[gi].quotas(width)
+        cls, quota = cache[gi, width]
+        cls_t = torch.as_tensor(cls)
+        return sum(q * float(counts[cls_t == c].mean()) for c, q in enumerate(quota) if q)
 
     def macs(self, kept: dict[int, Sequence[int]] | None = None, widths: Sequence[int] | None = None) -> int:
         """MACs per sample keeping units ``kept[gi]`` (exact), or ``widths[gi]`` units of each group."""
@@ -105,15 +122,17 @@ class MacsModel:
         w = [len(set(kept[i])) if i in kept else (widths[i] if widths is not None else sizes[i])
              for i in range(len(sizes))]
         total = 0.0
-        for (gi, per_unit), out, depthwise, inp, positions, groups, reads in self._plan:
+        for (gi, per_unit, held), out, depthwise, inp, positions, groups, reads in self._plan:
             if gi >= 0:
-                out = w[gi] * per_unit
+                out = self._held(gi, held, kept.get(gi), w[gi]) if held is not None else w[gi] * per_unit
             if depthwise:
                 total += out * positions
                 continue
             for gj, counts, count_total in reads:
                 if gj in kept:
                     lost = count_total - float(counts[sorted(set(kept[gj]))].sum())
+                elif self.groups[gj].member_counts:  # an uneven group: the units of its quotas
+                    lost = count_total - self._held(gj, counts, None, w[gj])
                 else:
                     lost = count_total * (sizes[gj] - w[gj]) / sizes[gj]
                 inp -= lost / groups
@@ -140,26 +159,36 @@ class ParamsModel(MacsModel):
         kept = kept or {}
         w = [len(set(kept[i])) if i in kept else (widths[i] if widths is not None else g.size)
              for i, g in enumerate(self.groups)]
-        biases = sum(self._bias_out(l, w) for l in self.layers)
-        return super()._layer_macs(kept, widths) + biases + sum(c * wi for c, wi in zip(self._per_unit, w))
+        biases = sum(self._bias_out(l, w, kept) for l in self.layers)
+        per_channel = 0.0
+        for gi, (c, wi) in enumerate(zip(self._per_unit, w)):
+            if isinstance(c, torch.Tensor):  # an uneven group: which units are kept decides
+                per_channel += self._held(gi, c, kept.get(gi), wi)
+            else:
+                per_channel += c * wi
+        return super()._layer_macs(kept, widths) + biases + per_channel
 
-    def _bias_out(self, layer: _Layer, w: list[int]) -> int:
+    def _bias_out(self, layer: _Layer, w: list[int], kept: dict) -> float:
         if getattr(layer.module, "bias", None) is None:
             return 0
-        gi, per_unit = self._out_group.get(layer.module, (-1, 0))
-        return w[gi] * per_unit if gi >= 0 else layer.out
+        gi, per_unit, held = self._out_group.get(layer.module, (-1, 0, None))
+        if gi < 0:
+            return layer.out
+        return self._held(gi, held, kept.get(gi), w[gi]) if held is not None else w[gi] * per_unit
 
 
-def _channel_params(graph, group: ChannelGroup) -> int:
-    """Parameters removed with one unit of ``group`` outside Conv2d/Linear layers (batch-norm scales, ...)."""
+def _channel_params(graph, group: ChannelGroup) -> int | torch.Tensor:
+    """Parameters removed with one unit of ``group`` outside Conv2d/Linear layers (batch-norm scales, ...); for
+    an uneven group (:attr:`.ChannelGroup.member_counts`), those of each unit, a ``(size,)`` tensor."""
     from .tracing import static_index_mapping
 
     if graph is None:
         return 0
-    total = 0
     with static_index_mapping():
         pruner = graph.get_pruner_of_module(group.root)
         items = graph.get_pruning_group(group.root, pruner.prune_out_channels, list(range(group.channels))).items
+    uneven = bool(group.member_counts) and group.parts is None
+    total, per = 0, torch.zeros(group.size, dtype=torch.float64)
     seen = set()
     for item in items:
         mod = item.dep.target.module
@@ -168,8 +197,16 @@ def _channel_params(graph, group: ChannelGroup) -> int:
         seen.add(mod)
         per_channel = sum(p.numel() // p.shape[0] for p in mod.parameters(recurse=False) if p.dim() >= 1
                           and p.shape[0] == group.channels)
+        if uneven and not per_channel:  # a layer sized by part of the group (a branch's batch norm)
+            n = sum(p.numel() // p.shape[0] for p in mod.parameters(recurse=False) if p.dim() >= 1
+                    and p.shape[0] == len(item.idxs))
+            for r in item.root_idxs:
+                if r is not None:
+                    per[int(r) % group.size] += n
+        elif uneven:
+            per += per_channel * group.unit
         total += per_channel * group.unit
-    return total
+    return per if uneven else total
 
 
 def cost_model(kind: str, model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, ...],

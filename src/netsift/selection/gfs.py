@@ -51,6 +51,8 @@ class Forward:
 
     def candidates(self) -> tuple[list[int], Tensor]:
         pool = range(self.n) if self.ctx.replacement else sorted(set(range(self.n)) - set(self.chosen))
+        if self.stop.width is not None and not self.ctx.replacement:  # an uneven group (CSP): quotas per kind
+            pool = self.ctx.groups[self.gi].allowed(pool, self.chosen, self.stop.width) or pool
         cands = self.ctx.sample(pool, self.ctx.n_candidates(self.gi, len(pool)))
         return cands, candidate_masks(self.n, self.chosen, add=cands)  # row k: kept_mask(n, chosen + [cands[k]])
 

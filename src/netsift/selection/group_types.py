@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 
@@ -40,7 +41,9 @@ class ChannelGroup:
 
     ``norms`` are the normalisers whose statistics span the group's channels (a LayerNorm over channels), with
     the unit of each of their channels (``root_of``): the selection computes them over the kept channels only,
-    as the pruned network does (:mod:`.norms`).
+    as the pruned network does (:mod:`.norms`). ``member_counts`` gives, for the members that hold different
+    numbers of channels of different units (a CSP block's concatenation under an attention gate), their
+    output channels per unit; which units are kept then decides their width (the cost models count it).
     """
 
     name: str
@@ -53,6 +56,7 @@ class ChannelGroup:
     parts: list[Part] | None = None
     member_units: dict[str, int] = field(default_factory=dict)
     norms: list[Consumer] = field(default_factory=list)  # norms across channels (LayerNorm...) holding them
+    member_counts: dict[str, Tensor] = field(default_factory=dict)  # members holding units unevenly: per unit
 
     @property
     def channels(self) -> int:
@@ -73,6 +77,55 @@ class ChannelGroup:
     def member_unit(self, name: str) -> int:
         """Output channels per unit of member layer ``name``."""
         return self.member_units.get(name, self.unit)
+
+    def quotas(self, width: int) -> tuple[list[int], list[int]] | None:
+        """For a group whose members hold units unevenly: each unit's class (the units the same members hold)
+        and how many of ``width`` kept units each class gets, its share of the group rounded (largest
+        remainders; every class at least one where ``width`` allows). Selecting to these quotas makes the kept
+        units cost what the cost models assume for ``width`` (up to the rounding), whichever units they are,
+        and leaves no member layer without a channel. ``None`` for an even group (any units cost the same)."""
+        if not self.member_counts:
+            return None
+        held = torch.stack([c > 0 for c in self.member_counts.values()], 1)
+        _, cls = torch.unique(held, dim=0, return_inverse=True)
+        sizes = torch.bincount(cls).tolist()
+        share = [width * s / self.size for s in sizes]
+        quota = [int(x) for x in share]
+        for c in sorted(range(len(sizes)), key=lambda c: quota[c] - share[c])[:width - sum(quota)]:
+            quota[c] += 1
+        for c in range(len(sizes)):  # a class left at 0 takes one unit from the largest quota
+            if quota[c] == 0 and width >= len(sizes):
+                quota[max(range(len(sizes)), key=lambda j: quota[j])] -= 1
+                quota[c] = 1
+        return cls.tolist(), quota
+
+    def allowed(self, pool, kept, width: int, grow: bool = True) -> list[int]:
+        """The units of ``pool`` a selection to ``width`` units may add (``grow``) or drop next and still meet
+        :meth:`quotas`, given the units ``kept``; all of ``pool`` for an even group."""
+        q = self.quotas(width)
+        if q is None:
+            return list(pool)
+        cls, quota = q
+        have = [0] * len(quota)
+        for u in set(int(u) for u in kept):
+            have[cls[u]] += 1
+        ok = [(have[c] < quota[c]) if grow else (have[c] > quota[c]) for c in range(len(quota))]
+        return [u for u in pool if ok[cls[int(u)]]]
+
+    def first_within_quotas(self, order, width: int) -> list[int]:
+        """The first ``width`` units of ``order`` (a ranking) that meet :meth:`quotas`."""
+        q = self.quotas(width)
+        if q is None:
+            return [int(u) for u in order[:width]]
+        cls, quota = q
+        have, out = [0] * len(quota), []
+        for u in order:
+            if len(out) == width:
+                break
+            if have[cls[int(u)]] < quota[cls[int(u)]]:
+                out.append(int(u))
+                have[cls[int(u)]] += 1
+        return out
 
     def unit_scores(self, scores: Tensor) -> Tensor:
         """Per-unit scores from per-channel ones (the mean over a unit's channels)."""

@@ -37,8 +37,8 @@ from torch import nn
 
 from ..errors import NetsiftError
 from .group_types import ChannelGroup, Consumer, LeftWhole, Part, is_depthwise, is_grouped  # noqa: F401
-from .merged import (Pending, add_reads, constraints_of, members_and_reads, merge, needs_merge, norm_reads,
-                     out_of_range)
+from .merged import (Pending, add_reads, constraints_of, member_counts, members_and_reads, merge, needs_merge,
+                     norm_reads, out_of_range)
 from .tracing import (OPAQUE, WalkTooLong, _first_line, bounded_walks, build_graph, register_opaque,  # noqa: F401
                       static_index_mapping)
 
@@ -156,7 +156,8 @@ def _plain_group(dg: tp.DependencyGraph, group, names: dict, exec_order: dict, m
         return _left(dg, group, names, "no weighted layer reads its channels")
     order = min(exec_order.get(modules[n], 10**9) for n in members) if members else exec_order.get(root, 10**9)
     return ChannelGroup(names[root], root, size, list(consumers.values()), members, order, unit,
-                        member_units=_member_units(dg, group, names, size, unit), norms=list(norms.values()))
+                        member_units=_member_units(dg, group, names, size, unit), norms=list(norms.values()),
+                        member_counts=member_counts(dg, group, names, size, lambda r: r % size))
 
 
 def _member_units(dg: tp.DependencyGraph, group, names: dict, size: int, unit: int) -> dict[str, int]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
-from torch import nn
+from torch import Tensor, nn
 
 from .group_types import ChannelGroup, Consumer, LeftWhole, Part, is_depthwise, is_grouped
 from .norms import NORMS, norm_channels
@@ -108,6 +108,28 @@ def members_and_reads(dg: tp.DependencyGraph, group, names: dict) -> tuple[list[
         elif dg.is_in_channel_pruning_fn(dep.handler) and not is_depthwise(mod):
             reads.append((mod, list(item.idxs), list(item.root_idxs)))
     return members, reads
+
+
+def member_counts(dg: tp.DependencyGraph, group, names: dict, size: int, unit_of) -> dict[str, Tensor]:
+    """Output channels of each member layer per unit (``(size,)`` counts, unit of root channel ``r``:
+    ``unit_of(r)``), for the members that hold different numbers of channels of different units: a CSP block's
+    ``cat([main, short])`` under an attention gate puts ``main``'s channels in some units and ``short``'s in the
+    others, so which units are kept decides which convolution shrinks."""
+    held: dict[str, set[tuple[int, int]]] = {}
+    for item in group.items:
+        dep, mod = item.dep, item.dep.target.module
+        if not isinstance(mod, (nn.Conv2d, nn.Linear)) or mod not in names:
+            continue
+        if dg.is_out_channel_pruning_fn(dep.handler) or (is_depthwise(mod) and dep.handler in (
+                tp.prune_depthwise_conv_in_channels, tp.prune_depthwise_conv_out_channels)):
+            held.setdefault(names[mod], set()).update(
+                (int(i), unit_of(int(r))) for i, r in zip(item.idxs, item.root_idxs) if r is not None)
+    out = {}
+    for name, pairs in held.items():
+        counts = torch.bincount(torch.tensor([u for _, u in pairs], dtype=torch.long), minlength=size)
+        if len(counts) == size and int(counts.min()) != int(counts.max()):
+            out[name] = counts
+    return out
 
 
 def norm_reads(dg: tp.DependencyGraph, group) -> list[tuple]:
@@ -204,7 +226,7 @@ def _build(cluster: list[Pending], dg: tp.DependencyGraph, names: dict, exec_ord
     if isinstance(built, str):
         return built
     unit_of, size, unit = built
-    parts, member_units, consumers, norms = [], {}, {}, {}
+    parts, member_units, consumers, norms, counts = [], {}, {}, {}, {}
     for pi, p in enumerate(cluster):
         per_unit = [[] for _ in range(size)]
         for r in range(p.channels):
@@ -215,6 +237,8 @@ def _build(cluster: list[Pending], dg: tp.DependencyGraph, names: dict, exec_ord
         members, reads = members_and_reads(dg, p.group, names)
         for m in members:
             member_units[m] = member_units.get(m, 0) + len(per_unit[0])
+        for m, c in member_counts(dg, p.group, names, size, lambda r, pi=pi: unit_of[(pi, r)]).items():
+            counts[m] = counts[m] + c if m in counts else c
         why = add_reads(consumers, reads, names, lambda r, pi=pi: unit_of[(pi, r)]) or add_reads(
             norms, norm_reads(dg, p.group), names, lambda r, pi=pi: unit_of[(pi, r)])
         if why:
@@ -227,7 +251,7 @@ def _build(cluster: list[Pending], dg: tp.DependencyGraph, names: dict, exec_ord
     order = min(exec_order.get(modules[n], 10**9) for n in member_units)
     head = min(parts, key=lambda part: exec_order.get(modules[part.name], 10**9))
     return ChannelGroup(head.name, modules[head.name], size, list(consumers.values()), list(member_units), order,
-                        unit, parts, member_units, list(norms.values()))
+                        unit, parts, member_units, list(norms.values()), counts)
 
 
 def _left(dg: tp.DependencyGraph, p: Pending, names: dict, reason: str) -> LeftWhole:

@@ -224,9 +224,33 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
         ctx.masker.remove()
         model.train(was_training)
     rescale = selection.rescale if cfg.rescale == "auto" else cfg.rescale == "on"
+    for line in keep_every_member(plan.groups, selection):
+        if progress:
+            _progress.write(line)
     pruned = remove_channels(model, plan.input_shape, selection.kept, rescale)
     error = removal_error(model, pruned, plan.groups, selection.kept, rescale, _check_inputs(model, plan, holdout))
     return Pruned(pruned, selection, plan.groups, ctx.widths, selection_s, estimate, error)
+
+
+def keep_every_member(groups: list[ChannelGroup], selection: Selection) -> list[str]:
+    """Add one unit to a group whose selection left a member layer no channel (a CSP block's ``short`` branch,
+    whose channels are some of its group's units only): the first of that member's units, so the pruned network
+    runs. Returns one line per unit added."""
+    lines = []
+    for g in groups:
+        kept = selection.kept.get(g.name)
+        if kept is None or not g.member_counts:
+            continue
+        for member, counts in g.member_counts.items():
+            if int(counts[sorted(set(int(u) for u in kept))].sum()) == 0:
+                unit = int(torch.nonzero(counts)[0])
+                kept.append(unit)
+                for row in selection.info:
+                    if row.get("group") == g.name and "kept" in row:
+                        row["kept"] = len(set(int(u) for u in kept))
+                lines.append(f"group {g.name}: the selection kept no channel of {member}; unit {unit} added so "
+                             f"the pruned network runs")
+    return lines
 
 
 REMOVAL_TOLERANCE = 1e-3
