@@ -1,9 +1,9 @@
 """What a network costs as a function of its groups' widths (MACs, parameters), and sharing a budget out.
 
-The MACs of a Conv2d/Linear layer are ``out · in/groups · k² · H·W`` (Linear: ``out · in`` per position), the
-same count ``torch.utils.flop_counter`` makes; its parameters are ``out · in/groups · k²`` plus a bias per output.
-Removing channels of a group shrinks the ``out`` of its member layers and the ``in`` of its consumers (and the
-per-channel parameters of the normalisation layers between them), so the cost of any width assignment follows
+The MACs of a Conv2d/Linear layer are ``out · in/groups · k² · H·W`` (Linear: ``out · in`` per position; a
+transposed convolution: ``H·W`` of its input), the same count ``torch.utils.flop_counter`` makes; its parameters
+are ``out · in/groups · k²`` plus a bias per output. Removing channels of a group shrinks the ``out`` of its member
+layers and the ``in`` of its consumers (and the per-channel parameters of the normalisation layers between them), so the cost of any width assignment follows
 from one traced pass, without pruning anything (:class:`MacsModel`, :class:`ParamsModel`). :func:`allocate`
 gives every group the same kept fraction ``r`` (so every method prunes to the same architecture) and searches
 ``r``, then nudges single groups by one channel, until the cost is as close as possible to the target.
@@ -54,12 +54,17 @@ class MacsModel:
                 pos = k * out.shape[2] * out.shape[3] if self.per_call else k
                 self.layers.append(_Layer(mod, mod.out_channels, mod.in_channels // mod.groups, pos,
                                           mod.groups > 1 and mod.groups == mod.in_channels, mod.groups))
+            elif isinstance(mod, nn.ConvTranspose2d):  # each input position meets every kernel tap
+                k = mod.kernel_size[0] * mod.kernel_size[1]
+                pos = k * inp[0].shape[2] * inp[0].shape[3] if self.per_call else k
+                self.layers.append(_Layer(mod, mod.out_channels, mod.in_channels // mod.groups, pos, False,
+                                          mod.groups))
             else:
                 pos = out.numel() // out.shape[-1] if self.per_call else 1
                 self.layers.append(_Layer(mod, mod.out_features, mod.in_features, pos, False))
 
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
                 hooks.append(m.register_forward_hook(hook))
         was_training = model.training
         model.eval()
@@ -71,21 +76,23 @@ class MacsModel:
             for h in hooks:
                 h.remove()
         names = {m: n for n, m in model.named_modules()}
-        # member -> (group, its channels per unit, its channels of each unit where they differ by unit, or None)
-        self._out_group: dict[nn.Module, tuple[int, int, torch.Tensor | None]] = {}
+        # member -> [(group, its channels per unit, its channels of each unit where they differ by unit, or None)]:
+        # a layer whose outputs are split among groups (Inception-ResNet's block output, added to a stream made of
+        # concatenated branches) is a member of each
+        self._out_group: dict[nn.Module, list[tuple[int, int, torch.Tensor | None]]] = {}
         self._in_reads: dict[nn.Module, list[tuple[int, torch.Tensor]]] = {}
         for gi, g in enumerate(self.groups):
             for n in g.members:
                 counts = g.member_counts.get(n)
-                self._out_group[model.get_submodule(n)] = (gi, g.member_unit(n),
-                                                           None if counts is None else counts.double())
+                self._out_group.setdefault(model.get_submodule(n), []).append(
+                    (gi, g.member_unit(n), None if counts is None else counts.double()))
             for c in g.consumers:
                 counts = torch.bincount(c.root_of[c.root_of >= 0], minlength=g.size).double()
                 self._in_reads.setdefault(c.module, []).append((gi, counts))
         self._names = names
-        # per layer: ((out group or -1, its channels per unit, per-unit counts or None), out, depthwise, in per
+        # per layer: ([(out group, its channels per unit, per-unit counts or None)], out, depthwise, in per
         # group, positions, groups, [(group, counts, total)])
-        self._plan = [(self._out_group.get(l.module, (-1, 0, None)), l.out, l.depthwise, l.in_per_group, l.positions, l.groups,
+        self._plan = [(self._out_group.get(l.module, []), l.out, l.depthwise, l.in_per_group, l.positions, l.groups,
                        [(gj, counts, float(counts.sum())) for gj, counts in self._in_reads.get(l.module, [])])
                       for l in self.layers]
         # what no group changes (attention products, layers outside every group...): counted once
@@ -93,6 +100,15 @@ class MacsModel:
 
     def _dense_total(self, model: nn.Module, counter: FlopCounterMode) -> float:
         return counter.get_total_flops() // 2
+
+    def _out_now(self, outs: list, out: int, kept: dict, w: list[int]) -> float:
+        """Output channels left of a layer with ``out`` channels holding those of the groups ``outs``."""
+        for gi, per_unit, held in outs:
+            if held is not None:
+                out -= float(held.sum()) - self._held(gi, held, kept.get(gi), w[gi])
+            else:
+                out -= (self.groups[gi].size - w[gi]) * per_unit
+        return out
 
     def _held(self, gi: int, counts: torch.Tensor, kept, width: int) -> float:
         """Channels of a layer holding (member) or reading (consumer) ``counts[u]`` channels of unit ``u`` of
@@ -122,9 +138,8 @@ class MacsModel:
         w = [len(set(kept[i])) if i in kept else (widths[i] if widths is not None else sizes[i])
              for i in range(len(sizes))]
         total = 0.0
-        for (gi, per_unit, held), out, depthwise, inp, positions, groups, reads in self._plan:
-            if gi >= 0:
-                out = self._held(gi, held, kept.get(gi), w[gi]) if held is not None else w[gi] * per_unit
+        for outs, out, depthwise, inp, positions, groups, reads in self._plan:
+            out = self._out_now(outs, out, kept, w)
             if depthwise:
                 total += out * positions
                 continue
@@ -171,10 +186,7 @@ class ParamsModel(MacsModel):
     def _bias_out(self, layer: _Layer, w: list[int], kept: dict) -> float:
         if getattr(layer.module, "bias", None) is None:
             return 0
-        gi, per_unit, held = self._out_group.get(layer.module, (-1, 0, None))
-        if gi < 0:
-            return layer.out
-        return self._held(gi, held, kept.get(gi), w[gi]) if held is not None else w[gi] * per_unit
+        return self._out_now(self._out_group.get(layer.module, []), layer.out, kept, w)
 
 
 def _channel_params(graph, group: ChannelGroup) -> int | torch.Tensor:

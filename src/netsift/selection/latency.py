@@ -57,8 +57,11 @@ class LatencyModel:
         self.dense_ms = sorted(dense_runs)[len(dense_runs) // 2]
 
     def at(self, widths: dict[str, int]) -> nn.Module:
-        """The architecture with the named groups at the given widths (their first channels: timing only)."""
-        return remove_channels(self.model, self.input_shape, {k: list(range(w)) for k, w in widths.items()},
+        """The architecture with the named groups at the given widths (their first channels within the groups'
+        quotas, as every method selects: timing only)."""
+        by_name = {g.name: g for g in self.groups}
+        return remove_channels(self.model, self.input_shape,
+                               {k: by_name[k].first_within_quotas(range(by_name[k].size), w) for k, w in widths.items()},
                                rescale=False, groups=self.groups)
 
     def time(self, nets: dict[str, nn.Module]) -> dict[str, float]:

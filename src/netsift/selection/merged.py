@@ -99,6 +99,10 @@ def members_and_reads(dg: tp.DependencyGraph, group, names: dict) -> tuple[list[
     members, reads = [], []
     for item in group.items:
         dep, mod = item.dep, item.dep.target.module
+        if isinstance(mod, nn.ConvTranspose2d) and dg.is_out_channel_pruning_fn(dep.handler):
+            if names[mod] not in members:  # a member (LowFormer's upsampling), counted by the cost models
+                members.append(names[mod])
+            continue
         if not isinstance(mod, (nn.Conv2d, nn.Linear)):
             continue
         if dg.is_out_channel_pruning_fn(dep.handler) or (is_depthwise(mod) and dep.handler in (
@@ -118,7 +122,7 @@ def member_counts(dg: tp.DependencyGraph, group, names: dict, size: int, unit_of
     held: dict[str, set[tuple[int, int]]] = {}
     for item in group.items:
         dep, mod = item.dep, item.dep.target.module
-        if not isinstance(mod, (nn.Conv2d, nn.Linear)) or mod not in names:
+        if not isinstance(mod, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)) or mod not in names:
             continue
         if dg.is_out_channel_pruning_fn(dep.handler) or (is_depthwise(mod) and dep.handler in (
                 tp.prune_depthwise_conv_in_channels, tp.prune_depthwise_conv_out_channels)):
