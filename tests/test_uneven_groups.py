@@ -11,11 +11,12 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from netsift.measure import count_macs
 from netsift.selection.base import Selection
-from netsift.selection.budget import MacsModel, ParamsModel
+from netsift.selection.budget import MacsModel, ParamsModel, least
 from netsift.selection.groups import build_graph, find_groups
 from netsift.selection.pruner import keep_every_member
 from netsift.selection.removal import remove_channels
@@ -134,3 +135,46 @@ def test_every_method_meets_the_budget_on_a_csp_block(method):
         r = netsift.prune(_net(), data, method=method, macs=0.3, widths=widths, **kw)
         assert abs(r.macs_fraction - 0.3) <= 0.01 * 0.3, (widths, r.macs_fraction)
         assert r.budget_missed is None
+
+
+class SplitStream(nn.Module):
+    """Inception-ResNet's shape: a stream made of a convolution's channels concatenated with the previous
+    stream's (passed through a max-pool), to which a block's 1x1 convolution adds; that convolution's outputs
+    are split among the groups of the three branches. Then a transposed convolution (LowFormer's upsampling)
+    reading the stream, whose outputs are a group of their own."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(1, 10, 3, padding=1), nn.Conv2d(16, 8, 3)
+        self.inner, self.out = nn.Conv2d(24, 8, 3, padding=1), nn.Conv2d(8, 24, 1)
+        self.up = nn.ConvTranspose2d(24, 12, 3, stride=2, padding=1, output_padding=1)
+        self.tail = nn.Conv2d(12, 12, 3, padding=1)
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x):
+        s = torch.cat([self.a(x), self.b(x)], 1)
+        s = torch.cat([self.c(s), F.max_pool2d(s, 3, 1)], 1)
+        s = s + self.out(torch.relu(self.inner(s)))
+        y = torch.relu(self.tail(torch.relu(self.up(s))))
+        return self.head(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_outputs_split_among_groups_and_transposed_convolutions_are_counted_exactly(seed):
+    torch.manual_seed(seed)
+    model = SplitStream().eval()
+    graph = build_graph(model, SHAPE)
+    groups = find_groups(model, SHAPE, graph)
+    names = {g.name: g for g in groups}
+    stream = [g for g in groups if "out" in g.members]
+    assert least(stream[0], 1) == 3 and least(stream[0], 8) == 8 and least(names["inner"], 1) == 1
+    assert len(stream) == 1 and {"a", "b", "c"} <= set(stream[0].member_counts)  # branches hold different units
+    assert "up" in names and any(c.name == "up" for c in stream[0].consumers)  # a transposed conv: root and reader
+    macs, params = MacsModel(model, groups, SHAPE), ParamsModel(model, groups, SHAPE, graph)
+    rng = random.Random(seed)
+    for _ in range(4):
+        widths = [rng.randint(least(g, 1), g.size) for g in groups]  # an uneven group: one unit of each kind
+        kept = {g.name: g.first_within_quotas(rng.sample(range(g.size), g.size), w) for g, w in zip(groups, widths)}
+        pruned = remove_channels(model, SHAPE, kept, False, groups)
+        assert macs.cost(widths) == count_macs(pruned, SHAPE), (widths, names)
+        assert params.cost(widths) == sum(p.numel() for p in pruned.parameters())

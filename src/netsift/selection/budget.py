@@ -204,7 +204,7 @@ def _channel_params(graph, group: ChannelGroup) -> int | torch.Tensor:
     seen = set()
     for item in items:
         mod = item.dep.target.module
-        if isinstance(mod, (nn.Conv2d, nn.Linear)) or not isinstance(mod, nn.Module) or mod in seen:
+        if isinstance(mod, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)) or not isinstance(mod, nn.Module) or mod in seen:
             continue
         seen.add(mod)
         per_channel = sum(p.numel() // p.shape[0] for p in mod.parameters(recurse=False) if p.dim() >= 1
@@ -234,6 +234,16 @@ def _step(size: int, round_to: int) -> int:
     return round_to if size >= 2 * round_to else 1
 
 
+def least(group: ChannelGroup, round_to: int) -> int:
+    """The narrowest width of ``group``: one step, and for an uneven group one unit of each kind (no member
+    layer left without a channel, :meth:`.ChannelGroup.quotas`)."""
+    q = _step(group.size, round_to)
+    kinds = group.quotas(group.size)
+    if kinds is None:
+        return q
+    return min(group.size, q * -(-len(kinds[1]) // q))
+
+
 def widths_for_ratio(groups: Sequence[ChannelGroup], r: float, round_to: int = 1,
                      fixed: dict[int, int] | None = None) -> list[int]:
     """Every group keeps ``r · N`` channels rounded to a multiple of ``round_to`` (at least one step).
@@ -248,7 +258,7 @@ def widths_for_ratio(groups: Sequence[ChannelGroup], r: float, round_to: int = 1
             out.append(fixed[gi])
             continue
         q = _step(g.size, round_to)
-        out.append(max(q, min(g.size, q * int(round(r * g.size / q)))))
+        out.append(max(least(g, round_to), min(g.size, q * int(round(r * g.size / q)))))
     return out
 
 
@@ -301,7 +311,7 @@ def allocate(macs_model: MacsModel, target_fraction: float, round_to: int = 1,
             for new in (q * ((best[gi] - 1) // q), min(groups[gi].size, q * (best[gi] // q + 1))):
                 w = list(best)
                 w[gi] = new
-                if not q <= new <= groups[gi].size or new == best[gi]:
+                if not least(groups[gi], round_to) <= new <= groups[gi].size or new == best[gi]:
                     continue
                 err = abs(macs_model.cost(w) - target)
                 if err < best_err:

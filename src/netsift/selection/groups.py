@@ -63,7 +63,8 @@ def _execution_order(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.
     def hook(mod, inp):
         order.setdefault(mod, len(order))
 
-    hooks = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [m.register_forward_pre_hook(hook) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d))]
     was_training = model.training
     model.eval()
     try:
@@ -179,11 +180,11 @@ def _uncovered(model: nn.Module, dg: tp.DependencyGraph, covered: set, ignored: 
     opaque = sorted({name for name, _ in getattr(dg, "netsift_opaque", {}).values()}, key=len, reverse=True)
     left = []
     for m in model.modules():
-        if not isinstance(m, (nn.Conv2d, nn.Linear)) or m in covered or m in outputs:
+        if not isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)) or m in covered or m in outputs:
             continue
         if m not in dg.module2node:  # inside a module traced as one operation, or never called
             inside = next((o for o in opaque if names[m].startswith(o + ".")), None)
-            channels = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            channels = m.out_channels if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) else m.out_features
             left.append(LeftWhole((names[m],), channels, f"it is inside {inside}, which is traced as one operation"
                                   if inside else "the forward pass does not reach it"))
             continue
@@ -219,7 +220,7 @@ def _all_groups(model: nn.Module, dg: tp.DependencyGraph, ignored: list[nn.Modul
     found, failed = [], []
     with static_index_mapping(), bounded_walks(model, dg):
         for m in list(dg.module2node):
-            if id(m) in skip or id(m) in visited or not isinstance(m, (nn.Conv2d, nn.Linear)):
+            if id(m) in skip or id(m) in visited or not isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
                 continue
             pruner = dg.get_pruner_of_module(m)
             if pruner is None or pruner.get_out_channels(m) is None:

@@ -99,9 +99,11 @@ def members_and_reads(dg: tp.DependencyGraph, group, names: dict) -> tuple[list[
     members, reads = [], []
     for item in group.items:
         dep, mod = item.dep, item.dep.target.module
-        if isinstance(mod, nn.ConvTranspose2d) and dg.is_out_channel_pruning_fn(dep.handler):
-            if names[mod] not in members:  # a member (LowFormer's upsampling), counted by the cost models
+        if isinstance(mod, nn.ConvTranspose2d):  # LowFormer's upsampling: a member or a reader like a Conv2d
+            if dg.is_out_channel_pruning_fn(dep.handler) and names[mod] not in members:
                 members.append(names[mod])
+            elif dg.is_in_channel_pruning_fn(dep.handler):
+                reads.append((mod, list(item.idxs), list(item.root_idxs)))
             continue
         if not isinstance(mod, (nn.Conv2d, nn.Linear)):
             continue
@@ -151,8 +153,8 @@ def add_reads(table: dict, reads: list[tuple], names: dict, unit_of) -> str:
     """Record ``reads`` (``(module, idxs, root_idxs)``) in ``table`` (module -> :class:`Consumer`), input index
     ``i`` fed by unit ``unit_of(root index)``; the reason when an index is outside the module's inputs."""
     for mod, idxs, root_idxs in reads:
-        n_in = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features if isinstance(mod, nn.Linear) \
-            else norm_channels(mod)
+        n_in = mod.in_channels if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)) else mod.in_features \
+            if isinstance(mod, nn.Linear) else norm_channels(mod)
         if any(not 0 <= int(i) < n_in for i in idxs):
             return f"Torch-Pruning maps its channels outside the inputs of {names[mod]}"
         c = table.setdefault(mod, Consumer(names[mod], mod, torch.full((n_in,), -1, dtype=torch.long)))

@@ -29,6 +29,9 @@ def _fold(consumer: nn.Module, root_of: torch.Tensor, mask: torch.Tensor) -> Non
     if isinstance(consumer, nn.Linear):
         w.mul_(scale.to(w)[None, :])
         return
+    if isinstance(consumer, nn.ConvTranspose2d):  # weight (in, out / groups, kh, kw): inputs on axis 0
+        w.mul_(scale.to(w)[:, None, None, None])
+        return
     in_pg, out_pg = w.shape[1], w.shape[0] // consumer.groups
     o = torch.arange(w.shape[0])[:, None]
     i = torch.arange(in_pg)[None, :]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NetsiftError
-from .budget import _step
+from .budget import _step, least
 
 
 def monotone(curve: Sequence[float]) -> list[float]:
@@ -75,11 +75,12 @@ def allocate_learned(model, curves: Sequence[Sequence[float]], target_fraction: 
     target = target_fraction * dense
     cost = model.cost(widths)
     steps = [_step(g.size, round_to) for g in groups]
+    floors = [least(g, round_to) for g in groups]
 
     def ratio(gi: int) -> float | None:
         """Loss added per unit of cost saved by narrowing group ``gi`` one step (``None``: it cannot narrow)."""
         new = widths[gi] - steps[gi] if widths[gi] % steps[gi] == 0 else steps[gi] * (widths[gi] // steps[gi])
-        if gi in fixed or new < steps[gi]:
+        if gi in fixed or new < floors[gi]:
             return None
         trial = list(widths)
         trial[gi] = new
@@ -107,10 +108,11 @@ def allocate_learned(model, curves: Sequence[Sequence[float]], target_fraction: 
         raise NetsiftError(f"a {model.kind} budget of {target_fraction:g} is out of reach: with every prunable "
                            f"channel group at its narrowest the network keeps {cost / dense:.3f} of its "
                            f"{model.kind}")
-    return _nudge(model, widths, steps, target, fixed, curves)
+    return _nudge(model, widths, steps, target, fixed, curves, floors)
 
 
-def _moves(model, best: list[int], steps: list[int], fixed: dict[int, int], curves: list[list[float]]):
+def _moves(model, best: list[int], steps: list[int], fixed: dict[int, int], curves: list[list[float]],
+           floors: list[int]):
     """Every one-step move of a single group: (loss saved per unit of cost, group, new width); widening moves
     have a positive value (loss removed per cost added), narrowing ones a negative one (loss added per cost
     saved)."""
@@ -119,7 +121,7 @@ def _moves(model, best: list[int], steps: list[int], fixed: dict[int, int], curv
         if gi in fixed:
             continue
         for new in (min(g.size, best[gi] + steps[gi]), best[gi] - steps[gi]):
-            if new == best[gi] or not steps[gi] <= new <= g.size:
+            if new == best[gi] or not floors[gi] <= new <= g.size:
                 continue
             trial = list(best)
             trial[gi] = new
@@ -131,13 +133,13 @@ def _moves(model, best: list[int], steps: list[int], fixed: dict[int, int], curv
 
 
 def _nudge(model, widths: list[int], steps: list[int], target: float, fixed: dict[int, int],
-           curves: list[list[float]], pairs: int = 8) -> list[int]:
+           curves: list[list[float]], floors: list[int], pairs: int = 8) -> list[int]:
     """Move groups by one step while that brings the cost closer to ``target`` (the narrowing stops at the first
     step below it, and a coarse step may overshoot): single moves, else a widening with a narrowing (among the
     ``pairs`` best of each), the move that costs least loss per unit of cost first."""
     best, err = list(widths), abs(model.cost(widths) - target)
     while err > 0.001 * target:
-        moves = _moves(model, best, steps, fixed, curves)
+        moves = _moves(model, best, steps, fixed, curves, floors)
         options = []
         for value, gi, new in moves:
             trial = list(best)
