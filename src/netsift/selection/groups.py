@@ -2,9 +2,12 @@
 
 A :class:`ChannelGroup` is a set of ``N`` coupled channels (one conv's filters with its BN; or a whole residual
 stream, pruned together across the blocks that add into it; depthwise convolutions follow their input). Its
-*consumers* are the Conv2d/Linear layers that read the channels with weights: masking a channel at every
-consumer's input is exactly removing it, and scaling a consumer's input by ``N/n`` is exactly multiplying the
-consumer's weight columns by ``N/n`` (how the rescale is folded in at removal, see :mod:`.removal`).
+*consumers* are the Conv2d/Linear (and transposed convolution) layers that read the channels with weights:
+masking a channel at every consumer's input is exactly removing it, and scaling a consumer's input by ``N/n`` is
+exactly multiplying the consumer's weight columns by ``N/n`` (how the rescale is folded in at removal, see
+:mod:`.removal`). Its *norms* are the normalisers whose statistics span its channels (a LayerNorm over
+channels), which the selection computes over the kept channels (:mod:`.norms`); its *member counts* say which
+units each member layer holds where they differ (a CSP block's gated concatenation).
 
 Grouped convolutions (ResNeXt, RegNet) need every one of their ``G`` channel groups to keep the same positions,
 as Torch-Pruning's pruners do: such a group is selected in *units* of ``G`` channels (unit ``j`` is channels
