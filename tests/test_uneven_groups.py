@@ -124,7 +124,8 @@ def test_the_width_cost_model_is_exact_for_selections_within_quotas(seed):
         assert params.cost(widths) == sum(p.numel() for p in pruned.parameters())
 
 
-@pytest.mark.parametrize("method", ["l1", "gfs", "backward", "random"])
+@pytest.mark.parametrize("method", ["l1", *(pytest.param(m, marks=pytest.mark.slow) for m in ("gfs", "backward",
+                                                                                              "random"))])
 def test_every_method_meets_the_budget_on_a_csp_block(method):
     import netsift
     from netsift.data import load_data
@@ -137,11 +138,11 @@ def test_every_method_meets_the_budget_on_a_csp_block(method):
         assert r.budget_missed is None
 
 
-class SplitStream(nn.Module):
+class PassThrough(nn.Module):
     """Inception-ResNet's shape: a stream made of a convolution's channels concatenated with the previous
-    stream's (passed through a max-pool), to which a block's 1x1 convolution adds; that convolution's outputs
-    are split among the groups of the three branches. Then a transposed convolution (LowFormer's upsampling)
-    reading the stream, whose outputs are a group of their own."""
+    stream's (passed through a max-pool), to which a block's 1x1 convolution adds: one group whose branches hold
+    different units. Then a transposed convolution (LowFormer's upsampling) reading the stream, whose outputs
+    are a group of their own."""
 
     def __init__(self):
         super().__init__()
@@ -160,9 +161,9 @@ class SplitStream(nn.Module):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_outputs_split_among_groups_and_transposed_convolutions_are_counted_exactly(seed):
+def test_a_pass_through_stream_and_a_transposed_convolution_are_counted_exactly(seed):
     torch.manual_seed(seed)
-    model = SplitStream().eval()
+    model = PassThrough().eval()
     graph = build_graph(model, SHAPE)
     groups = find_groups(model, SHAPE, graph)
     names = {g.name: g for g in groups}
@@ -177,4 +178,44 @@ def test_outputs_split_among_groups_and_transposed_convolutions_are_counted_exac
         kept = {g.name: g.first_within_quotas(rng.sample(range(g.size), g.size), w) for g, w in zip(groups, widths)}
         pruned = remove_channels(model, SHAPE, kept, False, groups)
         assert macs.cost(widths) == count_macs(pruned, SHAPE), (widths, names)
+        assert params.cost(widths) == sum(p.numel() for p in pruned.parameters())
+
+
+class TwoBranchStream(nn.Module):
+    """``cat([a(x), b(x)])`` plus a block's output ``out``: ``out``'s channels belong to ``a``'s and to ``b``'s
+    group when each branch roots its own group (as Inception-ResNet-v2's branches do in its full graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 6, 3, padding=1)
+        self.inner, self.out = nn.Conv2d(10, 5, 3, padding=1), nn.Conv2d(5, 10, 1)
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x):
+        s = torch.cat([self.a(x), self.b(x)], 1)
+        s = s + self.out(torch.relu(self.inner(s)))
+        return self.head(s.mean((2, 3)))
+
+
+def test_a_layer_whose_outputs_are_split_among_groups_is_counted_for_each():
+    from netsift.selection.groups import _execution_order, _plain_group
+    from netsift.selection.tracing import static_index_mapping
+
+    torch.manual_seed(0)
+    model = TwoBranchStream().eval()
+    graph, names, modules = build_graph(model, SHAPE), {m: n for n, m in model.named_modules()}, dict(
+        model.named_modules())
+    order, groups = _execution_order(model, SHAPE), []
+    for root in ("a", "b", "inner"):  # each branch its own root, as the big graph's walk order gives
+        pruner = graph.get_pruner_of_module(modules[root])
+        with static_index_mapping():
+            tp_group = graph.get_pruning_group(modules[root], pruner.prune_out_channels,
+                                               list(range(pruner.get_out_channels(modules[root]))))
+        groups.append(_plain_group(graph, tp_group, names, order, modules, 2))
+    assert [g.members for g in groups[:2]] == [["a", "out"], ["b", "out"]]
+    macs, params = MacsModel(model, groups, SHAPE), ParamsModel(model, groups, SHAPE, graph)
+    for widths in ([2, 3, 4], [4, 1, 2], [1, 6, 5]):
+        pruned = remove_channels(model, SHAPE, {g.name: list(range(w)) for g, w in zip(groups, widths)}, False,
+                                 groups)
+        assert macs.cost(widths) == count_macs(pruned, SHAPE)
         assert params.cost(widths) == sum(p.numel() for p in pruned.parameters())

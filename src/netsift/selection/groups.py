@@ -268,7 +268,7 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...], dg: tp.Dependenc
     all_groups, failed = _all_groups(model, dg, output_layers(model) + ignored, names)
     for root, why in failed:
         covered.add(root)
-        channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        channels = root.out_channels if isinstance(root, (nn.Conv2d, nn.ConvTranspose2d)) else root.out_features
         refused.append(LeftWhole((names[root],), channels, why))
     for group in all_groups:
         covered.update(it.dep.target.module for it in group.items if dg.is_out_channel_pruning_fn(it.dep.handler))
