@@ -31,7 +31,7 @@ from netsift.selection.pruner import REMOVAL_TOLERANCE, plan_channels  # noqa: E
 from netsift.selection.removal import removal_error, remove_channels  # noqa: E402
 
 DEFAULT = ["timm:resnet18", "timm:ghostnet_100", "timm:convnext_atto", "timm:rdnet_tiny", "timm:lowformer_b0",
-           "timm:cspnext_tiny"]
+           "timm:cspnext_tiny", "timm:edgenext_xx_small", "timm:mambaout_femto", "timm:poolformer_s12"]
 SHAPE = (3, 32, 32)
 
 
