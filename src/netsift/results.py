@@ -118,8 +118,8 @@ class Result:
                                      "of the masked subnetwork its selection scored, over the largest output, on "
                                      "up to 16 held-out images (float rounding: about 1e-6; netsift warns above "
                                      "1e-3: a layer that computes differently on fewer channels, or channel groups "
-                                     "that do not fit the network; `null`: outputs the same for every input, nothing to "
-                                     "compare)")
+                                     "that do not fit the network; `null`: outputs the same for every input, "
+                                     "nothing to compare)")
     finetune_s: float | None = _f("prune: wall time of the fine-tuning (s)")
     groups: list | None = _f("prune: per channel group: `group`, `size`, `kept` (and accuracies in tolerance mode)")
     groups_skipped: list | None = _f("prune: every channel group kept whole (not pruned), with why: `layers` (the "

@@ -2,11 +2,12 @@
 
 The MACs of a Conv2d/Linear layer are ``out · in/groups · k² · H·W`` (Linear: ``out · in`` per position; a
 transposed convolution: ``H·W`` of its input), the same count ``torch.utils.flop_counter`` makes; its parameters
-are ``out · in/groups · k²`` plus a bias per output. Removing channels of a group shrinks the ``out`` of its member
-layers and the ``in`` of its consumers (and the per-channel parameters of the normalisation layers between them), so the cost of any width assignment follows
-from one traced pass, without pruning anything (:class:`MacsModel`, :class:`ParamsModel`). :func:`allocate`
-gives every group the same kept fraction ``r`` (so every method prunes to the same architecture) and searches
-``r``, then nudges single groups by one channel, until the cost is as close as possible to the target.
+are ``out · in/groups · k²`` plus a bias per output. Removing channels of a group shrinks the ``out`` of its
+member layers and the ``in`` of its consumers (and the per-channel parameters of the normalisation layers between
+them), so the cost of any width assignment follows from one traced pass, without pruning anything
+(:class:`MacsModel`, :class:`ParamsModel`). :func:`allocate` gives every group the same kept fraction ``r`` (so
+every method prunes to the same architecture) and searches ``r``, then nudges single groups by one channel,
+until the cost is as close as possible to the target.
 """
 
 from __future__ import annotations

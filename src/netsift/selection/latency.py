@@ -60,9 +60,8 @@ class LatencyModel:
         """The architecture with the named groups at the given widths (their first channels within the groups'
         quotas, as every method selects: timing only)."""
         by_name = {g.name: g for g in self.groups}
-        return remove_channels(self.model, self.input_shape,
-                               {k: by_name[k].first_within_quotas(range(by_name[k].size), w) for k, w in widths.items()},
-                               rescale=False, groups=self.groups)
+        kept = {k: by_name[k].first_within_quotas(range(by_name[k].size), w) for k, w in widths.items()}
+        return remove_channels(self.model, self.input_shape, kept, rescale=False, groups=self.groups)
 
     def time(self, nets: dict[str, nn.Module]) -> dict[str, float]:
         """Each network's latency in ms at the model's batch size, timed interleaved."""

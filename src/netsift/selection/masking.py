@@ -1,9 +1,10 @@
 """Channel masks at the consumers' inputs: :class:`Masker`, and the masks of kept channels and of candidates.
 
 :class:`Masker` multiplies every consumer's input by the scaled 0/1 mask of the groups it reads (forward
-pre-hooks, so the network's code is untouched), and recomputes every norm whose statistics span a group's channels
-over the kept channels only (forward hooks, :mod:`.norms`), as the pruned network computes it. :func:`kept_mask` is the mask of a (multi)set of kept channels;
-:func:`candidate_masks` stacks those of one greedy step's candidates.
+pre-hooks, so the network's code is untouched), and recomputes every norm whose statistics span a group's
+channels over the kept channels only (forward hooks, :mod:`.norms`), as the pruned network computes it.
+:func:`kept_mask` is the mask of a (multi)set of kept channels; :func:`candidate_masks` stacks those of one
+greedy step's candidates.
 """
 
 from __future__ import annotations

@@ -255,8 +255,8 @@ def keep_every_member(groups: list[ChannelGroup], selection: Selection) -> list[
 
 REMOVAL_TOLERANCE = 1e-3
 """The largest relative difference between the pruned network and the masked subnetwork its selection scored
-that passes as float rounding; above it netsift warns (a layer computing differently on fewer channels, or channel groups that do not
-fit the network)."""
+that passes as float rounding; above it netsift warns (a layer computing differently on fewer channels, or channel
+groups that do not fit the network)."""
 
 
 def _check_inputs(model: nn.Module, plan: Plan, holdout: tuple[Tensor, Tensor] | None) -> Tensor:
