@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..errors import NetsiftError
 from ..measure import flop_counter
 from .groups import ChannelGroup
+from .merged import WEIGHTED
 
 
 @dataclass
@@ -42,6 +43,7 @@ class MacsModel:
 
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, ...]):
         self.groups = list(groups)
+        self._quota_cache: dict[tuple[int, int], tuple[list[int], list[int]]] = {}  # (group, width) -> quotas
         self.layers: list[_Layer] = []
         hooks = []
         seen: set[nn.Module] = set()
@@ -65,7 +67,7 @@ class MacsModel:
                 self.layers.append(_Layer(mod, mod.out_features, mod.in_features, pos, False))
 
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+            if isinstance(m, WEIGHTED):
                 hooks.append(m.register_forward_hook(hook))
         was_training = model.training
         model.eval()
@@ -118,10 +120,9 @@ class MacsModel:
         its mean count."""
         if kept is not None:
             return float(counts[sorted(set(int(u) for u in kept))].sum())
-        cache = self.__dict__.setdefault("_quota_cache", {})
-        if (gi, width) not in cache:
-            cache[gi, width] = self.groups[gi].quotas(width)
-        cls, quota = cache[gi, width]
+        if (gi, width) not in self._quota_cache:
+            self._quota_cache[gi, width] = self.groups[gi].quotas(width)
+        cls, quota = self._quota_cache[gi, width]
         cls_t = torch.as_tensor(cls)
         return sum(q * float(counts[cls_t == c].mean()) for c, q in enumerate(quota) if q)
 
@@ -205,7 +206,7 @@ def _channel_params(graph, group: ChannelGroup) -> int | torch.Tensor:
     seen = set()
     for item in items:
         mod = item.dep.target.module
-        if isinstance(mod, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)) or not isinstance(mod, nn.Module) or mod in seen:
+        if isinstance(mod, WEIGHTED) or not isinstance(mod, nn.Module) or mod in seen:
             continue
         seen.add(mod)
         per_channel = sum(p.numel() // p.shape[0] for p in mod.parameters(recurse=False) if p.dim() >= 1

@@ -40,8 +40,8 @@ from torch import nn
 
 from ..errors import NetsiftError
 from .group_types import ChannelGroup, Consumer, LeftWhole, Part, is_depthwise, is_grouped  # noqa: F401
-from .merged import (Pending, add_reads, constraints_of, member_counts, members_and_reads, merge, needs_merge,
-                     norm_reads, out_of_range)
+from .merged import (WEIGHTED, Pending, add_reads, constraints_of, member_counts, members_and_reads, merge,
+                     needs_merge, norm_reads, out_of_range)
 from .tracing import (OPAQUE, WalkTooLong, _first_line, bounded_walks, build_graph, register_opaque,  # noqa: F401
                       static_index_mapping)
 
@@ -67,7 +67,7 @@ def _execution_order(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.
         order.setdefault(mod, len(order))
 
     hooks = [m.register_forward_pre_hook(hook) for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d))]
+             if isinstance(m, WEIGHTED)]
     was_training = model.training
     model.eval()
     try:
@@ -183,7 +183,7 @@ def _uncovered(model: nn.Module, dg: tp.DependencyGraph, covered: set, ignored: 
     opaque = sorted({name for name, _ in getattr(dg, "netsift_opaque", {}).values()}, key=len, reverse=True)
     left = []
     for m in model.modules():
-        if not isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)) or m in covered or m in outputs:
+        if not isinstance(m, WEIGHTED) or m in covered or m in outputs:
             continue
         if m not in dg.module2node:  # inside a module traced as one operation, or never called
             inside = next((o for o in opaque if names[m].startswith(o + ".")), None)
@@ -223,7 +223,7 @@ def _all_groups(model: nn.Module, dg: tp.DependencyGraph, ignored: list[nn.Modul
     found, failed = [], []
     with static_index_mapping(), bounded_walks(model, dg):
         for m in list(dg.module2node):
-            if id(m) in skip or id(m) in visited or not isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+            if id(m) in skip or id(m) in visited or not isinstance(m, WEIGHTED):
                 continue
             pruner = dg.get_pruner_of_module(m)
             if pruner is None or pruner.get_out_channels(m) is None:

@@ -22,6 +22,9 @@ from torch import Tensor, nn
 from .group_types import ChannelGroup, Consumer, LeftWhole, Part, is_depthwise, is_grouped
 from .norms import NORMS, norm_channels
 
+WEIGHTED = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
+"""The layers whose weights read or make a group's channels (LowFormer's upsampling is a transposed convolution)."""
+
 
 @dataclass
 class Constraint:
@@ -99,21 +102,22 @@ def members_and_reads(dg: tp.DependencyGraph, group, names: dict) -> tuple[list[
     members, reads = [], []
     for item in group.items:
         dep, mod = item.dep, item.dep.target.module
-        if isinstance(mod, nn.ConvTranspose2d):  # LowFormer's upsampling: a member or a reader like a Conv2d
-            if dg.is_out_channel_pruning_fn(dep.handler) and names[mod] not in members:
-                members.append(names[mod])
-            elif dg.is_in_channel_pruning_fn(dep.handler):
-                reads.append((mod, list(item.idxs), list(item.root_idxs)))
+        if not isinstance(mod, WEIGHTED):
             continue
-        if not isinstance(mod, (nn.Conv2d, nn.Linear)):
-            continue
-        if dg.is_out_channel_pruning_fn(dep.handler) or (is_depthwise(mod) and dep.handler in (
-                tp.prune_depthwise_conv_in_channels, tp.prune_depthwise_conv_out_channels)):
+        if _holds(dg, item):
             if names[mod] not in members:
                 members.append(names[mod])
         elif dg.is_in_channel_pruning_fn(dep.handler) and not is_depthwise(mod):
             reads.append((mod, list(item.idxs), list(item.root_idxs)))
     return members, reads
+
+
+def _holds(dg: tp.DependencyGraph, item) -> bool:
+    """Whether a Torch-Pruning group item cuts its layer's output channels (a member; a depthwise convolution
+    follows its input)."""
+    mod = item.dep.target.module
+    return dg.is_out_channel_pruning_fn(item.dep.handler) or (is_depthwise(mod) and item.dep.handler in (
+        tp.prune_depthwise_conv_in_channels, tp.prune_depthwise_conv_out_channels))
 
 
 def member_counts(dg: tp.DependencyGraph, group, names: dict, size: int, unit_of) -> dict[str, Tensor]:
@@ -123,11 +127,8 @@ def member_counts(dg: tp.DependencyGraph, group, names: dict, size: int, unit_of
     others, so which units are kept decides which convolution shrinks."""
     held: dict[str, set[tuple[int, int]]] = {}
     for item in group.items:
-        dep, mod = item.dep, item.dep.target.module
-        if not isinstance(mod, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)) or mod not in names:
-            continue
-        if dg.is_out_channel_pruning_fn(dep.handler) or (is_depthwise(mod) and dep.handler in (
-                tp.prune_depthwise_conv_in_channels, tp.prune_depthwise_conv_out_channels)):
+        mod = item.dep.target.module
+        if isinstance(mod, WEIGHTED) and mod in names and _holds(dg, item):
             held.setdefault(names[mod], set()).update(
                 (int(i), unit_of(int(r))) for i, r in zip(item.idxs, item.root_idxs) if r is not None)
     out = {}
