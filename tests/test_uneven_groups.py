@@ -219,3 +219,15 @@ def test_a_layer_whose_outputs_are_split_among_groups_is_counted_for_each():
                                  groups)
         assert macs.cost(widths) == count_macs(pruned, SHAPE)
         assert params.cost(widths) == sum(p.numel() for p in pruned.parameters())
+
+
+def test_a_layer_density_narrower_than_the_kinds_of_units_keeps_one_of_each():
+    import netsift
+    from netsift.data import load_data
+
+    _, groups, gi = _uneven(_net())
+    kw = dict(candidates=4, select_batch=64, holdout=200, finetune_epochs=0, progress=False, latency_threads=None)
+    r = netsift.prune(_net(), load_data("digits", seed=0), method="l1", macs=0.5,
+                      layer_density={groups[gi].name: 0.05}, **kw)  # 0.05 of 16 units: 1, fewer than the 2 kinds
+    assert [g["kept"] for g in r.groups if g["group"] == groups[gi].name] == [2]
+    assert r.budget_missed is None and abs(r.macs_fraction - 0.5) <= 0.005

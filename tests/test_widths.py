@@ -211,6 +211,10 @@ def test_a_missed_budget_is_said_and_recorded():
     assert budget_missed(PruneConfig(method="l1", macs=0.5), 0.503, 0.6) is None
     why = budget_missed(PruneConfig(method="l1", macs=0.5), 0.576, 0.6)
     assert "keeps 0.576 of its MACs, not the 0.5 asked for" in why
+    assert "disagree" in why  # no prediction given: the cost model is blamed
+    coarse = budget_missed(PruneConfig(method="l1", macs=0.01), 0.0094, 0.5, predicted=0.0094)
+    assert "cannot get closer" in coarse and "disagree" not in coarse  # the cost model was right: the steps are coarse
+    assert "disagree" in budget_missed(PruneConfig(method="l1", macs=0.5), 0.576, 0.6, predicted=0.5)
     assert "parameters" in budget_missed(PruneConfig(method="l1", params=0.3), 0.4, 0.35)
     assert budget_missed(PruneConfig(method="l1", tolerance=0.02), 0.1, 0.1) is None
 

@@ -21,7 +21,7 @@ from ..measure import evaluate
 from ..models import prunable_layers
 from ..results import Result
 from ..selection import METHODS, PruneConfig, finetune_defaults
-from ..selection.pruner import REMOVAL_TOLERANCE, Plan, plan_channels, prune_channels
+from ..selection.pruner import REMOVAL_TOLERANCE, Plan, plan_channels, predicted_fraction, prune_channels
 from ..selection.state import SelectionState
 from ..training import distill_loss, fit, has_batch_norm, recalibrate_bn
 from ..runner import SOURCE_FIELDS, Job, Outcome, RunContext, Source, Start, config_of, execute, split_options
@@ -113,7 +113,8 @@ class PruneSpec:
                   "best_epoch": fitted.best_epoch if fitted else None,
                   "train_images_per_s": fitted.images_per_s if fitted else None,
                   **selection, "finetune_s": finetune_s}
-        fields["budget_missed"] = budget_missed(cfg, after["macs_fraction"], fields["params_fraction"])
+        fields["budget_missed"] = budget_missed(cfg, after["macs_fraction"], fields["params_fraction"],
+                                                fields.pop("predicted_fraction", None))
         if fields["budget_missed"] and distributed.is_main():
             _progress.write(f"warning: {fields['budget_missed']}")
 
@@ -159,6 +160,7 @@ class PruneSpec:
                             f"netsift's channel groups do not fit this network; fine-tune, and report it")
         return pruned, {"recalibrated_bn": recalibrated, "selection_s": out.selection_s,
                         "removal_error": out.removal_error,
+                        "predicted_fraction": predicted_fraction(plan, out.selection),  # for budget_missed only
                         "groups": out.selection.info, "groups_skipped": [s.as_dict() for s in plan.skipped],
                         **estimate}
 
@@ -216,14 +218,20 @@ def _reinit(model: nn.Module, seed: int) -> None:
                 m.reset_parameters()
 
 
-def budget_missed(cfg: PruneConfig, macs_fraction: float, params_fraction: float | None) -> str | None:
+def budget_missed(cfg: PruneConfig, macs_fraction: float, params_fraction: float | None,
+                  predicted: float | None = None) -> str | None:
     """Why the pruned network is off its MACs or parameter budget by more than 1% of it (``None``: met, or no
-    such budget). On the zoo networks the cost models are exact; on another network Torch-Pruning may remove
-    channels they do not count, or a group's unit may be too coarse."""
+    such budget). ``predicted``: what the cost model gave the kept channels; where it agrees with the pruned
+    network, the widths could not get closer (coarse units, ``--round-to``, a ``layer_density``); where it does
+    not, Torch-Pruning removed channels the cost model does not count."""
     for name, target, got in (("MACs", cfg.macs, macs_fraction), ("parameters", cfg.params, params_fraction)):
         if target is not None and abs(got - target) > 0.01 * target:
+            why = (f"the cost model gives these channels {predicted:.3f} too: the widths cannot get closer (channel "
+                   f"groups too coarse for the budget, --round-to, or layer_density)"
+                   if predicted is not None and abs(predicted - got) <= 0.001 * target
+                   else "the cost model and the removal disagree on this network")
             return (f"the pruned network keeps {got:.3f} of its {name}, not the {target:g} asked for (off by more "
-                    f"than 1%): the cost model and the removal disagree on this network")
+                    f"than 1%): {why}")
     return None
 
 

@@ -21,7 +21,7 @@ from .. import progress as _progress
 from ..errors import NetsiftError
 from . import METHODS, PruneConfig
 from .base import Selection, SelectionContext
-from .budget import cost_model
+from .budget import cost_model, least
 from .estimate import Estimate, estimate as estimate_cost
 from .groups import ChannelGroup, LeftWhole, build_graph, find_groups
 from .removal import removal_error, remove_channels
@@ -68,8 +68,8 @@ def fixed_widths(model: nn.Module, groups: list[ChannelGroup], layer_density: di
         hits = [gi for gi, g in enumerate(groups) if g.root is module or names.get(module) in g.members]
         if not hits:
             raise NetsiftError(f"layer_density: {names.get(module, key)!r} roots no prunable channel group")
-        for gi in hits:
-            fixed[gi] = max(1, int(round(float(fraction) * groups[gi].size)))
+        for gi in hits:  # an uneven group (a CSP block) keeps one unit of each kind, so no branch is emptied
+            fixed[gi] = max(least(groups[gi], 1), int(round(float(fraction) * groups[gi].size)))
     return fixed
 
 
@@ -230,6 +230,17 @@ def prune_channels(plan: Plan, next_batch: Callable[[], tuple[Tensor, Tensor]], 
     pruned = remove_channels(model, plan.input_shape, selection.kept, rescale)
     error = removal_error(model, pruned, plan.groups, selection.kept, rescale, _check_inputs(model, plan, holdout))
     return Pruned(pruned, selection, plan.groups, ctx.widths, selection_s, estimate, error)
+
+
+def predicted_fraction(plan: Plan, selection: Selection) -> float | None:
+    """The fraction of the dense cost (MACs or parameters, the plan's budget) that the cost model gives the
+    units ``selection`` kept (``None``: no such budget)."""
+    budget = plan.budget
+    if budget is None or budget.kind == "latency":
+        return None
+    index = {g.name: gi for gi, g in enumerate(plan.groups)}
+    kept = {index[name]: units for name, units in selection.kept.items() if name in index}
+    return budget.model.macs(kept=kept) / budget.model.cost(None)
 
 
 def keep_every_member(groups: list[ChannelGroup], selection: Selection) -> list[str]:
