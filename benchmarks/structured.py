@@ -15,7 +15,9 @@ also "learning-rate rewinding", Renda et al. 2020): the report's second table gi
 best mean validation accuracy. With ``--scratch`` the architecture GFS learned is also trained from a new
 random initialisation for as many epochs as dense training + the largest fine-tune budget (the paper's claim:
 fine-tuning the selected subnetwork beats training it anew). Every run folder is kept and skipped when its
-result.json exists, so an interrupted run continues where it stopped.
+result.json exists, so an interrupted run continues where it stopped. The result files are rewritten from the
+run folders and from the previous ``<name>.json``: a cell whose folder is gone (a fresh clone) keeps its recorded
+row, and a dense network retrained there must match the recorded one or the grid stops.
 
 ``--speed`` (run it on a quiet machine) times every finished cell's pruned network against its dense network,
 interleaved, at batch 1 and 64 (1 thread) and records the speed-ups in ``<name>_speed.json``; the report puts
@@ -240,6 +242,29 @@ def scratch_cell(network: str, widths: str, fraction: float, seed: int, args) ->
             "finetune_s": r["wall_s"]}
 
 
+def same_dense(network: str, dense_dir: Path, recorded: dict) -> None:
+    """Stop (exit 1, one line) when a retrained dense network differs from the one the recorded cells pruned:
+    new cells would be mixed with cells of another network in the same table."""
+    was = recorded.get(network)
+    now = json.loads((dense_dir / "result.json").read_text())
+    if was and (now["test_acc"], now["macs"], now["params"]) != (was["test_acc"], was["macs"], was["params"]):
+        sys.exit(f"structured: the dense {network} in {dense_dir} (test acc {now['test_acc']}) is not the one the "
+                 f"recorded cells pruned (test acc {was['test_acc']}); move the recorded results aside first")
+
+
+ROW_KEY = ("network", "method", "widths", "macs_target", "seed", "finetune_epochs", "finetune_lr")
+
+
+def recorded_rows(recorded: list[dict], fresh: list[dict], grid: list[tuple]) -> list[dict]:
+    """The rows of the previous result file that no run folder gives any more (a fresh clone, a cleaned ``runs/``):
+    kept, so rewriting the tables never drops a measured cell. A row a run folder gives again replaces its record;
+    a recorded row outside the grid (a network or method no longer run) is dropped."""
+    have = {tuple(r[k] for k in ROW_KEY) for r in fresh}
+    in_grid = set(grid)
+    return [r for r in recorded if tuple(r.get(k) for k in ROW_KEY) not in have
+            and (r["network"], r["method"], r["widths"], r["macs_target"], r["seed"]) in in_grid]
+
+
 def time_cells(args, todo) -> dict:
     """Speed-ups of every finished cell's network against its dense network (interleaved, 1 thread)."""
     from netsift.measure import compare_latency
@@ -407,6 +432,8 @@ def main(argv=None) -> int:
         time_cells(args, todo)
         return 0
     speed_path = results / f"{args.name}_speed.json"
+    record = results / f"{args.name}.json"
+    previous = json.loads(record.read_text()) if record.exists() else {}
     rows, dense, befores = [], {}, {}
     for i, (network, method, widths, fraction, seed) in enumerate(todo):
         folder = cell_folder(args, network, method, widths, fraction, seed)
@@ -415,6 +442,7 @@ def main(argv=None) -> int:
             continue
         if network not in befores and not done and method != "gfs-scratch":
             dense_dir, data_cfg = dense_run(network, args)
+            same_dense(network, dense_dir, previous.get("dense", {}))
             befores[network] = measure(load_model(dense_dir)[0], load_bundle(data_cfg, 0))
         tc = time.perf_counter()
         rows += run_cell(network, method, widths, fraction, seed, args, befores.get(network))
@@ -429,14 +457,17 @@ def main(argv=None) -> int:
     for network, method, widths, fraction, seed in cells(whole):
         if cell_done(whole, cell_folder(args, network, method, widths, fraction, seed), method):
             rows += run_cell(network, method, widths, fraction, seed, whole, None)
+    rows += recorded_rows(previous.get("cells", []), rows, cells(whole))
     speed = json.loads(speed_path.read_text()) if speed_path.exists() else {}
     for r in rows:
         key = f"{r['network']}/{cell_folder(args, r['network'], r['method'], r['widths'], r['macs_target'], r['seed']).name}"
-        r.update({k: speed.get(key, {}).get(k) for k in ("speedup_b1", "speedup_b64")})
+        r.update({k: speed.get(key, {}).get(k, r.get(k)) for k in ("speedup_b1", "speedup_b64")})
     for network in whole.networks:
         folder = Path(args.work) / network / "dense" / "result.json"
         if folder.exists():
             dense[network] = json.loads(folder.read_text())
+        elif network in previous.get("dense", {}):
+            dense[network] = previous["dense"][network]
     with open(results / f"{args.name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()

@@ -78,3 +78,37 @@ def test_a_learning_rate_out_of_range_stops_before_any_work(bench, tmp_path, cap
     assert e.value.code == 2
     assert "--finetune-lrs must be in (0, 10]" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not any(tmp_path.iterdir())  # no dense run, no result files
+
+
+def test_a_report_without_run_folders_keeps_the_recorded_cells(bench, tmp_path):
+    """A fresh clone has no runs/: rewriting the tables must keep every recorded cell, not write empty ones."""
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "structured_widths.json").read_text())
+    kept = [c for c in recorded["cells"] if c["network"] == "resnet20" and c["seed"] == 0][:4]
+    gone = dict(kept[0], method="no-such-method")  # outside the grid: dropped
+    results = tmp_path / "r"
+    results.mkdir()
+    (results / "structured_widths.json").write_text(json.dumps(
+        {"dense": {"resnet20": recorded["dense"]["resnet20"]}, "cells": kept + [gone]}))
+    assert bench.main(["--report", "--work", str(tmp_path / "w"), "--results", str(results)]) == 0
+    out = json.loads((results / "structured_widths.json").read_text())
+    assert sorted(json.dumps(c, sort_keys=True) for c in out["cells"]) == sorted(
+        json.dumps(c, sort_keys=True) for c in kept)
+    assert out["dense"]["resnet20"] == recorded["dense"]["resnet20"]
+    assert len((results / "structured_widths.csv").read_text().splitlines()) == 1 + len(kept)
+    assert not (tmp_path / "w").exists()  # nothing trained or pruned by a report
+
+
+def test_a_run_folder_replaces_its_recorded_row(bench):
+    grid = [("n", "l1", "uniform", 0.25, 0)]
+    old, new = _row("l1", 0.01, 0, 0.5, 0.5), _row("l1", 0.01, 0, 0.9, 0.9)
+    other = _row("l1", 0.1, 0, 0.6, 0.6)
+    assert bench.recorded_rows([old, other], [new], grid) == [other]
+    assert bench.recorded_rows([old], [], []) == []
+
+
+def test_a_retrained_dense_network_that_differs_stops_the_grid(bench, tmp_path):
+    (tmp_path / "result.json").write_text(json.dumps({"test_acc": 0.8, "macs": 10, "params": 5}))
+    bench.same_dense("n", tmp_path, {"n": {"test_acc": 0.8, "macs": 10, "params": 5}})  # the same: goes on
+    bench.same_dense("n", tmp_path, {})  # nothing recorded: goes on
+    with pytest.raises(SystemExit, match="is not the one the recorded cells pruned"):
+        bench.same_dense("n", tmp_path, {"n": {"test_acc": 0.81, "macs": 10, "params": 5}})
