@@ -13,7 +13,8 @@ Run it on a quiet machine (pause the long benchmarks: ``kill -STOP``), 1 thread:
 
     PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python benchmarks/latency_budget.py
 
-Results: ``benchmarks/results/latency_budget.{json,md}``.
+Results: ``benchmarks/results/latency_budget.{json,md}``. A run replaces the rows it measures again and keeps the
+others, each with the note of the run that measured it; a run that measures nothing writes nothing.
 """
 
 from __future__ import annotations
@@ -86,12 +87,28 @@ def main(argv=None) -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     out = Path(args.out)
+    if not rows:
+        sys.exit(f"latency_budget: nothing measured (no dense run in {args.work}); {out.with_suffix('.json')} "
+                 "left as it was")
+    previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    rows = merged_rows(previous, rows, args.note)
     setup = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": 1,
-             "method": "l1", "finetune_epochs": 0, "note": args.note}
+             "method": "l1", "finetune_epochs": 0}
+    notes = "\n".join(f"- {n}" for n in dict.fromkeys(r["note"] for r in rows))
     out.with_suffix(".json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=1))
     out.with_suffix(".md").write_text("# --latency F: the pruned network's measured latency against F\n\n"
-                                      f"{args.note}\n\n" + markdown(rows))
+                                      f"{notes}\n\n" + markdown(rows))
     print(markdown(rows))
+
+
+def merged_rows(previous: dict, rows: list[dict], note: str) -> list[dict]:
+    """This run's rows (each with ``note``) and the previous file's rows it did not measure again, so a run on some
+    networks or targets never drops the others' figures (a fresh clone has no dense run at all)."""
+    key = ("network", "target", "widths", "batch")
+    new = {tuple(r[k] for k in key) for r in rows}
+    old_note = previous.get("setup", {}).get("note", "")
+    kept = [{"note": old_note, **r} for r in previous.get("rows", []) if tuple(r[k] for k in key) not in new]
+    return kept + [{**r, "note": note} for r in rows]
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ The ratio of the fastest runs is the issue's target (learned ≤ 2× uniform). R
 
     PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python benchmarks/selection_cost.py --networks resnet20
 
-Results: ``benchmarks/results/selection_cost.json``.
+Results: ``benchmarks/results/selection_cost.json``; a run replaces the networks it times and keeps the others.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_cost.json"))
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    if previous and previous.get("macs") != args.macs:
+        p.error(f"{out} holds timings at {previous.get('macs')} of the MACs, not {args.macs}: give another --out")
     import torch
 
     torch.set_num_threads(1)
@@ -49,8 +53,12 @@ def main(argv=None) -> None:
               for net, d in runs.items()}
     for net, ratio in ratios.items():
         print(f"{net}: learned / uniform selection time = {ratio:.2f}")
-    Path(args.out).write_text(json.dumps({"macs": args.macs, "threads": 1, "candidates": 50, "note": args.note,
-                                          "runs": runs, "ratio": ratios}, indent=1) + "\n")
+    # the networks not timed this time keep their figures (a run on one network used to drop the others)
+    notes = previous.get("notes") or {n: previous.get("note", "") for n in previous.get("runs", {})}
+    out.write_text(json.dumps({"macs": args.macs, "threads": 1, "candidates": 50,
+                               "notes": {**notes, **{n: args.note for n in runs}},
+                               "runs": {**previous.get("runs", {}), **runs},
+                               "ratio": {**previous.get("ratio", {}), **ratios}}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
