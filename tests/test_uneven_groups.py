@@ -8,6 +8,7 @@ convolution whose output channels multiply it: one channel group, in which ``mai
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -231,3 +232,17 @@ def test_a_layer_density_narrower_than_the_kinds_of_units_keeps_one_of_each():
                       layer_density={groups[gi].name: 0.05}, **kw)  # 0.05 of 16 units: 1, fewer than the 2 kinds
     assert [g["kept"] for g in r.groups if g["group"] == groups[gi].name] == [2]
     assert r.budget_missed is None and abs(r.macs_fraction - 0.5) <= 0.005
+
+
+def test_backward_with_learned_widths_scores_the_gated_concatenation_on_the_graph_path():
+    """Values cached during a first chunk of candidates used to shift the in-place check's positions: a false
+    "modifies a cached value in place" sent backward elimination with learned widths to the hook path."""
+    import netsift
+    from netsift.data import load_data
+
+    data = load_data("digits", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        r = netsift.prune(_net(), data, method="backward", macs=0.3, widths="learned", candidates=4, select_batch=64,
+                          holdout=200, finetune_epochs=0, progress=False, latency_threads=None)
+    assert abs(r.macs_fraction - 0.3) <= 0.01 * 0.3

@@ -58,10 +58,16 @@ class _Stack:
         return big[:k * b]
 
 
-def _versions(env: dict, expanded: dict, direct: dict[fx.Node, Direct]) -> list[int]:
-    """Versions of every value kept across chunks: an in-place change would leak into later chunks."""
-    return [v._version for v in (*env.values(), *expanded.values(), *(d.x for d in direct.values()),
-                                 *(d.base for d in direct.values())) if isinstance(v, Tensor)]
+def _versions(env: dict, expanded: dict, direct: dict[fx.Node, Direct]) -> list[tuple[Tensor, int]]:
+    """Every value kept across chunks with its version: an in-place change would leak into later chunks."""
+    return [(v, v._version) for v in (*env.values(), *expanded.values(), *(d.x for d in direct.values()),
+                                      *(d.base for d in direct.values())) if isinstance(v, Tensor)]
+
+
+def _modified(seen: list[tuple[Tensor, int]]) -> bool:
+    """Whether a value of ``seen`` changed in place since its version was taken. (Each value is checked against
+    its own version: values cached during a chunk come in between, so positions in two lists do not match.)"""
+    return any(v._version != version for v, version in seen)
 
 
 def chunk_size(plan: GraphPlan, k: int, b: int, max_batch: int, max_elements: int) -> int:
@@ -194,10 +200,9 @@ class GraphScorer:
             ce = F.cross_entropy(logits.float(), y.repeat(k), reduction="none").view(k, b).mean(1)
             losses.append(ce)
             if start + k < masks.shape[0]:
-                now = _versions(env, expanded, direct)
-                if now[:len(seen)] != seen:
+                if _modified(seen):
                     raise Modified(gi)
-                seen = now
+                seen = _versions(env, expanded, direct)
         return torch.cat(losses)
 
     def _suffix(self, plan: GraphPlan, gi: int, s: _Stack, direct: dict[fx.Node, Direct], chunk: Tensor,
