@@ -191,3 +191,17 @@ def test_scale_init_changes_what_is_learned(bundle):
         accs[init] = (fitted.history[0]["val_acc"], [float(p.scale.detach()) for _, _, p in masked_layers(model)])
     assert accs["one"] != accs["inv-sqrt-density"]
     assert min(accs["inv-sqrt-density"][1]) > 2.0 > max(accs["one"][1])  # 1/sqrt(0.05) = 4.5 at the start
+
+
+def test_a_density_that_empties_a_layer_says_so(tmp_path, capsys):
+    import netsift
+
+    r = netsift.extract("lenet300", "digits", method="gumbel", width=0.2, density=1e-6, epochs=1, max_steps=3,
+                        out=tmp_path / "tiny", progress=False)
+    err = capsys.readouterr().err
+    assert "keep no weight" in err and "raise --density" in err
+    empty = [row["name"] for row in r.layers if row["density"] == 0]
+    assert empty and all(name in err for name in empty)
+    netsift.extract("lenet300", "digits", method="gumbel", width=0.2, density=0.5, epochs=1, max_steps=3,
+                    out=tmp_path / "half", progress=False)
+    assert "keep no weight" not in capsys.readouterr().err

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from .. import distributed, rundir
+from .. import progress as _progress
 from ..checks import checked
 from ..config import RUN_FIELDS, RunOptions, TrainConfig
 from ..errors import NetsiftError
@@ -91,6 +92,13 @@ class ExtractSpec:
         # logits and scales are synchronised like weights: every process holds the same mask (checked, not assumed)
         distributed.check_same(distributed.tensors_digest(extracted.state_dict()), "extracted masks and weights")
         measured = ctx.measure(extracted)
+        empty = [row["name"] for row in measured["layers"]
+                 if not int(extracted.get_submodule(row["name"]).weight.count_nonzero())]
+        if empty and distributed.is_main():
+            _progress.write(f"warning: layer{'s' if len(empty) > 1 else ''} {', '.join(empty)} of the extracted "
+                            f"network keep{'' if len(empty) > 1 else 's'} no weight (density "
+                            f"{measured['density']:.2g}): {'their' if len(empty) > 1 else 'its'} output is "
+                            "constant; raise --density")
         scales = {k: float(v[1]) for k, v in masks_and_scales(masked).items()}
         for row in measured["layers"]:
             row["scale"] = scales.get(row["name"])
