@@ -80,9 +80,13 @@ def test_train_records_the_size_and_prune_and_eval_keep_it(resized_run, run_cli,
     assert code == 0, err
     assert json.loads((pruned / "result.json").read_text())["image_size"] == 12
     assert json.loads((pruned / "config.json").read_text())["data"]["image_size"] == 12
-    code, out, err = run_cli("prune", "--checkpoint", resized_run, "--method", "l1", "--macs", "0.5",
+    # the run folder as a positional argument, as eval and export take it
+    code, out, err = run_cli("prune", resized_run, "--method", "l1", "--macs", "0.5",
                              "--image-size", "12", "--finetune-epochs", "0", "--out", tmp_path / "same")
     assert code == 0, err
+    assert json.loads((tmp_path / "same" / "result.json").read_text())["image_size"] == 12
+    code, out, err = run_cli("prune", resized_run, "--checkpoint", pruned, "--macs", "0.5", "--out", tmp_path / "two")
+    assert code == 2 and "two run folders" in err and not (tmp_path / "two").exists()
 
 
 def test_an_edited_size_in_config_json_is_refused(resized_run, tmp_path):

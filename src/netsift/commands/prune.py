@@ -16,8 +16,10 @@ def add_parser(sub) -> None:
         description="Select the channels worth keeping ("
                     + "; ".join(f"{n}: {m.summary}" for n, m in METHODS.items()) + "), remove the rest for real, "
                     "fine-tune, and write result.json, model.safetensors + model.json (and model.onnx with --onnx).")
-    p.add_argument("--checkpoint", metavar="RUN_DIR", help="run folder written by `netsift train` (its data set, "
-                                                          "subset and split are used unless --data is given)")
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run folder written by `netsift train` (its data "
+                                                                 "set, subset and split are used unless --data is "
+                                                                 "given), as with eval and export")
+    p.add_argument("--checkpoint", metavar="RUN_DIR", help="the same, as a flag")
     add_flags(p, ModelConfig, defaults={"model": None}, skip=("pretrained",),
               default_help={"model": "the checkpoint's; without --checkpoint: prune this architecture at random init"})
     add_flags(p, PruneConfig, skip=("options",))
@@ -38,8 +40,11 @@ DATA_FLAGS = ("data", "data_dir", "val_fraction", "train_subset", "download", "i
 def run(args: argparse.Namespace) -> int:
     from ..pipelines import PruneSpec, Source, execute
 
+    if args.run_dir is not None and args.checkpoint not in (None, args.run_dir):
+        raise NetsiftError(f"two run folders: {args.run_dir} and --checkpoint {args.checkpoint}; give one")
+    args.checkpoint = args.checkpoint if args.run_dir is None else args.run_dir
     if args.checkpoint is None and args.model is None:
-        raise NetsiftError("give --checkpoint RUN_DIR (a netsift train run) or --model NAME")
+        raise NetsiftError("give a run folder (netsift prune RUN_DIR, a netsift train run) or --model NAME")
     model_cfg = from_args(ModelConfig, args)
     given = {k: getattr(args, k) for k in DATA_FLAGS if getattr(args, k) is not None}
     if args.checkpoint is None:
