@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         raise NetsiftError(f"two run folders: {args.run_dir} and --checkpoint {args.checkpoint}; give one")
     args.checkpoint = args.checkpoint if args.run_dir is None else args.run_dir
     if args.checkpoint is None and args.model is None:
-        raise NetsiftError("give a run folder (netsift prune RUN_DIR, a netsift train run) or --model NAME")
+        raise NetsiftError("give a run folder (netsift prune RUN_DIR, or --checkpoint RUN_DIR: a netsift train run) "
+                           "or --model NAME")
     model_cfg = from_args(ModelConfig, args)
     given = {k: getattr(args, k) for k in DATA_FLAGS if getattr(args, k) is not None}
     if args.checkpoint is None:
