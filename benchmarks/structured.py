@@ -457,7 +457,11 @@ def main(argv=None) -> int:
     for network, method, widths, fraction, seed in cells(whole):
         if cell_done(whole, cell_folder(args, network, method, widths, fraction, seed), method):
             rows += run_cell(network, method, widths, fraction, seed, whole, None)
-    rows += recorded_rows(previous.get("cells", []), rows, cells(whole))
+    grid = cells(whole)
+    rows += recorded_rows(previous.get("cells", []), rows, grid)
+    order = {c: i for i, c in enumerate(grid)}  # fresh and recorded rows in grid order, whatever their source
+    rows.sort(key=lambda r: (order[(r["network"], r["method"], r["widths"], r["macs_target"], r["seed"])],
+                             r["finetune_epochs"], -1 if r["finetune_lr"] is None else r["finetune_lr"]))
     speed = json.loads(speed_path.read_text()) if speed_path.exists() else {}
     for r in rows:
         key = f"{r['network']}/{cell_folder(args, r['network'], r['method'], r['widths'], r['macs_target'], r['seed']).name}"
