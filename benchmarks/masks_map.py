@@ -61,13 +61,16 @@ CONV_DENSITIES = (0.05, 0.1, 0.5)
 SEEDS = (0, 1, 2)
 EPOCHS = {"lenet300": 30, "conv2": 30}
 """Budget (epochs) of every cell; see the module docstring and docs/masks.md for the evidence behind it."""
-BUDGET_CHECKS = ((1.0, 0.05, METHODS), (1.0, 0.5, METHODS),
-                 (2.0, 0.5, ("gumbel",)), (4.0, 0.5, ("gumbel",)), (4.0, 0.2, ("gumbel",)), (4.0, 0.1, ("gumbel",)))
-"""Seed-0 lenet300 cells also run at twice the budget, right after their width's block: ``(width, density,
-methods)``. x1 at 0.05 and 0.5, both methods: the evidence for the cap, chosen before the map ran. The others
-are the cells where gumbel's masks were still more than 5% undecided at 30 epochs (the map's own report), gumbel
-only: edge-popup's validation accuracy was still rising at 30 epochs in every cell and rose again at 60 in both x1
-checks, so a gumbel result at 60 epochs that stays behind edge-popup's at 30 settles the cell's answer."""
+BUDGET_CHECKS = (("lenet300", 1.0, 0.05, METHODS), ("lenet300", 1.0, 0.5, METHODS),
+                 ("lenet300", 2.0, 0.5, ("gumbel",)), ("lenet300", 4.0, 0.5, ("gumbel",)),
+                 ("lenet300", 4.0, 0.2, ("gumbel",)), ("lenet300", 4.0, 0.1, ("gumbel",)),
+                 ("conv2", None, 0.5, ("gumbel",)))
+"""Seed-0 cells also run at twice the budget, right after their network's block: ``(arch, width, density,
+methods)``, width ``None`` for Conv-2's ``--conv-width``. LeNet x1 at 0.05 and 0.5, both methods: the evidence
+for the cap, chosen before the map ran. The others are the cells where gumbel's masks were still more than 5%
+undecided at 30 epochs (the map's own report), gumbel only: edge-popup's validation accuracy was still rising at
+30 epochs in every cell and rose again at 60 in both x1 checks, so a gumbel result at 60 epochs that stays behind
+edge-popup's at 30 settles the cell's answer."""
 BATCH = 128
 FLAT_TOL = 0.003
 """Validation accuracy within 0.3 point (18 of 6,000 images) of the best counts as flat."""
@@ -129,15 +132,15 @@ def cells(args) -> list[dict]:
                 for m in METHODS:
                     out.append({"arch": arch, "width": width, "density": d, "method": m, "seed": seed,
                                 "epochs": args.epochs[arch]})
-    wanted = {(w, d, m) for w, d, methods in BUDGET_CHECKS for m in methods}
-    checks = [{**c, "epochs": 2 * c["epochs"]} for c in out if c["seed"] == 0 and c["arch"] == "lenet300"
-              and (c["width"], c["density"], c["method"]) in wanted]
+    wanted = {(a, args.conv_width if w is None else w, d, m) for a, w, d, methods in BUDGET_CHECKS for m in methods}
+    checks = [{**c, "epochs": 2 * c["epochs"]} for c in out if c["seed"] == 0
+              and (c["arch"], c["width"], c["density"], c["method"]) in wanted]
     if args.budget_check:
         out = checks
-    else:  # right after their width's block: the evidence for the budget comes early
-        for width in sorted({c["width"] for c in checks}, reverse=True):
-            last = max(i for i, c in enumerate(out) if c["arch"] == "lenet300" and c["width"] == width)
-            out = out[:last + 1] + [c for c in checks if c["width"] == width] + out[last + 1:]
+    else:  # right after their network's block: the evidence for the budget comes early
+        for block in sorted({(c["arch"], c["width"]) for c in checks}, reverse=True):
+            last = max(i for i, c in enumerate(out) if (c["arch"], c["width"]) == block)
+            out = out[:last + 1] + [c for c in checks if (c["arch"], c["width"]) == block] + out[last + 1:]
     return [{**c, "recipe": args.recipe} for c in out]
 
 

@@ -23,8 +23,9 @@ def bench():
 def test_budget_checks_run_after_their_width_and_at_twice_the_budget(bench):
     todo = bench.cells(bench.parse_args([]))
     checks = [(i, c) for i, c in enumerate(todo) if c["epochs"] != bench.EPOCHS[c["arch"]]]
-    wanted = {(w, d, m) for w, d, methods in bench.BUDGET_CHECKS for m in methods}
-    assert {(c["width"], c["density"], c["method"]) for _, c in checks} == wanted
+    wanted = {(a, bench.CONV_WIDTH if w is None else w, d, m) for a, w, d, methods in bench.BUDGET_CHECKS
+              for m in methods}
+    assert {(c["arch"], c["width"], c["density"], c["method"]) for _, c in checks} == wanted
     assert len(checks) == len(wanted)
     for i, c in checks:
         assert c["seed"] == 0 and c["epochs"] == 2 * bench.EPOCHS[c["arch"]]
@@ -33,7 +34,8 @@ def test_budget_checks_run_after_their_width_and_at_twice_the_budget(bench):
         later = todo[i + 1:]
         # after every map cell of its width, before any cell of another width's block
         assert todo.index(block[-1]) < i
-        assert all(x["width"] != c["width"] for x in later if x["epochs"] == bench.EPOCHS[x["arch"]])
+        assert all((x["arch"], x["width"]) != (c["arch"], c["width"]) for x in later
+                   if x["epochs"] == bench.EPOCHS[x["arch"]])
     map_cells = [c for c in todo if c["epochs"] == bench.EPOCHS[c["arch"]]]
     assert len(map_cells) == 2 * 3 * (3 * 5 + 3)  # methods x seeds x (lenet300 widths x densities + conv2)
     only = bench.cells(bench.parse_args(["--budget-check"]))
