@@ -433,7 +433,10 @@ def main(argv=None) -> int:
         return 0
     speed_path = results / f"{args.name}_speed.json"
     record = results / f"{args.name}.json"
-    previous = json.loads(record.read_text()) if record.exists() else {}
+    try:
+        previous = json.loads(record.read_text()) if record.exists() else {}
+    except ValueError as e:
+        sys.exit(f"structured: {record} is not valid JSON ({e}); restore it (git checkout) before rewriting it")
     rows, dense, befores = [], {}, {}
     for i, (network, method, widths, fraction, seed) in enumerate(todo):
         folder = cell_folder(args, network, method, widths, fraction, seed)

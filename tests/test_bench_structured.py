@@ -111,3 +111,11 @@ def test_a_retrained_dense_network_that_differs_stops_the_grid(bench, tmp_path):
     bench.same_dense("n", tmp_path, {})  # nothing recorded: goes on
     with pytest.raises(SystemExit, match="is not the one the recorded cells pruned"):
         bench.same_dense("n", tmp_path, {"n": {"test_acc": 0.81, "macs": 10, "params": 5}})
+
+
+def test_a_corrupt_record_is_one_line_and_left_alone(bench, tmp_path):
+    (tmp_path / "structured_widths.json").write_text('{"cells": [')
+    with pytest.raises(SystemExit, match="is not valid JSON"):
+        bench.main(["--report", "--work", str(tmp_path / "w"), "--results", str(tmp_path)])
+    assert (tmp_path / "structured_widths.json").read_text() == '{"cells": ['
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["structured_widths.json"]

@@ -231,6 +231,8 @@ CASES = [
     ("prune-width-nan", None, ["prune", "--model", "lenet300", "--width", "nan", "--out", "new"], "--width"),
     ("prune-width-nan-checkpoint", None, [*PRUNE, "--width", "nan", "--out", "new"], "--width"),
     ("prune-without-source", None, ["prune", "--out", "new"], "--checkpoint"),
+    ("prune-missing-run-folder", None, ["prune", "no-such-run", "--macs", "0.5", "--out", "new"],
+     "run folder no-such-run not found"),
     ("prune-share-prefix-env", lambda w: _setenv("NETSIFT_SHARE_PREFIX", "sometimes"),
      ["prune", "--checkpoint", "train", "--method", "gfs", "--macs", "0.5", "--out", "new"],
      "NETSIFT_SHARE_PREFIX must be auto, always or never"),

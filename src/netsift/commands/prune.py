@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config import DataConfig, ModelConfig, TrainConfig, add_flags, add_method_options, from_args, method_args
 from ..errors import NetsiftError
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if args.run_dir is not None and args.checkpoint not in (None, args.run_dir):
         raise NetsiftError(f"two run folders: {args.run_dir} and --checkpoint {args.checkpoint}; give one")
     args.checkpoint = args.checkpoint if args.run_dir is None else args.run_dir
+    if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
+        raise NetsiftError(f"run folder {args.checkpoint} not found (give a folder written by netsift train)")
     if args.checkpoint is None and args.model is None:
         raise NetsiftError("give a run folder (netsift prune RUN_DIR, or --checkpoint RUN_DIR: a netsift train run) "
                            "or --model NAME")
