@@ -232,7 +232,7 @@ CASES = [
     ("prune-width-nan-checkpoint", None, [*PRUNE, "--width", "nan", "--out", "new"], "--width"),
     ("prune-without-source", None, ["prune", "--out", "new"], "--checkpoint"),
     ("prune-missing-run-folder", None, ["prune", "no-such-run", "--macs", "0.5", "--out", "new"],
-     "run folder no-such-run not found"),
+     "run folder no-such-run does not exist"),
     ("prune-share-prefix-env", lambda w: _setenv("NETSIFT_SHARE_PREFIX", "sometimes"),
      ["prune", "--checkpoint", "train", "--method", "gfs", "--macs", "0.5", "--out", "new"],
      "NETSIFT_SHARE_PREFIX must be auto, always or never"),
