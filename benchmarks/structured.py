@@ -388,6 +388,41 @@ def markdown(summary: list[dict], dense: dict) -> str:
     return "\n".join(lines)
 
 
+LABELS = {"resnet20": "ResNet-20", "vgg11": "VGG11", "mobilenetv2": "MobileNetV2"}
+
+
+def markdown_budget(summary: list[dict], fraction: float, seeds: int) -> str:
+    """The README's table for one MACs budget: every network side by side, rows = method and widths (uniform
+    first), three decimals; a cell with fewer than ``seeds`` seeds gives their number in brackets."""
+    part = [s for s in published_lr(summary) if s["macs_target"] == fraction]
+    networks = [n for n in NETWORKS if any(s["network"] == n for s in part)]
+    epochs = sorted({s["finetune_epochs"] for s in part if s["method"] != "gfs-scratch"})
+    if not networks or not epochs:
+        return ""
+
+    def acc(s: dict) -> str:
+        text = f"{s['test_acc']:.3f}" + (f" ± {s['test_acc_std']:.3f}" if s["n"] > 1 else "")
+        return text + (f" ({s['n']})" if s["n"] < seeds else "")
+
+    head = [f"{LABELS.get(n, n)} {e} ep" if i == 0 else f"{e} ep" for n in networks for i, e in enumerate(epochs)]
+    lines = [f"### every network at {fraction:.0%} MACs (the README's table)", "",
+             "| method | widths | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    methods = [m for m in METHODS_DEFAULT + sorted(VARIANTS) if any(s["method"] == m for s in part)]
+    for method in methods:
+        for widths in ("uniform", "learned"):
+            cells = {(s["network"], s["finetune_epochs"]): s for s in part
+                     if (s["method"], s["widths"]) == (method, widths)}
+            if cells:
+                lines.append(f"| {method} | {widths} | " + " | ".join(
+                    acc(cells[(n, e)]) if (n, e) in cells else "–" for n in networks for e in epochs) + " |")
+    scratch = {s["network"]: s for s in part if s["method"] == "gfs-scratch"}
+    if scratch:
+        row = [f"{acc(scratch[n])} ({scratch[n]['finetune_epochs']} ep)" if n in scratch and e == epochs[-1]
+               else "–" for n in networks for e in epochs]
+        lines.append("| GFS's learned architecture trained from scratch | learned | " + " | ".join(row) + " |")
+    return "\n".join(lines + [""])
+
+
 def plot(summary: list[dict], path: Path) -> None:
     """Accuracy against MACs per fine-tune budget: one panel per network and budget, learned widths filled."""
     import matplotlib
@@ -487,7 +522,8 @@ def main(argv=None) -> int:
         {"setup": setup, "dense": {n: {k: d[k] for k in ("model", "width", "data", "test_acc", "val_acc", "macs",
                                                           "params")} for n, d in dense.items()},
          "summary": summary, "cells": rows}, indent=1) + "\n")
-    table = markdown(summary, dense) + "\n" + markdown_lr(summary)
+    table = (markdown(summary, dense) + "\n" + markdown_lr(summary) + "\n"
+             + "\n".join(markdown_budget(summary, f, len(whole.seeds)) for f in whole.fractions))
     (results / f"{args.name}.md").write_text(table + "\n")
     if rows:
         plot(published_lr(summary), results / f"{args.name}.png")

@@ -119,3 +119,19 @@ def test_a_corrupt_record_is_one_line_and_left_alone(bench, tmp_path):
         bench.main(["--report", "--work", str(tmp_path / "w"), "--results", str(tmp_path)])
     assert (tmp_path / "structured_widths.json").read_text() == '{"cells": ['
     assert sorted(p.name for p in tmp_path.iterdir()) == ["structured_widths.json"]
+
+
+def test_the_readme_table_marks_cells_with_fewer_seeds(bench):
+    def row(network, method, seed, test, epochs):
+        return _row(method, None if epochs == 0 else bench.DEFAULT_LR, seed, 0.9, test, epochs) | {
+            "network": network, "macs_target": 0.5}
+
+    rows = [row("resnet20", "gfs", s, t, e) for s in (0, 1, 2) for e, t in ((0, 0.70 + s / 100), (5, 0.85))]
+    rows += [row("mobilenetv2", "gfs", 0, 0.75, e) for e in (0, 5)]  # one seed so far
+    rows += [row("mobilenetv2", "l1", s, 0.5, 0) for s in (0, 1)]  # no 5-epoch fine-tune yet
+    table = bench.markdown_budget(bench.summarize(rows), 0.5, seeds=3)
+    lines = table.splitlines()
+    assert lines[2] == "| method | widths | ResNet-20 0 ep | 5 ep | MobileNetV2 0 ep | 5 ep |"
+    assert lines[4] == "| gfs | uniform | 0.710 ± 0.010 | 0.850 ± 0.000 | 0.750 (1) | 0.750 (1) |"
+    assert lines[5] == "| l1 | uniform | – | – | 0.500 ± 0.000 (2) | – |"
+    assert bench.markdown_budget(bench.summarize(rows), 0.25, seeds=3) == ""  # no cell at that budget
