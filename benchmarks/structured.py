@@ -137,13 +137,16 @@ def dense_run(name: str, args) -> tuple[Path, DataConfig]:
 def cells(args) -> list[tuple[str, str, str, float, int]]:
     """(network, method, widths, fraction, seed), seed-major so a cut-short run has every method for the first
     seeds, networks interleaved."""
-    out = [(n, m, w, f, s) for s in args.seeds for f in args.fractions for n in args.networks for w in args.widths
-           for m in args.methods]
+    units = [[(n, m, w, f, s)] for s in args.seeds for f in args.fractions for n in args.networks
+             for w in args.widths for m in args.methods]
     if args.scratch and "learned" in args.widths and "gfs" in args.methods:
-        out = [c for cell in out for c in ([cell, (*cell[:1], "gfs-scratch", *cell[2:])]
-                                           if cell[1:3] == ("gfs", "learned") else [cell])]
+        # a from-scratch cell trains the architecture its GFS cell found: the two stay in one shard, in that order
+        # (split over two workers, the scratch cell used to start before the other worker had selected it)
+        for u in units:
+            if u[0][1:3] == ("gfs", "learned"):
+                u.append((u[0][0], "gfs-scratch", *u[0][2:]))
     i, n = (int(v) for v in args.shard.split("/"))
-    return out[i::n]
+    return [c for u in units[i::n] for c in u]
 
 
 def _whole_grid(args) -> argparse.Namespace:
@@ -477,6 +480,11 @@ def main(argv=None) -> int:
         folder = cell_folder(args, network, method, widths, fraction, seed)
         done = cell_done(args, folder, method)
         if args.report and not done:
+            continue
+        if method == "gfs-scratch" and not done and not (
+                cell_folder(args, network, "gfs", widths, fraction, seed) / "result.json").exists():
+            print(f"[{i + 1}/{len(todo)}] {network} gfs-scratch {widths} {fraction} seed {seed}: not run, its GFS "
+                  f"cell has not finished (run the grid again once it has)", flush=True)
             continue
         if network not in befores and not done and method != "gfs-scratch":
             dense_dir, data_cfg = dense_run(network, args)

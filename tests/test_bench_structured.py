@@ -135,3 +135,30 @@ def test_the_readme_table_marks_cells_with_fewer_seeds(bench):
     assert lines[4] == "| gfs | uniform | 0.710 ± 0.010 | 0.850 ± 0.000 | 0.750 (1) | 0.750 (1) |"
     assert lines[5] == "| l1 | uniform | – | – | 0.500 ± 0.000 (2) | – |"
     assert bench.markdown_budget(bench.summarize(rows), 0.25, seeds=3) == ""  # no cell at that budget
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_a_from_scratch_cell_runs_in_the_shard_of_its_gfs_cell_right_after_it(bench, shards):
+    base = ["--networks", "resnet20", "vgg11", "--seeds", "0", "1", "--fractions", "0.5", "0.25"]
+    whole = bench.cells(bench.parse_args(base))
+    parts = [bench.cells(bench.parse_args(base + ["--shard", f"{i}/{shards}"])) for i in range(shards)]
+    assert sorted(c for part in parts for c in part) == sorted(whole)  # every cell once
+    scratch = [c for c in whole if c[1] == "gfs-scratch"]
+    assert len(scratch) == 2 * 2 * 2
+    for part in parts:
+        for i, c in enumerate(part):
+            if c[1] == "gfs-scratch":
+                assert i > 0 and part[i - 1] == (c[0], "gfs", "learned", *c[3:])
+
+
+def test_a_from_scratch_cell_whose_gfs_cell_is_unfinished_waits_instead_of_failing(bench, tmp_path, monkeypatch,
+                                                                                  capsys):
+    cell = ("resnet20", "gfs-scratch", "learned", 0.5, 1)
+    monkeypatch.setattr(bench, "cells", lambda args: [cell] if args.shard == "1/2" else [])  # this worker's cells
+    folder = bench.cell_folder(bench.parse_args(["--work", str(tmp_path / "work")]), "resnet20", "gfs", "learned",
+                               0.5, 1)
+    folder.mkdir(parents=True)  # a selection still running elsewhere: no result.json yet
+    assert bench.main(["--networks", "resnet20", "--work", str(tmp_path / "work"), "--results",
+                       str(tmp_path / "results"), "--shard", "1/2"]) == 0
+    assert "gfs-scratch learned 0.5 seed 1: not run, its GFS cell has not finished" in capsys.readouterr().out
+    assert not bench.cell_folder(bench.parse_args(["--work", str(tmp_path / "work")]), *cell).exists()
