@@ -98,7 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--candidates", type=int, default=50, help="GFS / backward candidates per step (published 50)")
     p.add_argument("--select-batch", type=int, default=128, help="greedy minibatch (published 128)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--shard", default="0/1", help="I/N: run every N-th cell starting at I (a second worker)")
+    p.add_argument("--shard", default="0/1", help="I/N: run every N-th cell starting at I (a second worker; a "
+                                                  "from-scratch cell goes with its GFS cell)")
     p.add_argument("--report", action="store_true", help="only tabulate the finished cells")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench-structured"), help="run folders of the cells")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
