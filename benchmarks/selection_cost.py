@@ -43,8 +43,9 @@ def main(argv=None) -> None:
     for net in args.networks:
         for _ in range(args.repeats):
             for widths in ("uniform", "learned"):  # interleaved
+                print(f"{net} {widths}: selecting", flush=True)  # progress lines (stderr) follow; a run is ~20 min
                 r = netsift.prune(str(Path(args.work) / net / "dense"), method="gfs", macs=args.macs, widths=widths,
-                                  finetune_epochs=0, latency_threads=None, progress=False)
+                                  finetune_epochs=0, latency_threads=None)
                 runs.setdefault(net, {}).setdefault(widths, []).append(
                     {"selection_s": r.selection_s, "macs_fraction": r.macs_fraction,
                      "test_acc_selected": r.test_acc_selected})

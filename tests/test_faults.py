@@ -233,6 +233,8 @@ CASES = [
     ("prune-without-source", None, ["prune", "--out", "new"], "--checkpoint"),
     ("prune-missing-run-folder", None, ["prune", "no-such-run", "--macs", "0.5", "--out", "new"],
      "run folder no-such-run does not exist"),
+    ("prune-run-folder-is-a-file", lambda w: (w / "weights.bin").write_bytes(b"x"),
+     ["prune", "weights.bin", "--macs", "0.5", "--out", "new"], "is a file, not a run folder"),
     ("prune-share-prefix-env", lambda w: _setenv("NETSIFT_SHARE_PREFIX", "sometimes"),
      ["prune", "--checkpoint", "train", "--method", "gfs", "--macs", "0.5", "--out", "new"],
      "NETSIFT_SHARE_PREFIX must be auto, always or never"),

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise NetsiftError(f"two run folders: {args.run_dir} and --checkpoint {args.checkpoint}; give one")
     args.checkpoint = args.checkpoint if args.run_dir is None else args.run_dir
     if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
-        raise NetsiftError(f"run folder {args.checkpoint} does not exist (give a folder written by netsift train)")
+        what = "is a file, not a run folder" if Path(args.checkpoint).exists() else "does not exist"
+        raise NetsiftError(f"run folder {args.checkpoint} {what} (give a folder written by netsift train)")
     if args.checkpoint is None and args.model is None:
         raise NetsiftError("give a run folder (netsift prune RUN_DIR, or --checkpoint RUN_DIR: a netsift train run) "
                            "or --model NAME")
