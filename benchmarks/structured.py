@@ -108,6 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if any(not 0 < lr <= 10 for lr in args.finetune_lrs):  # before a dense network is trained for nothing
         p.error(f"--finetune-lrs must be in (0, 10], got {args.finetune_lrs}")
+    i, _, n = args.shard.partition("/")
+    if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+        p.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     if args.quick:
         args.networks, args.seeds, args.fractions, args.finetune_epochs = ["resnet20"], [0], [0.5], [0, 1]
         args.candidates, args.methods = 4, ["gfs", "l1", "taylor"]

@@ -162,3 +162,10 @@ def test_a_from_scratch_cell_whose_gfs_cell_is_unfinished_waits_instead_of_faili
                        str(tmp_path / "results"), "--shard", "1/2"]) == 0
     assert "gfs-scratch learned 0.5 seed 1: not run, its GFS cell has not finished" in capsys.readouterr().out
     assert not bench.cell_folder(bench.parse_args(["--work", str(tmp_path / "work")]), *cell).exists()
+
+
+@pytest.mark.parametrize("shard", ["1", "2/2", "a/2", "-1/2"])
+def test_a_malformed_shard_stops_before_any_work(bench, shard, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args([f"--shard={shard}"])
+    assert e.value.code == 2 and "--shard must be I/N" in capsys.readouterr().err
